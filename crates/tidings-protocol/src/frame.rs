@@ -1,0 +1,268 @@
+//! SSE frames of wire protocol v1: encoding (hub side) and the typed message (client side).
+//!
+//! Every frame is the default SSE event (`event: message`) carrying one JSON object with a
+//! `type` field in a single `data:` line. JSON from `serde_json` never contains a raw newline
+//! (strings escape it), so a frame can never be split by its payload. Encoding happens once
+//! per event; the hub shares the resulting bytes with every stream. This module does not know
+//! about clocks: timestamps come in as text.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::id::EventId;
+use crate::resolver::Key;
+
+/// Suggested reconnect delay sent as `retry:` at the start of every stream.
+pub const RETRY_HINT_MS_DEFAULT: u64 = 2_000;
+
+/// Why the hub ends a stream on purpose; sent in the `closed` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The hub is shutting down or draining; reconnect elsewhere or later.
+    Shutdown,
+    /// A newer stream for the same session replaced this one; do not reconnect.
+    Superseded,
+    /// The credential expired during the stream; reconnect with a fresh token.
+    TokenExpired,
+    /// The client did not read fast enough; reconnect and resume.
+    SlowConsumer,
+    /// The stream reached its maximum lifetime; reconnect and resume.
+    Lifetime,
+    /// The session was revoked; do not reconnect.
+    Revoked,
+}
+
+impl CloseReason {
+    pub const ALL: [CloseReason; 6] = [
+        Self::Shutdown,
+        Self::Superseded,
+        Self::TokenExpired,
+        Self::SlowConsumer,
+        Self::Lifetime,
+        Self::Revoked,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::Superseded => "superseded",
+            Self::TokenExpired => "token_expired",
+            Self::SlowConsumer => "slow_consumer",
+            Self::Lifetime => "lifetime",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Whether a client should reconnect after this close.
+    pub const fn allows_reconnect(self) -> bool {
+        !matches!(self, Self::Superseded | Self::Revoked)
+    }
+}
+
+/// Why the hub cannot prove continuity from a client's `Last-Event-ID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResyncReason {
+    /// The id is older than the retained history.
+    HistoryTrimmed,
+    /// The id belongs to another history (hub restarted without persistence, data wiped).
+    EpochChanged,
+    /// The id is well-formed but ahead of anything this history assigned.
+    UnknownId,
+    /// The id could not be read at all.
+    InvalidId,
+    /// The engine lost events or could not be reached; continuity is unknown.
+    EngineOutage,
+}
+
+impl ResyncReason {
+    pub const ALL: [ResyncReason; 5] =
+        [Self::HistoryTrimmed, Self::EpochChanged, Self::UnknownId, Self::InvalidId, Self::EngineOutage];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HistoryTrimmed => "history_trimmed",
+            Self::EpochChanged => "epoch_changed",
+            Self::UnknownId => "unknown_id",
+            Self::InvalidId => "invalid_id",
+            Self::EngineOutage => "engine_outage",
+        }
+    }
+}
+
+/// The `retry:` preamble that opens every stream.
+pub fn encode_retry(retry_ms: u64) -> String {
+    format!("retry: {retry_ms}\n\n")
+}
+
+/// The `connected` frame, always the first event of a stream.
+pub fn encode_connected(c: &Connected<'_>) -> String {
+    message(None, &ConnectedWire { kind: "connected", c })
+}
+
+/// Fields of the `connected` frame.
+#[derive(Debug, Serialize)]
+pub struct Connected<'a> {
+    pub client_id: &'a str,
+    pub timestamp: &'a str,
+    pub session_id: &'a str,
+    pub resumed: bool,
+    pub heartbeat_ms: u64,
+}
+
+#[derive(Serialize)]
+struct ConnectedWire<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    c: &'a Connected<'a>,
+}
+
+/// An `activity` frame with its id. `data` is written byte for byte as published.
+/// `remove` is omitted when empty so the common frame stays small.
+pub fn encode_activity(id: EventId, data: &RawValue, invalidate: &[Key], remove: &[Key]) -> String {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        data: &'a RawValue,
+        invalidate: &'a [Key],
+        #[serde(skip_serializing_if = "<[Key]>::is_empty")]
+        remove: &'a [Key],
+    }
+    message(Some(id), &Wire { kind: "activity", data, invalidate, remove })
+}
+
+/// A heartbeat `ping` frame.
+pub fn encode_ping(timestamp: &str) -> String {
+    #[derive(Serialize)]
+    struct Wire<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        timestamp: &'a str,
+    }
+    message(None, &Wire { kind: "ping", timestamp })
+}
+
+/// A `resync` frame: the client must treat all cached data of the account as stale.
+/// When `id` is given the frame carries it, so the client's next resume starts from there.
+pub fn encode_resync(reason: ResyncReason, id: Option<EventId>) -> String {
+    #[derive(Serialize)]
+    struct Wire {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        reason: ResyncReason,
+    }
+    message(id, &Wire { kind: "resync", reason })
+}
+
+/// A `closed` frame, sent just before the hub ends a stream on purpose.
+/// `retry_ms` is dropped for reasons after which the client must not reconnect.
+pub fn encode_closed(reason: CloseReason, retry_ms: u64) -> String {
+    #[derive(Serialize)]
+    struct Wire {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        reason: CloseReason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_ms: Option<u64>,
+    }
+    let retry_ms = reason.allows_reconnect().then_some(retry_ms);
+    message(None, &Wire { kind: "closed", reason, retry_ms })
+}
+
+fn message(id: Option<EventId>, body: &impl Serialize) -> String {
+    // Serialising these types cannot fail: no maps with non-string keys, no fallible Serialize.
+    let json = serde_json::to_string(body).expect("frame serialisation is infallible");
+    debug_assert!(!json.contains('\n') && !json.contains('\r'));
+    match id {
+        Some(id) => format!("id: {id}\nevent: message\ndata: {json}\n\n"),
+        None => format!("event: message\ndata: {json}\n\n"),
+    }
+}
+
+/// A message as a client reads it from the `data:` of one SSE event.
+/// Unknown `type` values become [`ServerMessage::Unknown`] so that clients stay forward
+/// compatible; unknown fields are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ServerMessage {
+    Connected {
+        client_id: String,
+        timestamp: String,
+        #[serde(default)]
+        session_id: Option<String>,
+        #[serde(default)]
+        resumed: Option<bool>,
+        #[serde(default)]
+        heartbeat_ms: Option<u64>,
+    },
+    Activity {
+        data: serde_json::Value,
+        #[serde(default)]
+        invalidate: Vec<Key>,
+        #[serde(default)]
+        remove: Vec<Key>,
+    },
+    Ping {
+        timestamp: String,
+    },
+    Resync {
+        reason: String,
+    },
+    Closed {
+        reason: String,
+        #[serde(default)]
+        retry_ms: Option<u64>,
+    },
+    #[serde(other)]
+    Unknown,
+}
+
+impl ServerMessage {
+    /// Parses one SSE `data:` payload.
+    pub fn parse(data: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn activity_keeps_data_verbatim_and_parses_back() {
+        let raw = RawValue::from_string(r#"{"b":1,"a":{"x":[1.50,"\n"]},"z":null}"#.to_owned()).unwrap();
+        let keys = vec![vec![json!("edge-application")], vec![json!("edge-application"), json!(7)]];
+        let frame = encode_activity(EventId::new(10, 3), &raw, &keys, &[]);
+        assert!(frame.starts_with("id: a-3\nevent: message\ndata: {\"type\":\"activity\",\"data\":{\"b\":1,\"a\":{\"x\":[1.50,\"\\n\"]},\"z\":null},"));
+        assert!(frame.ends_with("\n\n"));
+        assert_eq!(frame.matches('\n').count(), 4, "one id line, one event line, one data line, blank");
+        let data = frame.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+        match ServerMessage::parse(data).unwrap() {
+            ServerMessage::Activity { invalidate, remove, .. } => {
+                assert_eq!(invalidate, keys);
+                assert!(remove.is_empty());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn closed_drops_retry_for_final_reasons() {
+        assert!(encode_closed(CloseReason::Shutdown, 1500).contains(r#"{"type":"closed","reason":"shutdown","retry_ms":1500}"#));
+        assert!(encode_closed(CloseReason::Superseded, 1500).contains(r#"{"type":"closed","reason":"superseded"}"#));
+        assert!(encode_closed(CloseReason::Revoked, 1500).contains(r#"{"type":"closed","reason":"revoked"}"#));
+    }
+
+    #[test]
+    fn unknown_types_are_tolerated() {
+        assert_eq!(ServerMessage::parse(r#"{"type":"future","x":1}"#).unwrap(), ServerMessage::Unknown);
+        assert!(ServerMessage::parse("not json").is_err());
+    }
+}
