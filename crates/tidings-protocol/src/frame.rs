@@ -98,9 +98,11 @@ pub fn encode_retry(retry_ms: u64) -> String {
     format!("retry: {retry_ms}\n\n")
 }
 
-/// The `connected` frame, always the first event of a stream.
-pub fn encode_connected(c: &Connected<'_>) -> String {
-    message(None, &ConnectedWire { kind: "connected", c })
+/// The `connected` frame, always the first event of a stream. It carries the stream's
+/// starting position as its `id:`, so a client that drops before any activity still resumes
+/// from a known position instead of silently starting fresh.
+pub fn encode_connected(position: EventId, c: &Connected<'_>) -> String {
+    message(Some(position), &ConnectedWire { kind: "connected", c })
 }
 
 /// Fields of the `connected` frame.
@@ -121,9 +123,10 @@ struct ConnectedWire<'a> {
     c: &'a Connected<'a>,
 }
 
-/// An `activity` frame with its id. `data` is written byte for byte as published.
-/// `remove` is omitted when empty so the common frame stays small.
-pub fn encode_activity(id: EventId, data: &RawValue, invalidate: &[Key], remove: &[Key]) -> String {
+/// The JSON payload of an `activity` frame. `data` is written byte for byte as published;
+/// `remove` is omitted when empty so the common frame stays small. Engines store this text
+/// and frame it with its id once the id is assigned ([`encode_data_frame`]).
+pub fn activity_payload(data: &RawValue, invalidate: &[Key], remove: &[Key]) -> String {
     #[derive(Serialize)]
     struct Wire<'a> {
         #[serde(rename = "type")]
@@ -133,7 +136,26 @@ pub fn encode_activity(id: EventId, data: &RawValue, invalidate: &[Key], remove:
         #[serde(skip_serializing_if = "<[Key]>::is_empty")]
         remove: &'a [Key],
     }
-    message(Some(id), &Wire { kind: "activity", data, invalidate, remove })
+    to_json(&Wire { kind: "activity", data, invalidate, remove })
+}
+
+/// An `activity` frame with its id.
+pub fn encode_activity(id: EventId, data: &RawValue, invalidate: &[Key], remove: &[Key]) -> String {
+    encode_data_frame(Some(id), &activity_payload(data, invalidate, remove))
+}
+
+/// Frames one JSON payload (which must not contain CR or LF) as an SSE event.
+pub fn encode_data_frame(id: Option<EventId>, json: &str) -> String {
+    debug_assert!(!json.contains('\n') && !json.contains('\r'));
+    let mut out = String::with_capacity(json.len() + 64);
+    if let Some(id) = id {
+        use std::fmt::Write;
+        let _ = write!(out, "id: {id}\n");
+    }
+    out.push_str("event: message\ndata: ");
+    out.push_str(json);
+    out.push_str("\n\n");
+    out
 }
 
 /// A heartbeat `ping` frame.
@@ -175,13 +197,12 @@ pub fn encode_closed(reason: CloseReason, retry_ms: u64) -> String {
 }
 
 fn message(id: Option<EventId>, body: &impl Serialize) -> String {
+    encode_data_frame(id, &to_json(body))
+}
+
+fn to_json(body: &impl Serialize) -> String {
     // Serialising these types cannot fail: no maps with non-string keys, no fallible Serialize.
-    let json = serde_json::to_string(body).expect("frame serialisation is infallible");
-    debug_assert!(!json.contains('\n') && !json.contains('\r'));
-    match id {
-        Some(id) => format!("id: {id}\nevent: message\ndata: {json}\n\n"),
-        None => format!("event: message\ndata: {json}\n\n"),
-    }
+    serde_json::to_string(body).expect("frame serialisation is infallible")
 }
 
 /// A message as a client reads it from the `data:` of one SSE event.
