@@ -1,0 +1,396 @@
+//! Who is asking: credentials to identities, and publisher keys.
+//!
+//! A credential (header, cookie or, when enabled, query) resolves to an [`Identity`] through,
+//! in order: static tokens, JWT (when the token looks like one and a key is configured), then
+//! the introspection URL. Publisher keys are a separate table: they never open a stream, and
+//! user credentials never publish. Tokens are never logged; errors carry a reason only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderMap;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+
+use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig};
+
+/// Introspection answers kept at most; older ones are evicted first.
+const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
+/// Negative introspection answers are reused for at most this long, so a user who just signed
+/// in is not locked out by a cached "no".
+const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
+/// Longest credential accepted; longer ones are refused before any provider sees them.
+pub const CREDENTIAL_LEN_MAX: usize = 8 * 1024;
+
+/// A signed-in session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub account: Arc<str>,
+    pub user: Arc<str>,
+    pub session: Arc<str>,
+    /// When the credential stops being valid; the stream is closed with `token_expired` then.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Where a credential came from (introspection is told, as cookies and tokens may differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialSource {
+    Header,
+    Cookie,
+    Query,
+}
+
+impl CredentialSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Header => "header",
+            Self::Cookie => "cookie",
+            Self::Query => "query",
+        }
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No credential at all (401).
+    #[error("missing credentials")]
+    Missing,
+    /// A credential no provider accepts (401).
+    #[error("invalid credentials")]
+    Invalid,
+    /// A credential that was valid and has expired (401).
+    #[error("credentials expired")]
+    Expired,
+    /// A known credential that may not do this (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The introspection endpoint failed or timed out (503).
+    #[error("identity provider unavailable")]
+    Unavailable,
+}
+
+/// Resolves credentials.
+#[derive(Debug)]
+pub struct Authenticator {
+    tokens: HashMap<String, Identity>,
+    publishers: Vec<Vec<u8>>,
+    cookie: String,
+    query_token: bool,
+    jwt: Option<JwtVerifier>,
+    introspection: Option<Introspector>,
+}
+
+impl Authenticator {
+    pub fn new(c: &AuthConfig) -> Result<Self, ConfigError> {
+        let tokens = c
+            .tokens
+            .iter()
+            .map(|t| {
+                let id = Identity {
+                    account: t.account.as_str().into(),
+                    user: t.user.as_str().into(),
+                    session: t.session.as_str().into(),
+                    expires_at: None,
+                };
+                (t.token.clone(), id)
+            })
+            .collect();
+        Ok(Self {
+            tokens,
+            publishers: c.publishers.iter().map(|p| p.key.as_bytes().to_vec()).collect(),
+            cookie: c.cookie.clone(),
+            query_token: c.query_token,
+            jwt: c.jwt.as_ref().map(JwtVerifier::new).transpose()?,
+            introspection: c.introspection.as_ref().map(Introspector::new).transpose()?,
+        })
+    }
+
+    /// Finds the stream credential in a request: `Authorization: Token|Bearer …`, then the
+    /// session cookie, then (only when enabled) the `access_token` query parameter.
+    pub fn stream_credential<'a>(&self, headers: &'a HeaderMap, query_token: Option<&'a str>) -> Option<(&'a str, CredentialSource)> {
+        if let Some(t) = bearer(headers) {
+            return Some((t, CredentialSource::Header));
+        }
+        if let Some(t) = cookie(headers, &self.cookie) {
+            return Some((t, CredentialSource::Cookie));
+        }
+        query_token.filter(|_| self.query_token).map(|t| (t, CredentialSource::Query))
+    }
+
+    /// Resolves a stream credential to an identity.
+    pub async fn identify(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+        if token.is_empty() || token.len() > CREDENTIAL_LEN_MAX {
+            return Err(AuthError::Invalid);
+        }
+        if let Some(id) = self.tokens.get(token) {
+            return Ok(id.clone());
+        }
+        if self.is_publisher(token) {
+            return Err(AuthError::Forbidden("publisher keys cannot open streams"));
+        }
+        if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(token)) {
+            return jwt.verify(token);
+        }
+        if let Some(intro) = &self.introspection {
+            return intro.identify(token, source).await;
+        }
+        Err(AuthError::Invalid)
+    }
+
+    /// Checks a publish request's `Authorization: Bearer <key>`.
+    pub fn check_publisher(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        let key = bearer(headers).ok_or(AuthError::Missing)?;
+        if self.is_publisher(key) {
+            return Ok(());
+        }
+        if self.tokens.contains_key(key) || (self.jwt.is_some() && looks_like_jwt(key)) {
+            return Err(AuthError::Forbidden("user credentials cannot publish"));
+        }
+        Err(AuthError::Invalid)
+    }
+
+    fn is_publisher(&self, key: &str) -> bool {
+        // Constant time per key, so response timing does not reveal how much of a key matched.
+        self.publishers.iter().fold(false, |found, k| found | bool::from(k.as_slice().ct_eq(key.as_bytes())))
+    }
+}
+
+/// The credential in `Authorization: Token <t>` (the original console's form) or `Bearer <t>`.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token"))
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+        .filter(|v| !v.is_empty())
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|&b| b == b'.').count() == 2
+}
+
+struct JwtVerifier {
+    key: DecodingKey,
+    validation: Validation,
+    account_claim: String,
+    user_claim: String,
+    session_claim: String,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of debug output.
+        f.debug_struct("JwtVerifier").field("algorithms", &self.validation.algorithms).finish_non_exhaustive()
+    }
+}
+
+impl JwtVerifier {
+    fn new(c: &JwtConfig) -> Result<Self, ConfigError> {
+        let invalid = |m: String| ConfigError::Invalid(format!("auth.jwt: {m}"));
+        let pem = || -> Result<Vec<u8>, ConfigError> {
+            if let Some(p) = &c.public_key_pem {
+                return Ok(p.as_bytes().to_vec());
+            }
+            let path = c.public_key_file.as_ref().ok_or_else(|| invalid("needs public_key_pem or public_key_file".into()))?;
+            std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })
+        };
+        let (alg, key) = match c.algorithm.as_str() {
+            "HS256" => {
+                let secret = c.secret.as_ref().filter(|s| s.len() >= 16).ok_or_else(|| invalid("HS256 needs a secret of at least 16 bytes".into()))?;
+                (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
+            }
+            "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem()?).map_err(|e| invalid(format!("RS256 key: {e}")))?),
+            "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem()?).map_err(|e| invalid(format!("ES256 key: {e}")))?),
+            other => return Err(invalid(format!("algorithm {other:?} is not one of HS256, RS256, ES256"))),
+        };
+        // One algorithm only: a token's own `alg` header (including `none`) is never trusted.
+        let mut validation = Validation::new(alg);
+        validation.leeway = c.leeway.as_secs();
+        validation.set_required_spec_claims(&["exp"]);
+        if let Some(iss) = &c.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &c.audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(Self {
+            key,
+            validation,
+            account_claim: c.account_claim.clone(),
+            user_claim: c.user_claim.clone(),
+            session_claim: c.session_claim.clone(),
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            })?;
+        let claims = data.claims;
+        let text = |name: &str| -> Option<Arc<str>> {
+            match claims.get(name)? {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.as_str().into()),
+                serde_json::Value::Number(n) => Some(n.to_string().into()),
+                _ => None,
+            }
+        };
+        let account = text(&self.account_claim).ok_or(AuthError::Forbidden("token has no account claim"))?;
+        let user = text(&self.user_claim).unwrap_or_else(|| "".into());
+        // Without a session claim, the token itself names the session (a hash, never the token).
+        let session = text(&self.session_claim).or_else(|| text("jti")).unwrap_or_else(|| format!("jwt-{:016x}", fxhash(token)).into());
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64).map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        Ok(Identity { account, user, session, expires_at: exp })
+    }
+}
+
+/// A stable, non-cryptographic digest used only to name a session; FNV-1a is enough here.
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+#[derive(Debug)]
+struct Introspector {
+    url: String,
+    client: reqwest::Client,
+    cache: moka::future::Cache<String, Result<Identity, AuthError>>,
+}
+
+#[derive(Deserialize)]
+struct IntrospectionAnswer {
+    active: bool,
+    #[serde(default = "yes")]
+    allowed: bool,
+    account: Option<serde_json::Value>,
+    user: Option<String>,
+    session: Option<String>,
+    /// Expiry as Unix seconds.
+    exp: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Introspector {
+    fn new(c: &IntrospectionConfig) -> Result<Self, ConfigError> {
+        if !c.url.starts_with("http://") {
+            return Err(ConfigError::Invalid(format!(
+                "auth.introspection.url {:?} must be an http:// URL (a sidecar or loopback service)",
+                c.url
+            )));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(c.timeout)
+            .build()
+            .map_err(|e| ConfigError::Invalid(format!("auth.introspection: {e}")))?;
+        let negative_ttl = c.cache_ttl.min(INTROSPECTION_NEGATIVE_TTL_MAX);
+        let positive_ttl = c.cache_ttl;
+        let cache = moka::future::Cache::builder()
+            .max_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
+            .expire_after(IntrospectionExpiry { positive_ttl, negative_ttl })
+            .build();
+        Ok(Self { url: c.url.clone(), client, cache })
+    }
+
+    async fn identify(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+        let key = format!("{}:{token}", source.as_str());
+        if let Some(answer) = self.cache.get(&key).await {
+            return answer;
+        }
+        let answer = self.ask(token, source).await;
+        if answer != Err(AuthError::Unavailable) {
+            self.cache.insert(key, answer.clone()).await;
+        }
+        answer
+    }
+
+    async fn ask(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+        let body = serde_json::json!({ "token": token, "source": source.as_str() });
+        let resp = self.client.post(&self.url).json(&body).send().await.map_err(|e| {
+            tracing::warn!(error = %e, "introspection request failed");
+            AuthError::Unavailable
+        })?;
+        match resp.status().as_u16() {
+            200 => {}
+            401 | 404 => return Err(AuthError::Invalid),
+            403 => return Err(AuthError::Forbidden("identity not allowed to stream")),
+            status => {
+                tracing::warn!(status, "introspection endpoint answered with an error");
+                return Err(AuthError::Unavailable);
+            }
+        }
+        let a: IntrospectionAnswer = resp.json().await.map_err(|e| {
+            tracing::warn!(error = %e, "introspection answer is not the expected JSON");
+            AuthError::Unavailable
+        })?;
+        if !a.active {
+            return Err(AuthError::Invalid);
+        }
+        if !a.allowed {
+            return Err(AuthError::Forbidden("identity not allowed to stream"));
+        }
+        let account: Arc<str> = match a.account {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.into(),
+            Some(serde_json::Value::Number(n)) => n.to_string().into(),
+            _ => return Err(AuthError::Forbidden("identity has no account")),
+        };
+        let expires_at = a.exp.map(|s| UNIX_EPOCH + Duration::from_secs(s));
+        if expires_at.is_some_and(|e| e <= SystemTime::now()) {
+            return Err(AuthError::Expired);
+        }
+        let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fxhash(token)));
+        Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at })
+    }
+}
+
+struct IntrospectionExpiry {
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<String, Result<Identity, AuthError>> for IntrospectionExpiry {
+    fn expire_after_create(&self, _: &String, value: &Result<Identity, AuthError>, _: std::time::Instant) -> Option<Duration> {
+        Some(if value.is_ok() { self.positive_ttl } else { self.negative_ttl })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn credentials_are_found_in_each_place() {
+        let auth = Authenticator::new(&AuthConfig { query_token: true, ..AuthConfig::default() }).unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(auth.stream_credential(&h, None), None);
+        assert_eq!(auth.stream_credential(&h, Some("q")), Some(("q", CredentialSource::Query)));
+        h.insert(http::header::COOKIE, HeaderValue::from_static("a=b; tidings_session=c1"));
+        assert_eq!(auth.stream_credential(&h, Some("q")), Some(("c1", CredentialSource::Cookie)));
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Token t1"));
+        assert_eq!(auth.stream_credential(&h, None), Some(("t1", CredentialSource::Header)));
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("bearer t2"));
+        assert_eq!(auth.stream_credential(&h, None), Some(("t2", CredentialSource::Header)));
+        h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(auth.stream_credential(&h, None), Some(("c1", CredentialSource::Cookie)));
+    }
+}

@@ -1,0 +1,389 @@
+//! Typed hub configuration: parsed from TOML once at the edge, validated before a port is bound.
+//!
+//! Every field has a default that makes sense on one developer machine; the binary layers
+//! environment variables and flags over the file and then hands this struct down. Nothing in
+//! the hub reads configuration from anywhere else.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default heartbeat: below the common 60 s idle timeout of proxies and load balancers.
+pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
+/// Shortest heartbeat accepted; anything faster is a configuration mistake that burns CPU.
+pub const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
+/// Default reconnect hint sent as `retry:`.
+pub const RETRY_HINT_DEFAULT: Duration = Duration::from_secs(2);
+
+/// The whole hub configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to bind; the `--listen` flag overrides it.
+    pub listen: SocketAddr,
+    /// Ping interval.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat: Duration,
+    /// Reconnect hint sent as `retry:` at the start of each stream.
+    #[serde(with = "humantime_serde")]
+    pub retry: Duration,
+    pub auth: AuthConfig,
+    pub limits: Limits,
+    pub history: HistoryConfig,
+    pub engine: EngineConfig,
+    pub mapping: MappingConfig,
+    pub cors: CorsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            heartbeat: HEARTBEAT_DEFAULT,
+            retry: RETRY_HINT_DEFAULT,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+            history: HistoryConfig::default(),
+            engine: EngineConfig::default(),
+            mapping: MappingConfig::default(),
+            cors: CorsConfig::default(),
+        }
+    }
+}
+
+/// Identity providers and publisher keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Name of the session cookie that carries the same tokens as the `Authorization` header.
+    pub cookie: String,
+    /// Accept `?access_token=` on the stream URL. Off by default: query strings end up in logs.
+    pub query_token: bool,
+    /// Static user tokens.
+    pub tokens: Vec<StaticToken>,
+    /// A TOML file with more `[[tokens]]` entries, read at start-up.
+    pub tokens_file: Option<PathBuf>,
+    /// Keys that may publish; never accepted on the stream endpoint.
+    pub publishers: Vec<PublisherKey>,
+    pub jwt: Option<JwtConfig>,
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            cookie: "tidings_session".into(),
+            query_token: false,
+            tokens: Vec::new(),
+            tokens_file: None,
+            publishers: Vec::new(),
+            jwt: None,
+            introspection: None,
+        }
+    }
+}
+
+/// One static identity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticToken {
+    pub token: String,
+    pub account: String,
+    pub user: String,
+    pub session: String,
+}
+
+/// One publisher key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublisherKey {
+    pub key: String,
+    /// A name for logs and metrics; never the key itself.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// JWT verification.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `HS256`, `RS256` or `ES256`.
+    pub algorithm: String,
+    /// Shared secret for HS256.
+    pub secret: Option<String>,
+    /// PEM public key for RS256/ES256, inline.
+    pub public_key_pem: Option<String>,
+    /// PEM public key for RS256/ES256, from a file.
+    pub public_key_file: Option<PathBuf>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    #[serde(default = "default_account_claim")]
+    pub account_claim: String,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    #[serde(default = "default_session_claim")]
+    pub session_claim: String,
+    /// Clock skew tolerated on `exp`/`nbf`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+fn default_account_claim() -> String {
+    "account".into()
+}
+fn default_user_claim() -> String {
+    "sub".into()
+}
+fn default_session_claim() -> String {
+    "sid".into()
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Asking the host application who a token or cookie belongs to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// `POST`ed `{"token": "...", "source": "header"|"cookie"|"query"}`; see the README.
+    pub url: String,
+    /// How long an answer (positive or negative) is reused.
+    #[serde(default = "default_introspection_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_introspection_ttl() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Bounds on what one node holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Open streams per node; beyond it new streams get 503 with `Retry-After`.
+    pub streams_per_node: usize,
+    /// Open streams per account on this node; beyond it 429 with `Retry-After`.
+    pub streams_per_account: usize,
+    /// Frames queued for one stream before it is closed as a slow consumer.
+    pub stream_queue_frames: usize,
+    /// Largest publish body, in bytes (413 beyond).
+    pub publish_body_bytes: usize,
+    /// Maximum stream lifetime; each stream gets up to 10% less, at random, so they do not
+    /// all reconnect together.
+    #[serde(with = "humantime_serde")]
+    pub stream_lifetime: Option<Duration>,
+    /// How long shutdown waits for streams to flush their `closed` frame.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            streams_per_node: 100_000,
+            streams_per_account: 10_000,
+            stream_queue_frames: 1_024,
+            publish_body_bytes: 1024 * 1024,
+            stream_lifetime: None,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Bounds on per-account history.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Events kept per account.
+    pub max_events: usize,
+    /// Oldest event kept.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { max_events: 1_000, max_age: Duration::from_secs(3_600) }
+    }
+}
+
+/// Which engine holds history and carries events between publish and delivery.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+pub enum EngineConfig {
+    /// In this process only; ids change epoch on restart.
+    #[default]
+    Memory,
+}
+
+/// Where invalidation keys come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingConfig {
+    /// A mapping file; without it the generic default applies.
+    pub file: Option<PathBuf>,
+    /// How the generic default spells types: `kebab` (default) or `as_published`.
+    pub type_spelling: TypeSpellingConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypeSpellingConfig {
+    #[default]
+    Kebab,
+    AsPublished,
+}
+
+/// Cross-origin access for browser consoles served from another origin.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsConfig {
+    /// Exact origins allowed (credentials are allowed for these). `*` is refused: a wildcard
+    /// with credentials would let any site read a signed-in user's stream.
+    pub allowed_origins: Vec<String>,
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The TOML is malformed or has unknown or mistyped keys.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// Values that parse but do not make sense together.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads and validates a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut config = Self::from_toml_str(&text, path)?;
+        config.resolve_relative_paths(path.parent().unwrap_or(Path::new(".")));
+        config.load_tokens_file()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text; `path` only names the source in errors.
+    pub fn from_toml_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    fn resolve_relative_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = self.auth.tokens_file.as_mut() {
+            fix(p);
+        }
+        if let Some(p) = self.auth.jwt.as_mut().and_then(|j| j.public_key_file.as_mut()) {
+            fix(p);
+        }
+        if let Some(p) = self.mapping.file.as_mut() {
+            fix(p);
+        }
+    }
+
+    fn load_tokens_file(&mut self) -> Result<(), ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TokensFile {
+            tokens: Vec<StaticToken>,
+        }
+        let Some(path) = self.auth.tokens_file.clone() else { return Ok(()) };
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+        let file: TokensFile = toml::from_str(&text).map_err(|e| ConfigError::Parse { path, message: e.to_string() })?;
+        self.auth.tokens.extend(file.tokens);
+        Ok(())
+    }
+
+    /// Checks values that parse but cannot work. Called by [`Config::from_file`]; call it
+    /// yourself after changing a config in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.heartbeat < HEARTBEAT_MIN {
+            return invalid(format!("heartbeat must be at least {HEARTBEAT_MIN:?}"));
+        }
+        if self.auth.cookie.is_empty() || !self.auth.cookie.bytes().all(|b| b.is_ascii_graphic() && b != b'=' && b != b';') {
+            return invalid(format!("auth.cookie {:?} is not a valid cookie name", self.auth.cookie));
+        }
+        let l = &self.limits;
+        if l.streams_per_node == 0 || l.streams_per_account == 0 || l.stream_queue_frames < 2 || l.publish_body_bytes < 256 {
+            return invalid("limits: streams_per_node and streams_per_account must be > 0, stream_queue_frames >= 2, publish_body_bytes >= 256".into());
+        }
+        if self.history.max_events == 0 {
+            return invalid("history.max_events must be > 0".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for t in &self.auth.tokens {
+            if t.token.is_empty() || t.account.is_empty() || t.session.is_empty() {
+                return invalid(format!("auth.tokens: entry for user {:?} needs a token, an account and a session", t.user));
+            }
+            if !seen.insert(t.token.as_str()) {
+                return invalid(format!("auth.tokens: token of user {:?} appears twice", t.user));
+            }
+        }
+        for p in &self.auth.publishers {
+            if p.key.len() < 8 {
+                return invalid("auth.publishers: a publisher key must be at least 8 characters".into());
+            }
+            if seen.contains(p.key.as_str()) {
+                return invalid("auth.publishers: a publisher key is also a user token".into());
+            }
+        }
+        if self.cors.allowed_origins.iter().any(|o| o == "*") {
+            return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_example_parses() {
+        let text = r#"
+heartbeat = "500ms"
+[auth]
+cookie = "tidings_session"
+[[auth.tokens]]
+token = "tok-alice"
+account = "acme"
+user = "alice@example.com"
+session = "s-alice"
+[[auth.publishers]]
+key = "pub-secret"
+"#;
+        let c = Config::from_toml_str(text, Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.auth.tokens[0].account, "acme");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_key() {
+        let e = Config::from_toml_str("hartbeat = \"1s\"", Path::new("hub.toml")).unwrap_err().to_string();
+        assert!(e.contains("hub.toml") && e.contains("hartbeat"), "{e}");
+        let e = Config::from_toml_str("heartbeat = \"soon\"", Path::new("hub.toml")).unwrap_err().to_string();
+        assert!(e.contains("line 1"), "{e}");
+        let mut c = Config::default();
+        c.cors.allowed_origins = vec!["*".into()];
+        assert!(c.validate().is_err());
+    }
+}

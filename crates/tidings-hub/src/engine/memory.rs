@@ -1,0 +1,137 @@
+//! The in-memory engine: one node, nothing to install, history lost on restart.
+//!
+//! Ids are `<epoch>-<seq>` with a random epoch per process, so an id from a previous process
+//! is recognised and answered with `resync` rather than misread. One global `seq` counter,
+//! assigned under one lock together with the history append and the fan-out, gives every
+//! account increasing ids in publish order and every stream a consistent cut.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use tidings_protocol::EventId;
+use tidings_protocol::frame::encode_data_frame;
+use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+
+use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use crate::config::HistoryConfig;
+use crate::fanout::Fanout;
+
+/// History of every account, bounded by count and age per account.
+#[derive(Debug)]
+pub struct MemoryEngine {
+    epoch: u64,
+    max_events: usize,
+    max_age: Duration,
+    fanout: Arc<Fanout>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    head: u64,
+    accounts: HashMap<Arc<str>, AccountLog>,
+}
+
+#[derive(Debug, Default)]
+struct AccountLog {
+    events: VecDeque<(Instant, StoredFrame)>,
+    /// Every event of this account with a seq at or below this may have been dropped.
+    trimmed_through: u64,
+}
+
+impl AccountLog {
+    fn trim(&mut self, max_events: usize, oldest: Option<Instant>) {
+        while self.events.len() > max_events || self.events.front().is_some_and(|(at, _)| oldest.is_some_and(|o| *at < o)) {
+            if let Some((_, f)) = self.events.pop_front() {
+                self.trimmed_through = f.seq;
+            }
+        }
+    }
+}
+
+impl MemoryEngine {
+    pub fn new(history: &HistoryConfig, fanout: Arc<Fanout>) -> Self {
+        // 32 random bits keep ids short; a collision between two processes' epochs needs
+        // the same 1-in-4-billion draw, and then still needs a matching seq to be misread.
+        let epoch = u64::from(rand::random::<u32>()) | 1;
+        Self::with_epoch(epoch, history, fanout)
+    }
+
+    pub fn with_epoch(epoch: u64, history: &HistoryConfig, fanout: Arc<Fanout>) -> Self {
+        Self { epoch, max_events: history.max_events, max_age: history.max_age, fanout, state: Mutex::default() }
+    }
+
+    fn oldest_kept(&self, now: Instant) -> Option<Instant> {
+        now.checked_sub(self.max_age)
+    }
+}
+
+impl Engine for MemoryEngine {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+        let now = Instant::now();
+        let oldest = self.oldest_kept(now);
+        let mut state = self.state.lock().expect("engine lock");
+        let mut ids = Vec::with_capacity(batch.len());
+        for ev in batch {
+            state.head += 1;
+            let id = EventId::new(self.epoch, state.head);
+            let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
+            let log = state.accounts.entry(ev.account.clone()).or_default();
+            log.events.push_back((now, StoredFrame { seq: id.seq, bytes: bytes.clone() }));
+            log.trim(self.max_events, oldest);
+            self.fanout.deliver(&ev.account, id.seq, &bytes);
+            ids.push(id);
+        }
+        drop(state);
+        async move { Ok(ids) }.boxed()
+    }
+
+    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let oldest = self.oldest_kept(Instant::now());
+        let mut state = self.state.lock().expect("engine lock");
+        let head = state.head;
+        let log = state.accounts.get_mut(account);
+        let trimmed_through = log.map_or(0, |l| {
+            l.trim(self.max_events, oldest);
+            l.trimmed_through
+        });
+        let window = HistoryWindow { epoch: self.epoch, head, trimmed_through };
+        let decision = decide(last_event_id, &window);
+        let (position, replay) = match decision {
+            ResumeDecision::Replay { after } => {
+                let replay = state
+                    .accounts
+                    .get(account)
+                    .map(|l| l.events.iter().filter(|(_, f)| f.seq > after).map(|(_, f)| f.clone()).collect())
+                    .unwrap_or_default();
+                (EventId::new(self.epoch, after), replay)
+            }
+            ResumeDecision::Fresh | ResumeDecision::Resync(_) => (EventId::new(self.epoch, head), Vec::new()),
+        };
+        drop(state);
+        async move { Ok(Opening { position, decision, replay }) }.boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn maintain(&self) {
+        let oldest = self.oldest_kept(Instant::now());
+        let mut state = self.state.lock().expect("engine lock");
+        for log in state.accounts.values_mut() {
+            log.trim(self.max_events, oldest);
+            // An empty log keeps its entry: `trimmed_through` is what proves a gap later.
+            if log.events.is_empty() && log.events.capacity() > 0 {
+                log.events = VecDeque::new();
+            }
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}

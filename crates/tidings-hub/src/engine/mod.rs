@@ -1,0 +1,69 @@
+//! Engines: where events live between publish and delivery.
+//!
+//! An engine assigns ids, keeps a bounded history per account, answers "how does a stream
+//! for this account start, given this `Last-Event-ID`" ([`Opening`]), and hands every stored
+//! event to the node's [`Fanout`](crate::fanout::Fanout) exactly once, in id order per account.
+//! It never writes to a socket. The hub registers a stream in the fan-out *before* opening it,
+//! and the stream skips queued frames at or below its replay position, which is what makes the
+//! replay/live boundary exact for every engine, local or remote.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use tidings_protocol::EventId;
+use tidings_protocol::resume::ResumeDecision;
+
+pub mod memory;
+
+/// One activity to store: its account and its `activity` payload (JSON, encoded once).
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub account: Arc<str>,
+    pub payload: Arc<str>,
+}
+
+/// A stored event's frame, ready to write.
+#[derive(Debug, Clone)]
+pub struct StoredFrame {
+    pub seq: u64,
+    pub bytes: Bytes,
+}
+
+/// How a stream starts.
+#[derive(Debug)]
+pub struct Opening {
+    /// The position the stream starts from, sent as the `connected` frame's id.
+    pub position: EventId,
+    pub decision: ResumeDecision,
+    /// With [`ResumeDecision::Replay`], every retained event after the client's id, in order.
+    pub replay: Vec<StoredFrame>,
+}
+
+/// An engine could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The backing store cannot be reached or failed; nothing was stored (publish gets 503).
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The engine interface. Object-safe so the hub holds `Arc<dyn Engine>`.
+pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores a batch, all or nothing, and returns the assigned ids in order. An `Ok` means
+    /// every event is stored as durably as the engine promises.
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
+
+    /// Decides how a stream of `account` starts and reads what it must replay.
+    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>>;
+
+    /// Whether the engine can serve right now (`/readyz`).
+    fn is_ready(&self) -> bool;
+
+    /// Periodic upkeep (age trimming); called by the hub's ticker.
+    fn maintain(&self) {}
+
+    /// A short name for logs and the start-up banner.
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,350 @@
+//! Per-node fan-out: which streams are open, per account and per session, and their queues.
+//!
+//! Engines call [`Fanout::deliver`] with an event's frame, encoded once; every stream of the
+//! account gets a clone of the same bytes in its bounded queue. A queue that overflows closes
+//! its stream as a slow consumer (its frames are dropped at once, so memory stays flat) and
+//! the client resumes from its last id. This module owns no tasks and no timers: the hub's
+//! ticker drives heartbeats and deadlines through [`Fanout::tick`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidings_protocol::CloseReason;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// How long a stream that was told to close may take to flush its `closed` frame before its
+/// connection is dropped. A client that stopped reading would otherwise hold its socket and
+/// buffers forever (the connection is never polled again once the socket is full).
+pub const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// `seq` of frames that are not activities (pings, control frames): never de-duplicated.
+pub const SEQ_NONE: u64 = 0;
+
+/// One frame waiting in a stream queue.
+#[derive(Debug)]
+pub struct Queued {
+    pub seq: u64,
+    pub at: Instant,
+    pub bytes: Bytes,
+}
+
+/// State shared between a stream's body (the reader) and the fan-out (the writers).
+#[derive(Debug)]
+pub struct StreamShared {
+    pub id: u64,
+    pub account: Arc<str>,
+    pub session: Arc<str>,
+    /// When the stream must end on its own (credential expiry or lifetime cap).
+    pub deadline: Option<(Instant, CloseReason)>,
+    /// Cancels this stream's connection; used only when a closing stream does not flush
+    /// within [`CLOSE_FLUSH_GRACE`]. Owned by the connection task, which drops the socket.
+    connection: CancellationToken,
+    /// Set by the body when it is dropped: nothing reads the queue any more.
+    finished: AtomicBool,
+    queue: Mutex<QueueState>,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    frames: VecDeque<Queued>,
+    waker: Option<Waker>,
+    close: Option<(CloseReason, Instant)>,
+    capacity: usize,
+}
+
+/// What the body finds when it polls its queue.
+#[derive(Debug)]
+pub enum Next {
+    /// Frames, in order (possibly several at once to save writes).
+    Frames(Vec<Queued>),
+    /// The queue is drained and the stream must close for this reason.
+    Close(CloseReason),
+    /// Nothing yet; the waker is stored.
+    Pending,
+}
+
+impl StreamShared {
+    /// Queues a frame. Returns false when the stream overflowed and was closed by this push.
+    fn push(&self, q: Queued) -> bool {
+        let mut s = self.queue.lock().expect("queue lock");
+        if s.close.is_some() {
+            return true;
+        }
+        if s.frames.len() >= s.capacity {
+            s.frames = VecDeque::new();
+            s.close = Some((CloseReason::SlowConsumer, Instant::now()));
+            wake(&mut s);
+            return false;
+        }
+        s.frames.push_back(q);
+        wake(&mut s);
+        true
+    }
+
+    /// Asks the stream to close once its queue is flushed. The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        let mut s = self.queue.lock().expect("queue lock");
+        if s.close.is_none() {
+            s.close = Some((reason, Instant::now()));
+            wake(&mut s);
+        }
+    }
+
+    /// Takes what is queued, or registers `waker` for later.
+    pub fn poll_next(&self, waker: &Waker, batch_max: usize) -> Next {
+        let mut s = self.queue.lock().expect("queue lock");
+        if !s.frames.is_empty() {
+            let n = s.frames.len().min(batch_max);
+            return Next::Frames(s.frames.drain(..n).collect());
+        }
+        if let Some((reason, _)) = s.close {
+            return Next::Close(reason);
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        Next::Pending
+    }
+
+    /// Called by the body when it is dropped.
+    pub fn finish(&self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
+    fn closing_since(&self) -> Option<Instant> {
+        self.queue.lock().expect("queue lock").close.map(|(_, at)| at)
+    }
+}
+
+fn wake(s: &mut QueueState) {
+    if let Some(w) = s.waker.take() {
+        w.wake();
+    }
+}
+
+/// Why a stream could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegisterError {
+    /// The node holds its maximum of streams.
+    NodeFull,
+    /// The account holds its maximum of streams on this node.
+    AccountFull,
+}
+
+/// The registry of open streams on this node.
+#[derive(Debug)]
+pub struct Fanout {
+    registry: RwLock<Registry>,
+    /// Streams told to close whose body has not finished yet; swept by [`Fanout::tick`].
+    closing: Mutex<Vec<Arc<StreamShared>>>,
+    next_id: AtomicU64,
+    streams_per_node: usize,
+    streams_per_account: usize,
+    queue_capacity: usize,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    accounts: HashMap<Arc<str>, HashMap<u64, Arc<StreamShared>>>,
+    sessions: HashMap<(Arc<str>, Arc<str>), u64>,
+    total: usize,
+}
+
+/// What a new stream needs to register.
+#[derive(Debug)]
+pub struct NewStream {
+    pub account: Arc<str>,
+    pub session: Arc<str>,
+    pub deadline: Option<(Instant, CloseReason)>,
+    pub connection: CancellationToken,
+}
+
+impl Fanout {
+    pub fn new(streams_per_node: usize, streams_per_account: usize, queue_capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            registry: RwLock::default(),
+            closing: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            streams_per_node,
+            streams_per_account,
+            queue_capacity,
+            metrics,
+        }
+    }
+
+    /// Registers a stream; a stream of the same session is superseded.
+    pub fn register(&self, new: NewStream) -> Result<Arc<StreamShared>, RegisterError> {
+        let mut reg = self.registry.write().expect("registry lock");
+        let session_key = (new.account.clone(), new.session.clone());
+        let previous = reg.sessions.get(&session_key).copied();
+        let replacing = usize::from(previous.is_some());
+        if reg.total - replacing >= self.streams_per_node {
+            return Err(RegisterError::NodeFull);
+        }
+        let in_account = reg.accounts.get(&new.account).map_or(0, HashMap::len);
+        if in_account - replacing >= self.streams_per_account {
+            return Err(RegisterError::AccountFull);
+        }
+        if let Some(old) = previous.and_then(|id| remove_locked(&mut reg, &new.account, id)) {
+            old.close(CloseReason::Superseded);
+            self.closing.lock().expect("closing lock").push(old);
+        }
+        let stream = Arc::new(StreamShared {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            account: new.account.clone(),
+            session: new.session,
+            deadline: new.deadline,
+            connection: new.connection,
+            finished: AtomicBool::new(false),
+            queue: Mutex::new(QueueState { frames: VecDeque::new(), waker: None, close: None, capacity: self.queue_capacity }),
+        });
+        reg.accounts.entry(new.account).or_default().insert(stream.id, stream.clone());
+        reg.sessions.insert(session_key, stream.id);
+        reg.total += 1;
+        self.metrics.streams_open.set(reg.total as i64);
+        Ok(stream)
+    }
+
+    /// Forgets a stream (its body ended). Idempotent.
+    pub fn deregister(&self, stream: &StreamShared) {
+        let mut reg = self.registry.write().expect("registry lock");
+        if remove_locked(&mut reg, &stream.account, stream.id).is_some() {
+            self.metrics.streams_open.set(reg.total as i64);
+        }
+    }
+
+    /// Queues an activity frame for every stream of `account`.
+    pub fn deliver(&self, account: &str, seq: u64, bytes: &Bytes) {
+        let now = Instant::now();
+        let mut evicted = Vec::new();
+        {
+            let reg = self.registry.read().expect("registry lock");
+            let Some(streams) = reg.accounts.get(account) else { return };
+            for s in streams.values() {
+                if !s.push(Queued { seq, at: now, bytes: bytes.clone() }) {
+                    evicted.push(s.clone());
+                }
+            }
+            self.metrics.events_delivered.inc_by(streams.len() as u64);
+        }
+        self.evict(evicted);
+    }
+
+    /// Queues the same frame for every stream on the node (heartbeats, node-wide notices).
+    pub fn broadcast(&self, bytes: &Bytes) {
+        let now = Instant::now();
+        let mut evicted = Vec::new();
+        {
+            let reg = self.registry.read().expect("registry lock");
+            for s in reg.accounts.values().flat_map(HashMap::values) {
+                if !s.push(Queued { seq: SEQ_NONE, at: now, bytes: bytes.clone() }) {
+                    evicted.push(s.clone());
+                }
+            }
+        }
+        self.evict(evicted);
+    }
+
+    fn evict(&self, evicted: Vec<Arc<StreamShared>>) {
+        if evicted.is_empty() {
+            return;
+        }
+        self.metrics.slow_consumer_evictions.inc_by(evicted.len() as u64);
+        tracing::info!(streams = evicted.len(), "closing slow consumers");
+        self.retire(evicted);
+    }
+
+    /// Removes streams that were told to close from delivery and watches their flush.
+    fn retire(&self, streams: Vec<Arc<StreamShared>>) {
+        {
+            let mut reg = self.registry.write().expect("registry lock");
+            for s in &streams {
+                remove_locked(&mut reg, &s.account, s.id);
+            }
+            self.metrics.streams_open.set(reg.total as i64);
+        }
+        self.closing.lock().expect("closing lock").extend(streams);
+    }
+
+    /// Closes every stream (shutdown), each with `reason`.
+    pub fn close_all(&self, reason: CloseReason) {
+        let all: Vec<_> = {
+            let reg = self.registry.read().expect("registry lock");
+            reg.accounts.values().flat_map(HashMap::values).cloned().collect()
+        };
+        for s in &all {
+            s.close(reason);
+        }
+        self.retire(all);
+    }
+
+    /// Periodic upkeep: ends streams past their deadline and drops the connections of closing
+    /// streams that did not flush within [`CLOSE_FLUSH_GRACE`].
+    pub fn tick(&self, now: Instant) {
+        let due: Vec<_> = {
+            let reg = self.registry.read().expect("registry lock");
+            reg.accounts
+                .values()
+                .flat_map(HashMap::values)
+                .filter(|s| s.deadline.is_some_and(|(at, _)| at <= now))
+                .cloned()
+                .collect()
+        };
+        for s in &due {
+            if let Some((_, reason)) = s.deadline {
+                s.close(reason);
+            }
+        }
+        if !due.is_empty() {
+            self.retire(due);
+        }
+        let mut closing = self.closing.lock().expect("closing lock");
+        closing.retain(|s| {
+            if s.finished.load(Ordering::Acquire) {
+                return false;
+            }
+            if s.closing_since().is_some_and(|at| now.duration_since(at) >= CLOSE_FLUSH_GRACE) {
+                tracing::debug!(stream = s.id, "closing stream did not flush; dropping its connection");
+                s.connection.cancel();
+                return false;
+            }
+            true
+        });
+    }
+
+    /// Number of open streams (not counting those flushing their `closed` frame).
+    pub fn len(&self) -> usize {
+        self.registry.read().expect("registry lock").total
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Streams still flushing a `closed` frame.
+    pub fn closing_len(&self) -> usize {
+        self.closing.lock().expect("closing lock").iter().filter(|s| !s.finished.load(Ordering::Acquire)).count()
+    }
+}
+
+fn remove_locked(reg: &mut Registry, account: &Arc<str>, id: u64) -> Option<Arc<StreamShared>> {
+    let streams = reg.accounts.get_mut(account)?;
+    let s = streams.remove(&id)?;
+    if streams.is_empty() {
+        reg.accounts.remove(account);
+    }
+    let key = (s.account.clone(), s.session.clone());
+    if reg.sessions.get(&key) == Some(&id) {
+        reg.sessions.remove(&key);
+    }
+    reg.total -= 1;
+    Some(s)
+}

@@ -1,0 +1,275 @@
+//! The HTTP edge: routes, request checks, and the mapping of outcomes to responses.
+//!
+//! Handlers here translate; the rules live elsewhere (auth, protocol, engine, fan-out).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+use tidings_protocol::frame::{Connected, activity_payload, encode_connected, encode_resync, encode_retry};
+use tidings_protocol::publish::{PublishErrorKind, parse_body};
+use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::{CloseReason, EventId};
+use tokio_util::sync::CancellationToken;
+
+use crate::HubState;
+use crate::engine::NewEvent;
+use crate::error::ApiError;
+use crate::fanout::{NewStream, RegisterError};
+use crate::stream::SseBody;
+
+/// Seconds a client is asked to wait when the node or account is full or the hub drains.
+const RETRY_AFTER_BUSY_SECS: u64 = 5;
+/// Seconds a publisher is asked to wait when the engine is unavailable.
+const RETRY_AFTER_ENGINE_SECS: u64 = 2;
+
+/// Handle to the connection a request came on; lets the hub drop a stuck connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle(pub CancellationToken);
+
+pub fn router(state: Arc<HubState>) -> Router {
+    Router::new()
+        .route("/events/stream", get(stream))
+        .route("/events", post(publish))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamQuery {
+    last_event_id: Option<String>,
+    access_token: Option<String>,
+}
+
+async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuery>, req: Request) -> Response {
+    let query = Some(query);
+    let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
+    match open_stream(&hub, req.headers(), query, conn).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            e.into_response()
+        }
+    }
+}
+
+async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<StreamQuery>, conn: CancellationToken) -> Result<Response, ApiError> {
+    if hub.draining.load(Ordering::Acquire) {
+        return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
+    }
+    let query_token = query.as_ref().and_then(|q| q.access_token.as_deref());
+    let (token, source) = hub.auth.stream_credential(headers, query_token).ok_or(crate::auth::AuthError::Missing)?;
+    let identity = hub.auth.identify(token, source).await?;
+    if !accepts_event_stream(headers) {
+        return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", "this endpoint only serves text/event-stream"));
+    }
+    let now = Instant::now();
+    let deadline = stream_deadline(hub, identity.expires_at, now)?;
+    let stream = hub
+        .fanout
+        .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn })
+        .map_err(|e| match e {
+            RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
+            RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
+                .retry_after(RETRY_AFTER_BUSY_SECS),
+        })?;
+    let last_event_id = headers
+        .get("last-event-id")
+        .map(|v| v.to_str().unwrap_or("\u{0}invalid"))
+        .or_else(|| query.as_ref().and_then(|q| q.last_event_id.as_deref()));
+    let opening = match hub.engine.open(&identity.account, last_event_id).await {
+        Ok(o) => o,
+        Err(e) => {
+            hub.fanout.deregister(&stream);
+            tracing::warn!(error = %e, "cannot open stream");
+            return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_ENGINE_SECS));
+        }
+    };
+    hub.metrics.streams_opened.inc();
+    let mut buf = BytesMut::with_capacity(256 + opening.replay.iter().map(|f| f.bytes.len()).sum::<usize>());
+    buf.put_slice(encode_retry(hub.config.retry.as_millis() as u64).as_bytes());
+    let client_id = format!("c_{:016x}", rand::random::<u64>());
+    let timestamp = now_rfc3339();
+    let connected = Connected {
+        client_id: &client_id,
+        timestamp: &timestamp,
+        session_id: &identity.session,
+        resumed: matches!(opening.decision, ResumeDecision::Replay { .. }),
+        heartbeat_ms: hub.config.heartbeat.as_millis() as u64,
+    };
+    buf.put_slice(encode_connected(opening.position, &connected).as_bytes());
+    let mut last_seq = opening.position.seq;
+    match opening.decision {
+        ResumeDecision::Fresh => {}
+        ResumeDecision::Replay { .. } => {
+            hub.metrics.replays.inc();
+            hub.metrics.replayed_events.inc_by(opening.replay.len() as u64);
+            for f in &opening.replay {
+                buf.put_slice(&f.bytes);
+                last_seq = last_seq.max(f.seq);
+            }
+        }
+        ResumeDecision::Resync(reason) => {
+            hub.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() }).inc();
+            buf.put_slice(encode_resync(reason, None).as_bytes());
+        }
+    }
+    tracing::debug!(account = %identity.account, session = %identity.session, stream = stream.id, "stream opened");
+    let body = SseBody::new(stream, hub.clone(), buf.freeze(), last_seq);
+    let mut resp = Response::new(Body::new(body));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// When the stream must end on its own: the credential's expiry or the lifetime cap (with up
+/// to 10% taken off at random so streams opened together do not all end together).
+fn stream_deadline(hub: &HubState, expires_at: Option<SystemTime>, now: Instant) -> Result<Option<(Instant, CloseReason)>, ApiError> {
+    let expiry = match expires_at {
+        None => None,
+        Some(at) => match at.duration_since(SystemTime::now()) {
+            Ok(left) if !left.is_zero() => Some((now + left, CloseReason::TokenExpired)),
+            _ => return Err(crate::auth::AuthError::Expired.into()),
+        },
+    };
+    let lifetime = hub.config.limits.stream_lifetime.map(|l| {
+        let cut = rand::random_range(0..=l.as_millis() as u64 / 10);
+        (now + l - Duration::from_millis(cut), CloseReason::Lifetime)
+    });
+    Ok(match (expiry, lifetime) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    })
+}
+
+/// Whether `Accept` admits `text/event-stream` (no header admits everything).
+fn accepts_event_stream(headers: &HeaderMap) -> bool {
+    let values: Vec<_> = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return true;
+    }
+    values.iter().flat_map(|v| v.split(',')).any(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let refused = parts.any(|p| p.replace(' ', "").parse::<String>().is_ok_and(|p| p == "q=0" || p == "q=0.0" || p == "q=0.00" || p == "q=0.000"));
+        !refused && matches!(media.as_str(), "text/event-stream" | "text/*" | "*/*")
+    })
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_micros(SystemTime::now()).to_string()
+}
+
+async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
+    let started = Instant::now();
+    match publish_inner(&hub, req).await {
+        Ok(ids) => {
+            hub.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
+            let ids: Vec<String> = ids.iter().map(EventId::to_string).collect();
+            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "ids": ids }))).into_response()
+        }
+        Err(e) => {
+            hub.metrics.publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            e.into_response()
+        }
+    }
+}
+
+async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>, ApiError> {
+    hub.auth.check_publisher(req.headers())?;
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if media != "application/json" && !media.ends_with("+json") {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send Content-Type: application/json")
+            .field("Content-Type"));
+    }
+    let limit = hub.config.limits.publish_body_bytes;
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes")).field("body")
+    };
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|e| {
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            too_large()
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", "the request body could not be read").field("body")
+        }
+    })?;
+    let items = parse_body(&body).map_err(|e| {
+        let status = match e.kind {
+            PublishErrorKind::Syntax => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let code = if status == StatusCode::BAD_REQUEST { "malformed_body" } else { "invalid_field" };
+        ApiError::new(status, code, e.message.clone()).field(e.field)
+    })?;
+    let batch: Vec<NewEvent> = items
+        .iter()
+        .map(|item| {
+            let keys = hub.resolve(&item.activity);
+            NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into() }
+        })
+        .collect();
+    let n = batch.len() as u64;
+    let ids = hub.engine.publish(batch).await.map_err(|e| {
+        tracing::warn!(error = %e, "publish failed");
+        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_ENGINE_SECS)
+    })?;
+    hub.metrics.events_published.inc_by(n);
+    Ok(ids)
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(hub): State<Arc<HubState>>) -> Response {
+    let draining = hub.draining.load(Ordering::Acquire);
+    let engine = hub.engine.is_ready();
+    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine.name(), "engine_ready": engine, "draining": draining });
+    let status = if engine && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
+    let mut resp = hub.metrics.render().into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header() {
+        let check = |v: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(v) = v {
+                h.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            }
+            accepts_event_stream(&h)
+        };
+        assert!(check(None));
+        assert!(check(Some("text/event-stream")));
+        assert!(check(Some("application/json, */*;q=0.1")));
+        assert!(check(Some("text/*")));
+        assert!(!check(Some("application/json")));
+        assert!(!check(Some("text/event-stream;q=0")));
+    }
+}

@@ -1,0 +1,151 @@
+//! The Tidings hub: one SSE stream per signed-in session, fed by an engine, fanned out per
+//! account, with resume, limits, metrics and graceful shutdown.
+//!
+//! [`Hub::run`] takes a bound listener and a cancellation token; it never installs signal
+//! handlers (the binary maps SIGINT/SIGTERM to the token) and never reads configuration from
+//! the environment (the binary parses it once into [`Config`]).
+
+use std::collections::HashSet;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidings_protocol::CloseReason;
+use tidings_protocol::frame::encode_ping;
+use tidings_protocol::resolver::{Resolution, Resolver, TypeSpelling, normalize_type};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod fanout;
+pub mod http;
+pub mod metrics;
+mod serve;
+pub mod stream;
+
+pub use config::Config;
+
+use crate::auth::Authenticator;
+use crate::config::{ConfigError, EngineConfig, TypeSpellingConfig};
+use crate::engine::Engine;
+use crate::engine::memory::MemoryEngine;
+use crate::fanout::Fanout;
+use crate::metrics::Metrics;
+
+/// How often deadlines (token expiry, lifetime) and stuck closing streams are checked.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often engines trim history by age when no publish does it for them.
+const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Distinct unresolved activity types logged; past this, only the counter grows.
+const UNRESOLVED_TYPES_LOGGED_MAX: usize = 1_000;
+
+/// Everything a request handler needs, shared by all of them.
+#[derive(Debug)]
+pub struct HubState {
+    pub config: Config,
+    pub auth: Authenticator,
+    pub fanout: Arc<Fanout>,
+    pub engine: Arc<dyn Engine>,
+    pub resolver: Resolver,
+    pub metrics: Arc<Metrics>,
+    /// Set once shutdown starts: new streams get 503 and `/readyz` turns unready.
+    pub draining: AtomicBool,
+    unresolved_logged: Mutex<HashSet<String>>,
+}
+
+impl HubState {
+    /// Resolves an activity's keys, logging each unresolved type once and counting it.
+    pub fn resolve(&self, activity: &serde_json::Value) -> Resolution {
+        let r = self.resolver.resolve(activity);
+        if r.tier.is_none() {
+            self.metrics.unresolved_events.inc();
+            let kind = activity.pointer("/resource/type").and_then(|t| t.as_str()).map_or_else(String::new, normalize_type);
+            let mut logged = self.unresolved_logged.lock().expect("unresolved lock");
+            if logged.len() < UNRESOLVED_TYPES_LOGGED_MAX && logged.insert(kind.clone()) {
+                tracing::warn!(resource_type = %kind, "no invalidation keys for this activity type (logged once per type)");
+            }
+        }
+        r
+    }
+}
+
+/// A configured hub, ready to run on a listener.
+#[derive(Debug)]
+pub struct Hub {
+    state: Arc<HubState>,
+}
+
+impl Hub {
+    /// Builds the hub from a validated configuration (nothing is bound yet).
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let metrics = Arc::new(Metrics::new());
+        let l = &config.limits;
+        let fanout = Arc::new(Fanout::new(l.streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
+        let engine: Arc<dyn Engine> = match &config.engine {
+            EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
+        };
+        let resolver = Resolver::generic(match config.mapping.type_spelling {
+            TypeSpellingConfig::Kebab => TypeSpelling::KebabCase,
+            TypeSpellingConfig::AsPublished => TypeSpelling::AsPublished,
+        });
+        let state = HubState {
+            auth: Authenticator::new(&config.auth)?,
+            config,
+            fanout,
+            engine,
+            resolver,
+            metrics,
+            draining: AtomicBool::new(false),
+            unresolved_logged: Mutex::default(),
+        };
+        Ok(Self { state: Arc::new(state) })
+    }
+
+    pub fn state(&self) -> &Arc<HubState> {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then closes every stream with `closed`
+    /// `shutdown` and returns once connections have finished or the grace period is over.
+    pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        let ticker_stop = CancellationToken::new();
+        let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
+        let result = serve::serve(self.state.clone(), listener, shutdown).await;
+        ticker_stop.cancel();
+        let _ = ticker.await;
+        result
+    }
+}
+
+/// Heartbeats, deadlines, stuck-stream sweeps and engine upkeep: one task per node, not one
+/// timer per stream.
+async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(hub.config.heartbeat));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hub.config.heartbeat, hub.config.heartbeat);
+    let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
+    for i in [&mut sweep, &mut heartbeat, &mut maintain] {
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = sweep.tick() => hub.fanout.tick(Instant::now()),
+            _ = heartbeat.tick() => {
+                let ping = Bytes::from(encode_ping(&humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()));
+                hub.fanout.broadcast(&ping);
+            }
+            _ = maintain.tick() => hub.engine.maintain(),
+        }
+    }
+}
+
+/// Starts draining: readiness off, new streams refused, every open stream told to close.
+pub(crate) fn begin_drain(hub: &HubState) {
+    hub.draining.store(true, std::sync::atomic::Ordering::Release);
+    hub.fanout.close_all(CloseReason::Shutdown);
+}

@@ -1,0 +1,105 @@
+//! Prometheus metrics of one hub node, rendered as text at `GET /metrics`.
+//!
+//! Counters are plain atomics behind `prometheus-client`; nothing here allocates on the hot
+//! path except the first use of a label value. Labels are closed sets (close and resync
+//! reasons, error codes), never user input, so cardinality is bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+/// Every metric of the node.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub streams_open: Gauge,
+    pub streams_opened: Counter,
+    /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
+    pub stream_closes: Family<ReasonLabel, Counter>,
+    /// Stream requests refused before the stream started, by error code.
+    pub stream_refusals: Family<CodeLabel, Counter>,
+    pub events_published: Counter,
+    /// Frames handed to stream queues (activity, per stream).
+    pub events_delivered: Counter,
+    pub publish_rejections: Family<CodeLabel, Counter>,
+    pub replays: Counter,
+    pub replayed_events: Counter,
+    pub resyncs: Family<ReasonLabel, Counter>,
+    pub slow_consumer_evictions: Counter,
+    pub unresolved_events: Counter,
+    /// Time from a publish request's arrival to its acknowledgement.
+    pub publish_latency: Histogram,
+    /// Time from an event entering a stream queue to the stream handing it to the connection.
+    pub delivery_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidings");
+        let m = Self {
+            streams_open: Gauge::default(),
+            streams_opened: Counter::default(),
+            stream_closes: Family::default(),
+            stream_refusals: Family::default(),
+            events_published: Counter::default(),
+            events_delivered: Counter::default(),
+            publish_rejections: Family::default(),
+            replays: Counter::default(),
+            replayed_events: Counter::default(),
+            resyncs: Family::default(),
+            slow_consumer_evictions: Counter::default(),
+            unresolved_events: Counter::default(),
+            // 50 µs .. ~13 s
+            publish_latency: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            delivery_lag: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register("streams_open", "Streams open on this node", m.streams_open.clone());
+        r.register("streams_opened", "Streams opened", m.streams_opened.clone());
+        r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
+        r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());
+        r.register("events_published", "Activities accepted by publish", m.events_published.clone());
+        r.register("events_delivered", "Activity frames queued to streams", m.events_delivered.clone());
+        r.register("publish_rejections", "Publish requests refused, by error code", m.publish_rejections.clone());
+        r.register("replays", "Streams resumed with an exact replay", m.replays.clone());
+        r.register("replayed_events", "Activities sent in replays", m.replayed_events.clone());
+        r.register("resyncs", "Resync frames sent, by reason", m.resyncs.clone());
+        r.register("slow_consumer_evictions", "Streams closed because the client did not keep up", m.slow_consumer_evictions.clone());
+        r.register("unresolved_events", "Activities no resolver tier mapped to a key", m.unresolved_events.clone());
+        r.register("publish_latency_seconds", "Publish request to acknowledgement", m.publish_latency.clone());
+        r.register("delivery_lag_seconds", "Event queued to handed to the connection", m.delivery_lag.clone());
+        Self { registry, ..m }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding into a String");
+        out
+    }
+
+    pub fn close(&self, reason: &'static str) {
+        self.stream_closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}

@@ -1,0 +1,65 @@
+//! `tidings`: the one binary. Parses flags and environment once, then hands typed values to
+//! the hub or the client. Signal handling lives here and nowhere else.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+mod publish;
+mod serve;
+
+#[derive(Debug, Parser)]
+#[command(name = "tidings", version, about = "Real-time update hub for web consoles")]
+struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `tidings_hub=debug`.
+    #[arg(long, global = true, env = "TIDINGS_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "TIDINGS_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the hub. Without --config: in-memory engine on loopback with a printed dev token.
+    Serve(ServeArgs),
+    /// Publish one activity or a batch to a hub.
+    Publish(publish::PublishArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to bind (`127.0.0.1:0` picks a free port); overrides the file's `listen`.
+    #[arg(long, env = "TIDINGS_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_json)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::run(args.listen, args.config).await,
+            Command::Publish(args) => publish::run(args).await,
+        }
+    })
+}
+
+fn init_logging(filter: &str, json: bool) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
