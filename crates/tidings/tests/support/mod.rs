@@ -1,0 +1,288 @@
+//! Black-box harness: starts the real `tidings` binary on 127.0.0.1:0 with a TOML config and
+//! talks to it over HTTP, as any user would. Shared by the integration test files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const PUBLISHER_KEY: &str = "pub-secret-key";
+
+/// A config with two accounts and three sessions, plus `extra` TOML appended at the top level
+/// (before the tables), and `tables` appended at the end.
+pub fn config(extra: &str, tables: &str) -> String {
+    format!(
+        r#"heartbeat = "500ms"
+{extra}
+[auth]
+cookie = "tidings_session"
+
+[[auth.tokens]]
+token = "tok-alice"
+account = "acme"
+user = "alice@example.com"
+session = "s-alice"
+
+[[auth.tokens]]
+token = "tok-alice-2"
+account = "acme"
+user = "alice@example.com"
+session = "s-alice-2"
+
+[[auth.tokens]]
+token = "tok-bob"
+account = "globex"
+user = "bob@example.com"
+session = "s-bob"
+
+[[auth.publishers]]
+key = "{PUBLISHER_KEY}"
+{tables}
+"#
+    )
+}
+
+/// A running hub process; killed on drop.
+pub struct Hub {
+    pub child: Child,
+    pub addr: String,
+    pub output: Arc<Mutex<Vec<String>>>,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Hub {
+    pub async fn start(config_toml: &str) -> Hub {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config_toml, "127.0.0.1:0").await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Hub {
+        let config_path = dir.path().join("hub.toml");
+        std::fs::write(&config_path, config_toml).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", listen, "--config"])
+            .arg(&config_path)
+            .env("TIDINGS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn tidings");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
+            let output = output.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(pipe).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    output.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let line = rx.recv().await.expect("hub exited before listening");
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
+        Hub { child, addr, output, dir, config_path }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Publishes a raw body; returns status and JSON answer.
+    pub async fn publish_raw(&self, body: &str, content_type: &str, key: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(self.url("/events"))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", content_type)
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Publishes activities to `account`; returns their ids.
+    pub async fn publish(&self, account: &str, activities: &[Value]) -> Vec<String> {
+        let body: Vec<Value> = activities.iter().map(|a| serde_json::json!({"account": account, "data": a})).collect();
+        let (status, answer) = self.publish_raw(&Value::Array(body).to_string(), "application/json", PUBLISHER_KEY).await;
+        assert_eq!(status, 202, "publish failed: {answer}");
+        answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    pub fn sigterm(&self) {
+        let pid = self.child.id().expect("running");
+        std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    }
+
+    pub fn sigkill(&mut self) {
+        let _ = self.child.start_kill();
+    }
+
+    pub fn logs(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+}
+
+/// An activity with a recognisable marker.
+pub fn activity(n: u64) -> Value {
+    serde_json::json!({
+        "activity_type": "edited",
+        "resource": {"type": "edge_application", "name": format!("app {n}")},
+        "metadata": {"id": n, "n": n},
+        "description": format!("app {n} was edited"),
+    })
+}
+
+/// One SSE event as the test reads it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+impl Event {
+    pub fn kind(&self) -> &str {
+        self.data["type"].as_str().unwrap_or("")
+    }
+    /// The `n` marker of an activity made by [`activity`].
+    pub fn n(&self) -> u64 {
+        self.data["data"]["metadata"]["n"].as_u64().expect("activity with n")
+    }
+}
+
+/// A test-side SSE reader for the hub's own frames (LF line endings, one data line).
+pub struct Sse {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    buf: String,
+    pub retry: Option<u64>,
+    pub last_id: Option<String>,
+}
+
+impl Sse {
+    pub async fn connect(hub: &Hub, headers: &[(&str, &str)]) -> Sse {
+        Self::connect_url(&hub.url("/events/stream"), headers).await
+    }
+
+    pub async fn connect_url(url: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut req = reqwest::Client::new().get(url).header("accept", "text/event-stream");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Sse { status, headers, body: Some(resp.bytes_stream().boxed()), buf: String::new(), retry: None, last_id: None }
+    }
+
+    pub async fn token(hub: &Hub, token: &str) -> Sse {
+        Self::connect(hub, &[("authorization", &format!("Bearer {token}"))]).await
+    }
+
+    pub async fn resume(hub: &Hub, token: &str, last_id: &str) -> Sse {
+        Self::connect(hub, &[("authorization", &format!("Bearer {token}")), ("last-event-id", last_id)]).await
+    }
+
+    /// The next event, or None when the stream ended. Panics after `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Option<Event> {
+        tokio::time::timeout(timeout, self.next()).await.expect("timed out waiting for an event")
+    }
+
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut id = None;
+                let mut data = None;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id: ") {
+                        id = Some(v.to_owned());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        data = Some(serde_json::from_str(v).expect("data is JSON"));
+                    } else if let Some(v) = line.strip_prefix("retry: ") {
+                        self.retry = v.parse().ok();
+                    } else {
+                        assert!(line.is_empty() || line == "event: message", "unexpected line {line:?}");
+                    }
+                }
+                if id.is_some() {
+                    self.last_id.clone_from(&id);
+                }
+                if let Some(data) = data {
+                    return Some(Event { id, data });
+                }
+                continue;
+            }
+            let chunk = self.body.as_mut()?.next().await;
+            match chunk {
+                Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).expect("utf-8")),
+                _ => {
+                    self.body = None;
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Next event that is not a ping.
+    pub async fn next_non_ping(&mut self, timeout: Duration) -> Option<Event> {
+        loop {
+            let e = self.next_within(timeout).await?;
+            if e.kind() != "ping" {
+                return Some(e);
+            }
+        }
+    }
+
+    /// Reads `count` activities (skipping pings), returning their markers.
+    pub async fn activities(&mut self, count: usize, timeout: Duration) -> Vec<u64> {
+        let mut out = Vec::new();
+        while out.len() < count {
+            let e = self.next_non_ping(timeout).await.expect("stream ended early");
+            assert_eq!(e.kind(), "activity", "expected an activity, got {:?}", e.data);
+            out.push(e.n());
+        }
+        out
+    }
+
+    /// Asserts no activity arrives within `wait` (pings are fine).
+    pub async fn expect_quiet(&mut self, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.next()).await {
+                Err(_) => return,
+                Ok(Some(e)) if e.kind() == "ping" => continue,
+                Ok(other) => panic!("expected quiet, got {other:?}"),
+            }
+        }
+    }
+}
+
+pub const T: Duration = Duration::from_secs(10);
