@@ -2,11 +2,23 @@
 //!
 //! Tiers, each falling through to the next when it yields nothing: parent → resource →
 //! description. Keys are de-duplicated and a key covered by a shorter prefix key is dropped
-//! (TanStack Query matches by prefix). This module is pure: it neither logs nor counts; the
-//! caller sees which tier answered (or that none did) and reports it.
+//! (TanStack Query matches by prefix). What maps to what is data: a TOML profile loaded into a
+//! [`Mapping`] (see `docs/mapping.md`). This module is pure: it neither logs nor counts nor
+//! reads files; the caller sees which tier answered (or that none did) and reports it.
+
+mod load;
+mod mapping;
+mod resolve;
 
 use serde::Serialize;
 use serde_json::Value;
+
+pub use load::{MappingError, MappingErrorKind};
+pub use mapping::{
+    DescriptionEntry, GenericDefault, IdType, MAPPING_FORMAT, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID,
+    ParentEntry, ResourceEntry,
+};
+pub use resolve::{Explanation, Resolver};
 
 /// A query key: a JSON array, matched by prefix.
 pub type Key = Vec<Value>;
@@ -20,7 +32,8 @@ pub enum Tier {
     Description,
 }
 
-/// The keys for one activity.
+/// The keys for one activity. Clients apply `remove` before `invalidate`: a removed detail
+/// key is usually covered by an invalidated list key, and must not be refetched first.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Resolution {
     /// Keys to invalidate (refetch when active).
@@ -30,6 +43,13 @@ pub struct Resolution {
     pub remove: Vec<Key>,
     /// The tier that answered; `None` when no tier resolved the activity.
     pub tier: Option<Tier>,
+}
+
+impl Resolution {
+    /// Whether some tier answered. An unresolved activity is the caller's to log and count.
+    pub fn is_resolved(&self) -> bool {
+        self.tier.is_some()
+    }
 }
 
 /// How the generic default spells a type in a key.
@@ -42,53 +62,9 @@ pub enum TypeSpelling {
     KebabCase,
 }
 
-/// Resolves activities to keys.
-#[derive(Debug, Clone, Default)]
-pub struct Resolver {
-    spelling: TypeSpelling,
-}
-
-impl Resolver {
-    /// The generic default: `[type]` for lists, `[type, metadata.id]` for details and
-    /// `[parent.type, parent.id]` for a parent.
-    pub fn generic(spelling: TypeSpelling) -> Self {
-        Self { spelling }
-    }
-
-    pub fn resolve(&self, activity: &Value) -> Resolution {
-        let kind = ActivityKind::of(activity);
-        if let Some((ptype, pid)) = parent(activity) {
-            let key = vec![Value::String(self.spell(ptype)), pid.clone()];
-            return finish(vec![key], Vec::new(), Tier::Parent);
-        }
-        if let Some(rtype) = activity.pointer("/resource/type").and_then(Value::as_str).filter(|t| !t.trim().is_empty()) {
-            let list = vec![Value::String(self.spell(rtype))];
-            let mut invalidate = vec![list.clone()];
-            let mut remove = Vec::new();
-            if let Some(id) = resource_id(activity) {
-                let mut detail = list;
-                detail.push(id.clone());
-                match kind {
-                    ActivityKind::Deleted => remove.push(detail),
-                    ActivityKind::Edited => invalidate.push(detail),
-                    ActivityKind::Created => {}
-                }
-            }
-            return finish(invalidate, remove, Tier::Resource);
-        }
-        Resolution::default()
-    }
-
-    fn spell(&self, t: &str) -> String {
-        match self.spelling {
-            TypeSpelling::AsPublished => t.to_owned(),
-            TypeSpelling::KebabCase => normalize_type(t).replace(' ', "-"),
-        }
-    }
-}
-
 /// `created`, `edited` (or `updated`) and `deleted`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ActivityKind {
     Created,
     Edited,
@@ -96,11 +72,15 @@ pub enum ActivityKind {
 }
 
 impl ActivityKind {
+    /// Missing or unknown values count as `edited`: refetching is the safe answer.
     pub fn of(activity: &Value) -> Self {
-        match activity.get("activity_type").and_then(Value::as_str).map(str::to_ascii_lowercase).as_deref() {
-            Some("created") => Self::Created,
-            Some("deleted") => Self::Deleted,
-            _ => Self::Edited,
+        let t = activity.get("activity_type").and_then(Value::as_str).map(str::trim).unwrap_or("");
+        if t.eq_ignore_ascii_case("created") {
+            Self::Created
+        } else if t.eq_ignore_ascii_case("deleted") {
+            Self::Deleted
+        } else {
+            Self::Edited
         }
     }
 }
@@ -108,19 +88,57 @@ impl ActivityKind {
 /// One spelling for every way a type is written: lower case, words separated by one space
 /// (`Edge Application`, `edge-application` and `edge_application` are one type).
 pub fn normalize_type(t: &str) -> String {
-    t.split(|c: char| c.is_whitespace() || c == '-' || c == '_')
-        .filter(|w| !w.is_empty())
-        .map(str::to_lowercase)
-        .collect::<Vec<_>>()
-        .join(" ")
+    let mut out = String::with_capacity(t.len());
+    normalize_type_into(t, &mut out);
+    out
+}
+
+/// [`normalize_type`] into a caller's buffer (cleared first), to spare an allocation per call.
+pub fn normalize_type_into(t: &str, out: &mut String) {
+    out.clear();
+    let mut gap = false;
+    for c in t.chars() {
+        if c.is_whitespace() || c == '-' || c == '_' {
+            gap = true;
+            continue;
+        }
+        if gap && !out.is_empty() {
+            out.push(' ');
+        }
+        gap = false;
+        if c.is_ascii() {
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
 }
 
 /// The parent as `data.parent` or `data.resource.parent`, when it has a usable type and id.
 pub fn parent(activity: &Value) -> Option<(&str, &Value)> {
+    let (t, id) = parent_parts(activity)?;
+    Some((t, id?))
+}
+
+/// The parent's type (trimmed; empty and `-` mean no parent) and its id when not null.
+pub(crate) fn parent_parts(activity: &Value) -> Option<(&str, Option<&Value>)> {
     let p = activity.get("parent").filter(|p| p.is_object()).or_else(|| activity.pointer("/resource/parent"))?;
-    let t = p.get("type").and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty() && *t != "-")?;
-    let id = p.get("id").filter(|id| !id.is_null())?;
-    Some((t, id))
+    let t = usable_type(p.get("type"))?;
+    Some((t, p.get("id").filter(|id| !id.is_null())))
+}
+
+/// The resource's type, trimmed, when it names one.
+pub(crate) fn resource_type_raw(activity: &Value) -> Option<&str> {
+    usable_type(activity.get("resource").and_then(|r| r.get("type")))
+}
+
+fn usable_type(t: Option<&Value>) -> Option<&str> {
+    t.and_then(Value::as_str).map(str::trim).filter(|t| !t.is_empty() && *t != "-")
+}
+
+/// The resource's type in normalised form, for logging and counting unresolved activities.
+pub fn resource_type(activity: &Value) -> Option<String> {
+    resource_type_raw(activity).map(normalize_type)
 }
 
 /// The resource's id: `metadata.id`, else `resource.id`.
@@ -129,10 +147,6 @@ pub fn resource_id(activity: &Value) -> Option<&Value> {
         .into_iter()
         .flatten()
         .find(|v| !v.is_null())
-}
-
-fn finish(invalidate: Vec<Key>, remove: Vec<Key>, tier: Tier) -> Resolution {
-    Resolution { invalidate: dedupe_prefixes(invalidate), remove: dedupe_prefixes(remove), tier: Some(tier) }
 }
 
 /// Removes duplicates and every key that has a shorter key as its prefix, keeping the first
@@ -174,5 +188,23 @@ mod tests {
     fn prefix_dedupe() {
         let keys = vec![vec![json!("a"), json!(1)], vec![json!("b")], vec![json!("a")], vec![json!("b")]];
         assert_eq!(dedupe_prefixes(keys), vec![vec![json!("b")], vec![json!("a")]]);
+    }
+
+    #[test]
+    fn normalisation() {
+        for t in ["Edge Application", "edge-application", "edge_application", "  EDGE__application ", "edge - application"] {
+            assert_eq!(normalize_type(t), "edge application", "{t:?}");
+        }
+        assert_eq!(normalize_type("Ünïcode_Type"), "ünïcode type");
+        assert_eq!(normalize_type(" -_ "), "");
+    }
+
+    #[test]
+    fn activity_kind() {
+        let kind = |t: Value| ActivityKind::of(&json!({ "activity_type": t }));
+        assert_eq!(kind(json!("Deleted")), ActivityKind::Deleted);
+        assert_eq!(kind(json!("created")), ActivityKind::Created);
+        assert_eq!(kind(json!("updated")), ActivityKind::Edited);
+        assert_eq!(kind(json!(null)), ActivityKind::Edited);
     }
 }
