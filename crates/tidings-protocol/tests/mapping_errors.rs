@@ -25,7 +25,12 @@ fn refused_profiles() {
     check("[resources.a]\nlist = [[\"a\"], []]\n", EmptyKey, 2, "at least one element");
     check("[resources.a]\nlist = [\"a\", { b = 1 }]\n", BadKeyElement, 2, "found table");
     check("[resources.a]\nlist = [\"a-{x\"]\n", BadKeyElement, 2, "braces are reserved");
-    check("[resources.a]\ndetail = [\"a\", \"{ids}\"]\n", UnknownPlaceholder, 2, "resources.a.detail: unknown placeholder `{ids}`");
+    check(
+        "[resources.a]\ndetail = [\"a\", \"{ids}\"]\n",
+        UnknownPlaceholder,
+        2,
+        "resources.a.detail: unknown placeholder `{ids}`",
+    );
     check("[resources.a]\nlist = [\"a\", \"{id}\"]\n", PlaceholderNotAllowed, 2, "no placeholder is available here");
     check("[resources.a]\ndetail = [\"a\", \"{parent_id}\"]\n", PlaceholderNotAllowed, 2, "only `{id}`");
     check("[parents.a]\nkeys = [\"a\", \"{id}\"]\n", PlaceholderNotAllowed, 2, "only `{parent_id}`");
@@ -44,7 +49,12 @@ fn refused_profiles() {
         4,
         "resources.b.aliases: `A` is type `a`, already given by resources.a",
     );
-    check("[parents.a]\nkeys = [\"a\"]\n[parents.b]\naliases = [\"a\"]\nkeys = [\"b\"]\n", DuplicateType, 4, "parents.a");
+    check(
+        "[parents.a]\nkeys = [\"a\"]\n[parents.b]\naliases = [\"a\"]\nkeys = [\"b\"]\n",
+        DuplicateType,
+        4,
+        "parents.a",
+    );
     check("[descriptions]\n\"  \" = [\"a\"]\n", EmptyPrefix, 2, "must not be empty");
     check("[descriptions]\n\"Team\" = [\"a\"]\n\"team \" = [\"b\"]\n", DuplicatePrefix, 3, "already given by");
 }

@@ -46,7 +46,9 @@ fn json_forms_are_current() {
 
 #[test]
 fn generic_profiles_are_the_generic_resolver() {
-    for (name, spelling) in [("generic-kebab", TypeSpelling::KebabCase), ("generic-as-published", TypeSpelling::AsPublished)] {
+    for (name, spelling) in
+        [("generic-kebab", TypeSpelling::KebabCase), ("generic-as-published", TypeSpelling::AsPublished)]
+    {
         let mut loaded = load(name);
         loaded.name = None;
         assert_eq!(&loaded, Resolver::generic(spelling).mapping(), "{name}");

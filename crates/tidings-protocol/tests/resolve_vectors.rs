@@ -67,5 +67,11 @@ fn resolve_vectors() {
         }
     }
     assert!(passed + failures.len() > 100, "expected the shared vectors in {}", dir.display());
-    assert!(failures.is_empty(), "{} of {} vectors failed:\n{}", failures.len(), passed + failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} vectors failed:\n{}",
+        failures.len(),
+        passed + failures.len(),
+        failures.join("\n")
+    );
 }

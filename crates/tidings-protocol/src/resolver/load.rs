@@ -124,11 +124,13 @@ impl Mapping {
         })?;
         if let Some(f) = &raw.format {
             if *f.get_ref() != i64::from(MAPPING_FORMAT) {
-                let msg = format!("format {} is not supported (this version reads format {MAPPING_FORMAT})", f.get_ref());
+                let msg =
+                    format!("format {} is not supported (this version reads format {MAPPING_FORMAT})", f.get_ref());
                 return Err(cx.error(MappingErrorKind::UnsupportedFormat, &f.span(), "format".into(), msg));
             }
         }
-        let mut mapping = Mapping { format: MAPPING_FORMAT, name: raw.name, generic: raw.generic, ..Mapping::default() };
+        let mut mapping =
+            Mapping { format: MAPPING_FORMAT, name: raw.name, generic: raw.generic, ..Mapping::default() };
 
         let mut owners = Owners::default();
         for (name, r) in raw.resources {
@@ -166,7 +168,8 @@ impl Mapping {
                 return Err(cx.error(MappingErrorKind::EmptyPrefix, &prefix.span(), label, msg));
             }
             if let Some(first) = seen.insert(canonical.clone(), label.clone()) {
-                let msg = format!("prefix `{canonical}` is already given by {first} (prefixes match case-insensitively)");
+                let msg =
+                    format!("prefix `{canonical}` is already given by {first} (prefixes match case-insensitively)");
                 return Err(cx.error(MappingErrorKind::DuplicatePrefix, &prefix.span(), label, msg));
             }
             let keys = cx.key_set(&keys, &[], &label)?;
@@ -233,7 +236,10 @@ impl Cx<'_> {
     fn key_set(&self, v: &Spanned<toml::Value>, allowed: &[&str], label: &str) -> Result<Vec<Key>, MappingError> {
         let fail = |kind, msg: String| self.error(kind, &v.span(), label.to_owned(), msg);
         let toml::Value::Array(items) = v.get_ref() else {
-            let msg = format!("expected a key (an array such as [\"name\", \"{{id}}\"]) or an array of keys, found {}", v.get_ref().type_str());
+            let msg = format!(
+                "expected a key (an array such as [\"name\", \"{{id}}\"]) or an array of keys, found {}",
+                v.get_ref().type_str()
+            );
             return Err(fail(MappingErrorKind::NotAKeyList, msg));
         };
         if items.is_empty() {
@@ -264,20 +270,30 @@ impl Cx<'_> {
 fn element(e: &toml::Value, allowed: &[&str]) -> Result<Value, (MappingErrorKind, String)> {
     match e {
         toml::Value::String(s) => {
-            let is_placeholder = s.starts_with('{') && s.ends_with('}') && s[1..s.len() - 1].chars().all(|c| c != '{' && c != '}');
+            let is_placeholder =
+                s.starts_with('{') && s.ends_with('}') && s[1..s.len() - 1].chars().all(|c| c != '{' && c != '}');
             if is_placeholder {
                 if !PLACEHOLDERS_KNOWN.contains(&s.as_str()) {
-                    return Err((MappingErrorKind::UnknownPlaceholder, format!("unknown placeholder `{s}` (known: `{{id}}`, `{{parent_id}}`)")));
+                    return Err((
+                        MappingErrorKind::UnknownPlaceholder,
+                        format!("unknown placeholder `{s}` (known: `{{id}}`, `{{parent_id}}`)"),
+                    ));
                 }
                 if !allowed.contains(&s.as_str()) {
                     let hint = match allowed.first() {
                         Some(p) => format!("only `{p}` is available here"),
                         None => "no placeholder is available here".to_owned(),
                     };
-                    return Err((MappingErrorKind::PlaceholderNotAllowed, format!("`{s}` cannot be used here: {hint}")));
+                    return Err((
+                        MappingErrorKind::PlaceholderNotAllowed,
+                        format!("`{s}` cannot be used here: {hint}"),
+                    ));
                 }
             } else if s.contains(['{', '}']) {
-                return Err((MappingErrorKind::BadKeyElement, format!("`{s}`: braces are reserved for a whole-element placeholder such as \"{{id}}\"")));
+                return Err((
+                    MappingErrorKind::BadKeyElement,
+                    format!("`{s}`: braces are reserved for a whole-element placeholder such as \"{{id}}\""),
+                ));
             }
             Ok(Value::String(s.clone()))
         }
@@ -286,7 +302,10 @@ fn element(e: &toml::Value, allowed: &[&str]) -> Result<Value, (MappingErrorKind
             .map(Value::Number)
             .ok_or((MappingErrorKind::BadKeyElement, format!("{f} is not a JSON number"))),
         toml::Value::Boolean(b) => Ok(Value::Bool(*b)),
-        other => Err((MappingErrorKind::BadKeyElement, format!("key elements are strings, numbers or booleans, found {}", other.type_str()))),
+        other => Err((
+            MappingErrorKind::BadKeyElement,
+            format!("key elements are strings, numbers or booleans, found {}", other.type_str()),
+        )),
     }
 }
 

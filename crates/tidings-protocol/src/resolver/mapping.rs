@@ -192,7 +192,9 @@ mod tests {
         assert_eq!(n(json!("-7")), Some(json!(-7)));
         assert_eq!(n(json!("18446744073709551615")), Some(json!(18446744073709551615u64)));
         assert_eq!(n(json!(42)), Some(json!(42)));
-        for bad in [json!("4a"), json!(""), json!("-"), json!("+4"), json!(" 4"), json!("1.5"), json!(true), json!(null)] {
+        for bad in
+            [json!("4a"), json!(""), json!("-"), json!("+4"), json!(" 4"), json!("1.5"), json!(true), json!(null)]
+        {
             assert_eq!(n(bad.clone()), None, "{bad}");
         }
         assert_eq!(s(json!(42)), Some(json!("42")));

@@ -122,7 +122,7 @@ pub fn parent(activity: &Value) -> Option<(&str, &Value)> {
 
 /// The parent's type (trimmed; empty and `-` mean no parent) and its id when not null.
 pub(crate) fn parent_parts(activity: &Value) -> Option<(&str, Option<&Value>)> {
-    let p = activity.get("parent").filter(|p| p.is_object()).or_else(|| activity.pointer("/resource/parent"))?;
+    let p = activity.get("parent").filter(|p| p.is_object()).or_else(|| field(activity, "resource", "parent"))?;
     let t = usable_type(p.get("type"))?;
     Some((t, p.get("id").filter(|id| !id.is_null())))
 }
@@ -143,10 +143,13 @@ pub fn resource_type(activity: &Value) -> Option<String> {
 
 /// The resource's id: `metadata.id`, else `resource.id`.
 pub fn resource_id(activity: &Value) -> Option<&Value> {
-    [activity.pointer("/metadata/id"), activity.pointer("/resource/id")]
-        .into_iter()
-        .flatten()
-        .find(|v| !v.is_null())
+    let not_null = |v: &&Value| !v.is_null();
+    field(activity, "metadata", "id").filter(not_null).or_else(|| field(activity, "resource", "id").filter(not_null))
+}
+
+/// `value[outer][inner]`. Not `Value::pointer`, which allocates for every path segment.
+fn field<'a>(value: &'a Value, outer: &str, inner: &str) -> Option<&'a Value> {
+    value.get(outer)?.get(inner)
 }
 
 /// Removes duplicates and every key that has a shorter key as its prefix, keeping the first
@@ -192,7 +195,9 @@ mod tests {
 
     #[test]
     fn normalisation() {
-        for t in ["Edge Application", "edge-application", "edge_application", "  EDGE__application ", "edge - application"] {
+        for t in
+            ["Edge Application", "edge-application", "edge_application", "  EDGE__application ", "edge - application"]
+        {
             assert_eq!(normalize_type(t), "edge application", "{t:?}");
         }
         assert_eq!(normalize_type("Ünïcode_Type"), "ünïcode type");

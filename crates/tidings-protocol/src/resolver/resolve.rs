@@ -38,6 +38,9 @@ struct ResourceRule {
     id: IdType,
     list: Vec<Template>,
     detail: Vec<Template>,
+    /// `detail` less the keys a list key always covers: what an edit adds. Computed once so an
+    /// edit does not build keys the de-duplication would drop.
+    edit_detail: Vec<Template>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,7 +64,21 @@ impl Template {
     /// `placeholder` is the one placeholder this table fills; validation at load guarantees no
     /// other appears, and in a hand-built mapping any other brace string stays literal.
     fn compile(key: &Key, placeholder: &str) -> Self {
-        Self(key.iter().map(|e| if e.as_str() == Some(placeholder) { Slot::Id } else { Slot::Literal(e.clone()) }).collect())
+        Self(
+            key.iter()
+                .map(|e| if e.as_str() == Some(placeholder) { Slot::Id } else { Slot::Literal(e.clone()) })
+                .collect(),
+        )
+    }
+
+    /// Whether every key built from `self` starts with the literal key `prefix`.
+    fn always_under(&self, prefix: &Template) -> bool {
+        prefix.0.len() <= self.0.len()
+            && prefix
+                .0
+                .iter()
+                .zip(&self.0)
+                .all(|(p, s)| matches!((p, s), (Slot::Literal(a), Slot::Literal(b)) if a == b))
     }
 
     /// The key, or `None` when it needs an id and there is none.
@@ -121,16 +138,18 @@ impl Resolver {
         let mut resources = Vec::with_capacity(mapping.resources.len());
         for (name, e) in &mapping.resources {
             for n in std::iter::once(name).chain(&e.aliases) {
-                resource_index.insert(normalize_type(n), resources.len());
+                index_spellings(&mut resource_index, n, resources.len());
             }
-            let compile = |keys: &[Key]| keys.iter().map(|k| Template::compile(k, PLACEHOLDER_ID)).collect();
-            resources.push(ResourceRule { name: name.clone(), id: e.id, list: compile(&e.list), detail: compile(&e.detail) });
+            let compile = |keys: &[Key]| keys.iter().map(|k| Template::compile(k, PLACEHOLDER_ID)).collect::<Vec<_>>();
+            let (list, detail) = (compile(&e.list), compile(&e.detail));
+            let edit_detail = detail.iter().filter(|d| !list.iter().any(|l| d.always_under(l))).cloned().collect();
+            resources.push(ResourceRule { name: name.clone(), id: e.id, list, detail, edit_detail });
         }
         let mut parent_index = HashMap::new();
         let mut parents = Vec::with_capacity(mapping.parents.len());
         for (name, e) in &mapping.parents {
             for n in std::iter::once(name).chain(&e.aliases) {
-                parent_index.insert(normalize_type(n), parents.len());
+                index_spellings(&mut parent_index, n, parents.len());
             }
             let keys = e.keys.iter().map(|k| Template::compile(k, PLACEHOLDER_PARENT_ID)).collect();
             parents.push(ParentRule { name: name.clone(), id: e.id, keys });
@@ -138,7 +157,15 @@ impl Resolver {
         let mut sorted = mapping.clone();
         sorted.sort_descriptions();
         let descriptions = sorted.descriptions.into_iter().map(|d| (d.prefix.trim().to_lowercase(), d.keys)).collect();
-        Self { generic: mapping.generic.spelling(), mapping, resource_index, resources, parent_index, parents, descriptions }
+        Self {
+            generic: mapping.generic.spelling(),
+            mapping,
+            resource_index,
+            resources,
+            parent_index,
+            parents,
+            descriptions,
+        }
     }
 
     /// Loads a TOML profile; see [`Mapping::from_toml_str`].
@@ -191,35 +218,38 @@ impl Resolver {
 
     fn parent_tier(&self, activity: &Value, scratch: &mut String) -> Option<(Vec<Key>, Answer<'_>)> {
         let (t, id) = parent_parts(activity)?;
-        normalize_type_into(t, scratch);
-        if let Some(&i) = self.parent_index.get(scratch.as_str()) {
+        if let Some(&i) = lookup(&self.parent_index, t, scratch) {
             let rule = &self.parents[i];
             let id = id.and_then(|v| rule.id.convert(v));
             let keys: Vec<Key> = rule.keys.iter().filter_map(|k| k.build(id.as_deref())).collect();
             return (!keys.is_empty()).then_some((keys, Answer::Parent(&rule.name)));
         }
         let spelling = self.generic?;
-        Some((vec![vec![Value::String(spell(spelling, t, scratch)), id?.clone()]], Answer::Generic))
+        Some((vec![vec![Value::String(spell(spelling, t)), id?.clone()]], Answer::Generic))
     }
 
     fn resource_tier(&self, activity: &Value, scratch: &mut String) -> Option<(Vec<Key>, Vec<Key>, Answer<'_>)> {
         let t = resource_type_raw(activity)?;
         let kind = ActivityKind::of(activity);
-        normalize_type_into(t, scratch);
-        if let Some(&i) = self.resource_index.get(scratch.as_str()) {
+        if let Some(&i) = lookup(&self.resource_index, t, scratch) {
             let rule = &self.resources[i];
             let mut invalidate: Vec<Key> = rule.list.iter().filter_map(|k| k.build(None)).collect();
             let mut remove = Vec::new();
-            if kind != ActivityKind::Created && !rule.detail.is_empty() {
+            let detail = match kind {
+                ActivityKind::Created => &[][..],
+                ActivityKind::Edited => &rule.edit_detail,
+                ActivityKind::Deleted => &rule.detail,
+            };
+            if !detail.is_empty() {
                 let id: Option<Cow<'_, Value>> = resource_id(activity).and_then(|v| rule.id.convert(v));
-                let details = rule.detail.iter().filter_map(|k| k.build(id.as_deref()));
+                let details = detail.iter().filter_map(|k| k.build(id.as_deref()));
                 if kind == ActivityKind::Deleted { remove.extend(details) } else { invalidate.extend(details) }
             }
             let answered = !invalidate.is_empty() || !remove.is_empty();
             return answered.then_some((invalidate, remove, Answer::Resource(&rule.name)));
         }
         let spelling = self.generic?;
-        let list = vec![Value::String(spell(spelling, t, scratch))];
+        let list = vec![Value::String(spell(spelling, t))];
         let mut invalidate = vec![list.clone()];
         let mut remove = Vec::new();
         if let Some(id) = resource_id(activity).filter(|_| kind != ActivityKind::Created) {
@@ -242,14 +272,81 @@ impl Resolver {
     }
 }
 
-/// The type as the generic default writes it in a key. `normalised` holds `normalize_type(t)`.
-fn spell(spelling: TypeSpelling, t: &str, normalised: &str) -> String {
+/// Indexes a type under its normalised name and under the spellings publishers commonly use
+/// (`edge_application`, `edge-application`), so most lookups find the type as published
+/// without normalising it first.
+fn index_spellings(index: &mut HashMap<String, usize>, name: &str, at: usize) {
+    let normalised = normalize_type(name);
+    for spelling in [normalised.replace(' ', "_"), normalised.replace(' ', "-"), normalised] {
+        index.insert(spelling, at);
+    }
+}
+
+/// Looks a type up as published, then normalised into `scratch`.
+fn lookup<'a>(index: &'a HashMap<String, usize>, t: &str, scratch: &mut String) -> Option<&'a usize> {
+    index.get(t).or_else(|| {
+        normalize_type_into(t, scratch);
+        index.get(scratch.as_str())
+    })
+}
+
+/// The type as the generic default writes it in a key.
+fn spell(spelling: TypeSpelling, t: &str) -> String {
     match spelling {
         TypeSpelling::AsPublished => t.to_owned(),
-        TypeSpelling::KebabCase => normalised.replace(' ', "-"),
+        TypeSpelling::KebabCase => normalize_type(t).replace(' ', "-"),
     }
 }
 
 fn finish(invalidate: Vec<Key>, remove: Vec<Key>, tier: Tier) -> Resolution {
     Resolution { invalidate: dedupe_prefixes(invalidate), remove: dedupe_prefixes(remove), tier: Some(tier) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn resolver(toml: &str) -> Resolver {
+        Resolver::from_toml_str(toml, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn longest_description_prefix_wins() {
+        let r =
+            resolver("[descriptions]\n\"Rule\" = [\"short\"]\n\"Rule Engine\" = [\"long\"]\n\"Rul\" = [\"shorter\"]\n");
+        let keys = |d: &str| r.resolve(&json!({ "description": d })).invalidate;
+        assert_eq!(keys("rule engine x"), vec![vec![json!("long")]]);
+        assert_eq!(keys("Rules"), vec![vec![json!("short")]]);
+        assert_eq!(keys("Ruler"), vec![vec![json!("short")]]);
+        assert_eq!(keys("Ru"), Vec::<Key>::new());
+        // The Kelvin sign lower-cases to an ASCII `k`, as in JavaScript's toLowerCase.
+        let r = resolver("[descriptions]\n\"kelvin\" = [\"k\"]\n");
+        assert_eq!(r.resolve(&json!({ "description": "\u{212A}elvin" })).tier, Some(Tier::Description));
+    }
+
+    #[test]
+    fn edits_skip_detail_keys_a_list_key_covers() {
+        let r = resolver("[resources.a]\nlist = [\"a\"]\ndetail = [[\"a\", \"{id}\"], [\"b\", \"{id}\"]]\n");
+        let edited = r.resolve(&json!({"activity_type": "edited", "resource": {"type": "A", "id": 1}}));
+        assert_eq!(edited.invalidate, vec![vec![json!("a")], vec![json!("b"), json!(1)]]);
+        let deleted = r.resolve(&json!({"activity_type": "deleted", "resource": {"type": "A", "id": 1}}));
+        assert_eq!(deleted.remove, vec![vec![json!("a"), json!(1)], vec![json!("b"), json!(1)]]);
+    }
+
+    #[test]
+    fn explanation_names_the_entry() {
+        let r = resolver("[resources.\"dns zone\"]\naliases = [\"edge dns\"]\nlist = [\"edge-dns\"]\n");
+        let e = r.explain(&json!({"activity_type": "created", "resource": {"type": "Edge_DNS"}}));
+        assert_eq!(e.entry.as_deref(), Some("resources.\"dns zone\""));
+        assert_eq!(e.resource_type.as_deref(), Some("edge dns"));
+        let e = r.explain(&json!({"activity_type": "deleted", "resource": {"type": "Mystery Box"}}));
+        assert_eq!(
+            (e.resolution.tier, e.entry.as_deref(), e.resource_type.as_deref()),
+            (None, None, Some("mystery box"))
+        );
+        let shown = serde_json::to_value(&e).unwrap();
+        assert_eq!(shown["tier"], Value::Null);
+        assert_eq!(shown["activity_type"], "deleted");
+    }
 }
