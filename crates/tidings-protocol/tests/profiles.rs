@@ -76,3 +76,28 @@ fn azion_console_has_the_original_table() {
         assert!(m.descriptions.iter().any(|d| d.prefix == prefix), "description prefix {prefix:?} is missing");
     }
 }
+
+/// The example in docs/mapping.md loads, and every entry its JSON example shows is what the
+/// TOML example loads to.
+#[test]
+fn documented_example_is_true() {
+    let doc = include_str!("../../../docs/mapping.md");
+    let block = |fence: &str| {
+        let start = doc.find(fence).unwrap() + fence.len();
+        &doc[start..start + doc[start..].find("```").unwrap()]
+    };
+    let loaded = Mapping::from_toml_str(block("```toml\n"), "docs/mapping.md").unwrap_or_else(|e| panic!("{e}"));
+    let loaded: serde_json::Value = serde_json::from_str(&loaded.to_json_pretty()).unwrap();
+    let shown: serde_json::Value = serde_json::from_str(block("```json\n")).unwrap();
+    for field in ["format", "name", "generic"] {
+        assert_eq!(shown[field], loaded[field], "{field}");
+    }
+    for table in ["resources", "parents"] {
+        for (name, entry) in shown[table].as_object().unwrap() {
+            assert_eq!(entry, &loaded[table][name], "{table}.{name}");
+        }
+    }
+    for d in shown["descriptions"].as_array().unwrap() {
+        assert!(loaded["descriptions"].as_array().unwrap().contains(d), "{d}");
+    }
+}
