@@ -60,7 +60,7 @@ impl From<TypeSpelling> for GenericDefault {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IdType {
-    /// The id exactly as published (any non-null JSON value).
+    /// The id exactly as published: a string, number or boolean.
     #[default]
     AsPublished,
     /// A JSON number; a string of decimal digits (optionally `-`-signed) is converted.
@@ -71,11 +71,12 @@ pub enum IdType {
 
 impl IdType {
     /// The id in this type, or `None` when it cannot be converted (the key needing it is then
-    /// skipped rather than built with an id no query can have).
+    /// skipped rather than built with an id no query can have). `null`, arrays and objects are
+    /// never ids.
     pub fn convert(self, id: &Value) -> Option<std::borrow::Cow<'_, Value>> {
         use std::borrow::Cow::{Borrowed, Owned};
         match (self, id) {
-            (_, Value::Null) => None,
+            (_, Value::Null | Value::Array(_) | Value::Object(_)) => None,
             (Self::AsPublished, v) => Some(Borrowed(v)),
             (Self::Number, Value::Number(_)) | (Self::String, Value::String(_)) => Some(Borrowed(id)),
             (Self::Number, Value::String(s)) => decimal_integer(s).map(Owned),
@@ -201,5 +202,6 @@ mod tests {
         assert_eq!(s(json!("x")), Some(json!("x")));
         assert_eq!(s(json!({"a": 1})), None);
         assert_eq!(IdType::AsPublished.convert(&json!("42")).map(|c| c.into_owned()), Some(json!("42")));
+        assert_eq!(IdType::AsPublished.convert(&json!([42])), None);
     }
 }

@@ -225,7 +225,8 @@ impl Resolver {
             return (!keys.is_empty()).then_some((keys, Answer::Parent(&rule.name)));
         }
         let spelling = self.generic?;
-        Some((vec![vec![Value::String(spell(spelling, t)), id?.clone()]], Answer::Generic))
+        let id = IdType::AsPublished.convert(id?)?.into_owned();
+        Some((vec![vec![Value::String(spell(spelling, t)), id]], Answer::Generic))
     }
 
     fn resource_tier(&self, activity: &Value, scratch: &mut String) -> Option<(Vec<Key>, Vec<Key>, Answer<'_>)> {
@@ -252,9 +253,10 @@ impl Resolver {
         let list = vec![Value::String(spell(spelling, t))];
         let mut invalidate = vec![list.clone()];
         let mut remove = Vec::new();
-        if let Some(id) = resource_id(activity).filter(|_| kind != ActivityKind::Created) {
+        let id = resource_id(activity).filter(|_| kind != ActivityKind::Created);
+        if let Some(id) = id.and_then(|v| IdType::AsPublished.convert(v)) {
             let mut detail = list;
-            detail.push(id.clone());
+            detail.push(id.into_owned());
             if kind == ActivityKind::Deleted { remove.push(detail) } else { invalidate.push(detail) }
         }
         Some((invalidate, remove, Answer::Generic))
