@@ -223,12 +223,15 @@ pub enum EngineConfig {
     Memory,
 }
 
-/// Where invalidation keys come from.
+/// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
+/// default (`[type]`, `[type, id]`, `[parent-type, parent-id]`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MappingConfig {
-    /// A mapping file; without it the generic default applies.
+    /// A mapping file (TOML, see docs/mapping.md).
     pub file: Option<PathBuf>,
+    /// A shipped profile by name (`azion-console`, `generic-kebab`, `generic-as-published`).
+    pub profile: Option<String>,
     /// How the generic default spells types: `kebab` (default) or `as_published`.
     pub type_spelling: TypeSpellingConfig,
 }
@@ -263,6 +266,29 @@ pub enum ConfigError {
     /// Values that parse but do not make sense together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
+    /// The mapping file or profile does not load; the message names file, line and entry.
+    #[error("{0}")]
+    Mapping(#[from] tidings_protocol::resolver::MappingError),
+}
+
+impl MappingConfig {
+    /// Loads the configured resolver: the file, the named profile, or the generic default.
+    pub fn resolver(&self) -> Result<tidings_protocol::resolver::Resolver, ConfigError> {
+        use tidings_protocol::resolver::{Resolver, TypeSpelling};
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            return Ok(Resolver::from_toml_str(&text, &path.display().to_string())?);
+        }
+        if let Some(name) = &self.profile {
+            let text = tidings_protocol::profiles::builtin(name)
+                .ok_or_else(|| ConfigError::Invalid(format!("mapping.profile {name:?} is not a shipped profile")))?;
+            return Ok(Resolver::from_toml_str(text, &format!("profile {name}"))?);
+        }
+        Ok(Resolver::generic(match self.type_spelling {
+            TypeSpellingConfig::Kebab => TypeSpelling::KebabCase,
+            TypeSpellingConfig::AsPublished => TypeSpelling::AsPublished,
+        }))
+    }
 }
 
 impl Config {
@@ -344,6 +370,13 @@ impl Config {
             if seen.contains(p.key.as_str()) {
                 return invalid("auth.publishers: a publisher key is also a user token".into());
             }
+        }
+        if self.mapping.file.is_some() && self.mapping.profile.is_some() {
+            return invalid("mapping: give either file or profile, not both".into());
+        }
+        if let Some(p) = self.mapping.profile.as_deref().filter(|p| tidings_protocol::profiles::builtin(p).is_none()) {
+            let names: Vec<_> = tidings_protocol::profiles::BUILTIN.iter().map(|(n, _)| *n).collect();
+            return invalid(format!("mapping.profile {p:?} is not one of {}", names.join(", ")));
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());

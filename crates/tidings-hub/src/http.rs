@@ -42,6 +42,7 @@ pub fn router(state: Arc<HubState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/mapping", get(mapping))
         .with_state(state)
 }
 
@@ -244,6 +245,13 @@ async fn readyz(State(hub): State<Arc<HubState>>) -> Response {
     let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine.name(), "engine_ready": engine, "draining": draining });
     let status = if engine && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
+}
+
+/// The invalidation mapping in JSON, so browser SDKs resolve with the same table as the hub.
+async fn mapping(State(hub): State<Arc<HubState>>) -> Response {
+    let mut resp = hub.mapping_json.to_string().into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tidings_protocol::CloseReason;
 use tidings_protocol::frame::encode_ping;
-use tidings_protocol::resolver::{Resolution, Resolver, TypeSpelling, normalize_type};
+use tidings_protocol::resolver::{Resolution, Resolver, resource_type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ pub mod stream;
 pub use config::Config;
 
 use crate::auth::Authenticator;
-use crate::config::{ConfigError, EngineConfig, TypeSpellingConfig};
+use crate::config::{ConfigError, EngineConfig};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::fanout::Fanout;
@@ -51,6 +51,8 @@ pub struct HubState {
     pub fanout: Arc<Fanout>,
     pub engine: Arc<dyn Engine>,
     pub resolver: Resolver,
+    /// The mapping in its JSON form, served at `GET /mapping` for browser-side resolution.
+    pub mapping_json: Arc<str>,
     pub metrics: Arc<Metrics>,
     /// Set once shutdown starts: new streams get 503 and `/readyz` turns unready.
     pub draining: AtomicBool,
@@ -63,7 +65,7 @@ impl HubState {
         let r = self.resolver.resolve(activity);
         if r.tier.is_none() {
             self.metrics.unresolved_events.inc();
-            let kind = activity.pointer("/resource/type").and_then(|t| t.as_str()).map_or_else(String::new, normalize_type);
+            let kind = resource_type(activity).unwrap_or_default();
             let mut logged = self.unresolved_logged.lock().expect("unresolved lock");
             if logged.len() < UNRESOLVED_TYPES_LOGGED_MAX && logged.insert(kind.clone()) {
                 tracing::warn!(resource_type = %kind, "no invalidation keys for this activity type (logged once per type)");
@@ -89,16 +91,15 @@ impl Hub {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
         };
-        let resolver = Resolver::generic(match config.mapping.type_spelling {
-            TypeSpellingConfig::Kebab => TypeSpelling::KebabCase,
-            TypeSpellingConfig::AsPublished => TypeSpelling::AsPublished,
-        });
+        let resolver = config.mapping.resolver()?;
+        let mapping_json = resolver.mapping().to_json_pretty().into();
         let state = HubState {
             auth: Authenticator::new(&config.auth)?,
             config,
             fanout,
             engine,
             resolver,
+            mapping_json,
             metrics,
             draining: AtomicBool::new(false),
             unresolved_logged: Mutex::default(),

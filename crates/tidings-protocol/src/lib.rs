@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod id;
+pub mod profiles;
 pub mod publish;
 pub mod resolver;
 pub mod resume;
