@@ -92,7 +92,8 @@ export interface RecordedRequest {
   connection?: FakeConnection;
 }
 
-type Handler = (request: RecordedRequest) => Response | Promise<Response> | 'stream' | 'hang' | 'network-error';
+type Outcome = Response | 'stream' | 'hang' | 'network-error';
+type Handler = ((request: RecordedRequest) => Outcome | Promise<Outcome>) | Outcome;
 
 /** A scripted hub: each request takes the next handler (default: open a stream). */
 export class FakeHub {
@@ -111,7 +112,7 @@ export class FakeHub {
     const request: RecordedRequest = { url: String(input), headers, signal: init?.signal ?? undefined };
     this.requests.push(request);
     const handler = this.#script.shift() ?? 'stream';
-    const outcome = typeof handler === 'function' ? await handler(request) : handler;
+    const outcome: Outcome = typeof handler === 'function' ? await handler(request) : handler;
     if (outcome === 'network-error') throw new TypeError('fetch failed');
     if (outcome === 'hang') {
       return new Promise<Response>((_, reject) => {
@@ -193,3 +194,74 @@ export const connected = (id: string, heartbeatMs = 1_000) =>
 export const activity = (id: string, data: unknown, invalidate: unknown[] = [], remove?: unknown[]) =>
   frame({ type: 'activity', data, invalidate, ...(remove ? { remove } : {}) }, id);
 export const ping = () => frame({ type: 'ping', timestamp: 't' });
+
+interface LockRequest {
+  callback: (lock: unknown) => unknown;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+/** An in-memory Web Locks manager with the semantics the SDK relies on: exclusive grant in
+ * request order, `signal` cancels a queued request, `steal` releases the holder (whose request
+ * promise rejects with AbortError) and is granted at once. */
+export class FakeLocks {
+  readonly held = new Map<string, LockRequest>();
+  readonly queues = new Map<string, LockRequest[]>();
+
+  request(name: string, options: { signal?: AbortSignal; steal?: boolean }, callback: (lock: unknown) => unknown): Promise<unknown> {
+    return new Promise((resolve, reject) => {
+      const abortError = () => new DOMException('The request was aborted.', 'AbortError');
+      if (options.steal && options.signal) return reject(new DOMException('steal with signal', 'NotSupportedError'));
+      if (options.signal?.aborted) return reject(abortError());
+      const request: LockRequest = { callback, resolve, reject };
+      if (options.steal) {
+        const holder = this.held.get(name);
+        this.held.delete(name);
+        holder?.reject(abortError());
+        this.#grant(name, request);
+        return;
+      }
+      options.signal?.addEventListener('abort', () => {
+        const queue = this.queues.get(name) ?? [];
+        const at = queue.indexOf(request);
+        if (at >= 0) {
+          queue.splice(at, 1);
+          reject(abortError());
+        }
+      });
+      if (!this.queues.has(name)) this.queues.set(name, []);
+      this.queues.get(name)!.push(request);
+      this.#pump(name);
+    });
+  }
+
+  #grant(name: string, request: LockRequest): void {
+    this.held.set(name, request);
+    Promise.resolve()
+      .then(() => request.callback({ name, mode: 'exclusive' }))
+      .then(
+        (value) => {
+          if (this.held.get(name) === request) this.held.delete(name);
+          request.resolve(value);
+          this.#pump(name);
+        },
+        (error: unknown) => {
+          if (this.held.get(name) === request) this.held.delete(name);
+          request.reject(error);
+          this.#pump(name);
+        },
+      );
+  }
+
+  #pump(name: string): void {
+    if (this.held.has(name)) return;
+    const next = this.queues.get(name)?.shift();
+    if (next) this.#grant(name, next);
+  }
+
+  get waiting(): number {
+    let n = 0;
+    for (const q of this.queues.values()) n += q.length;
+    return n;
+  }
+}

@@ -1,6 +1,7 @@
 import { hashKey, partialMatchKey } from '@tanstack/query-core';
 import { describe, expect, it } from 'vitest';
 import { dedupePrefixes, keyCovers, keyHash, plainKey, plainKeys, type QueryKey } from '../src/keys.js';
+import type { Activity } from '../src/protocol.js';
 import { genericResolver, kebabType } from '../src/resolver.js';
 
 describe('keys', () => {
@@ -52,7 +53,7 @@ describe('keys', () => {
 });
 
 describe('generic resolver', () => {
-  const r = (activity: object) => genericResolver.resolve(activity);
+  const r = (activity: object) => genericResolver.resolve(activity as Activity);
 
   it('spells types in kebab-case whatever the input spelling', () => {
     expect(kebabType('Edge Application')).toBe('edge-application');
