@@ -106,6 +106,7 @@ export class Tidings {
   /** The latest stream position this tab knows, from its own stream or from relays. */
   #lastId: string | undefined;
   #heartbeatMs = HEARTBEAT_MS_DEFAULT;
+  #status: TidingsStatus = { role: 'idle' };
   /** Set when another tab announced itself leader after this one: a `superseded` close is
    * then the hub acknowledging the hand-over, not a reason to stop every tab. */
   #replaced = false;
@@ -136,10 +137,10 @@ export class Tidings {
     this.#leaderSilence = new Timer(this.#clock, () => this.#onLeaderSilent());
   }
 
+  /** The current status; the same object until something changes (a stable snapshot for
+   * `useSyncExternalStore` and friends). */
   get status(): TidingsStatus {
-    const status: TidingsStatus = { role: this.#role };
-    if (this.#stream) status.stream = this.#stream.status;
-    return status;
+    return this.#status;
   }
 
   /** The latest stream position this tab knows. */
@@ -437,7 +438,10 @@ export class Tidings {
   }
 
   #emitStatus(): void {
-    this.#emit({ type: 'status', status: this.status });
+    const status: TidingsStatus = { role: this.#role };
+    if (this.#stream) status.stream = this.#stream.status;
+    this.#status = status;
+    this.#emit({ type: 'status', status });
   }
 
   #emit(event: TidingsEvent): void {
