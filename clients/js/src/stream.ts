@@ -182,7 +182,8 @@ export class StreamClient {
         this.#halt({ kind: 'auth', status: response.status, body });
         return;
       }
-      if (!response.ok) {
+      // Exactly 200: the hub answers anything else with an error body, never an empty stream.
+      if (response.status !== 200) {
         void response.body?.cancel().catch(() => {});
         const retryAfterMs = parseRetryAfter(response.headers.get('retry-after'), this.#clock.now());
         this.#fail(`HTTP ${response.status}`, { retryAfterMs });

@@ -101,18 +101,21 @@ describe('stream client', () => {
     client.stop();
   });
 
-  it('reconnects on a network error and on an unexpected content type', async () => {
+  it('reconnects on a network error, an unexpected content type and a non-200 success', async () => {
     const hub = new FakeHub()
       .then('network-error')
-      .then(() => new Response('<html>', { status: 200, headers: { 'content-type': 'text/html' } }));
+      .then(() => new Response('<html>', { status: 200, headers: { 'content-type': 'text/html' } }))
+      .then(() => new Response(null, { status: 204, headers: { 'content-type': 'text/event-stream' } }));
     const { clock, client, logger } = setup(hub);
     client.start();
     await settle();
     await clock.advance(client.status.retryInMs!);
     await clock.advance(client.status.retryInMs!);
-    expect(hub.requests).toHaveLength(3);
+    await clock.advance(client.status.retryInMs!);
+    expect(hub.requests).toHaveLength(4);
     expect(hub.conn.open).toBe(true);
     expect(logger.has('debug', 'unexpected content type text/html')).toBe(true);
+    expect(logger.has('debug', 'HTTP 204')).toBe(true);
     client.stop();
   });
 
