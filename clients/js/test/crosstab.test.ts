@@ -256,6 +256,38 @@ describe('one stream per session across tabs', () => {
     expect(g.hub.openConnections).toBe(0);
   });
 
+  it('stop right after start leaves no stream, lock request or timer (SPEC §6 items 1 and 3)', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    a.tidings.stop();
+    const b = g.tab();
+    b.tidings.start();
+    await Promise.resolve();
+    b.tidings.stop();
+    await settle();
+    await g.clock.advance(10 * 60_000);
+    expect(g.hub.requests.length).toBeLessThanOrEqual(1);
+    expect(g.hub.openConnections).toBe(0);
+    expect(g.clock.pending).toBe(0);
+    expect(g.locks.held.size + g.locks.waiting).toBe(0);
+  });
+
+  it('a tab that joins late learns the leader position at once', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}) + activity('a-2', {}));
+    await settle();
+    const b = g.tab();
+    b.tidings.start();
+    await settle();
+    expect(b.tidings.status.role).toBe('follower');
+    expect(b.tidings.lastEventId).toBe('a-2');
+    expect(b.activities()).toEqual([]);
+  });
+
   it('without Web Locks each tab runs its own stream', async () => {
     const g = group();
     const a = g.tab({ locks: null });
