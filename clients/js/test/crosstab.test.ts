@@ -1,0 +1,316 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { relayNames } from '../src/relay.js';
+import { Tidings, type TidingsEvent, type TidingsOptions } from '../src/tidings.js';
+import { activity, connected, CountingTarget, FakeClock, FakeHub, FakeLocks, jsonResponse, ping, RecordingLogger, settle } from './helpers.js';
+
+let sessionSeq = 0;
+const live: Tidings[] = [];
+
+afterEach(() => {
+  for (const t of live.splice(0)) t.stop();
+});
+
+function group(hub = new FakeHub()) {
+  const sessionKey = `s-${++sessionSeq}`;
+  const clock = new FakeClock();
+  const locks = new FakeLocks();
+  function tab(extra: Partial<TidingsOptions> = {}) {
+    const page = new CountingTarget();
+    const online = new CountingTarget();
+    const events: TidingsEvent[] = [];
+    let visible = true;
+    const logger = new RecordingLogger();
+    const tidings = new Tidings({
+      url: 'http://hub.test/events/stream',
+      sessionKey,
+      token: () => 'tok',
+      fetch: hub.fetch,
+      clock,
+      random: () => 0.5,
+      locks,
+      pageTarget: page,
+      onlineTarget: online,
+      isVisible: () => visible,
+      logger,
+      ...extra,
+    });
+    tidings.subscribe((e) => events.push(e));
+    live.push(tidings);
+    return {
+      tidings,
+      page,
+      online,
+      events,
+      logger,
+      activities: () => events.flatMap((e) => (e.type === 'activity' ? [e.id] : [])),
+      hide: () => (visible = false),
+    };
+  }
+  return { hub, clock, locks, sessionKey, tab };
+}
+
+describe('one stream per session across tabs', () => {
+  it('two tabs started together: one leader, one stream (SPEC §6 item 2)', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    b.tidings.start();
+    await settle();
+    expect([a.tidings.status.role, b.tidings.status.role].sort()).toEqual(['follower', 'leader']);
+    expect(g.hub.requests).toHaveLength(1);
+    expect(g.hub.openConnections).toBe(1);
+  });
+
+  it('the leader relays every event with its id; followers see the same activities', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', { n: 1 }, [['app']]) + ping() + activity('a-2', { n: 2 }, [['app', 2]]));
+    await settle();
+    expect(a.activities()).toEqual(['a-1', 'a-2']);
+    expect(b.activities()).toEqual(['a-1', 'a-2']);
+    const relayed = b.events.find((e) => e.type === 'activity' && e.id === 'a-2');
+    expect(relayed).toMatchObject({ data: { n: 2 }, invalidate: [['app', 2]], keysFrom: 'hub' });
+    expect(b.tidings.lastEventId).toBe('a-2');
+  });
+
+  it('followers de-duplicate by id (a relay overlapping a hand-over)', async () => {
+    const g = group();
+    const b = g.tab();
+    const fakeLeader = new BroadcastChannel(relayNames(g.sessionKey).channel);
+    // Some other tab holds the lock, so `b` stays a follower.
+    let release!: () => void;
+    void g.locks.request(relayNames(g.sessionKey).lock, {}, () => new Promise<void>((r) => (release = r)));
+    await settle();
+    b.tidings.start();
+    await settle();
+    const data = JSON.stringify({ type: 'activity', data: { n: 1 }, invalidate: [['app']] });
+    for (const id of ['a-1', 'a-1', 'a-2', 'a-1', 'a-2', 'a-3']) {
+      fakeLeader.postMessage({ t: 'frame', from: 'old-leader', id, data, last: id, hb: 15_000 });
+    }
+    await settle();
+    expect(b.activities()).toEqual(['a-1', 'a-2', 'a-3']);
+    fakeLeader.close();
+    release();
+  });
+
+  it('hand-over when the leader tab goes away: immediate, resuming from the last relayed id', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}) + activity('a-2', {}));
+    await settle();
+    const clockBefore = g.clock.t;
+    a.page.dispatch('pagehide');
+    await settle();
+    expect(a.tidings.status.role).toBe('suspended');
+    expect(b.tidings.status.role).toBe('leader');
+    expect(g.clock.t).toBe(clockBefore);
+    expect(g.hub.requests).toHaveLength(2);
+    expect(g.hub.requests[0]!.connection!.open).toBe(false);
+    expect(g.hub.last.headers['last-event-id']).toBe('a-2');
+    g.hub.conn.send(connected('a-2') + activity('a-3', {}));
+    await settle();
+    expect(b.activities()).toEqual(['a-1', 'a-2', 'a-3']);
+    // Back from the bfcache: the tab rejoins as a follower and hears the new leader.
+    a.page.dispatch('pageshow');
+    await settle();
+    expect(a.tidings.status.role).toBe('follower');
+    g.hub.conn.send(activity('a-4', {}));
+    await settle();
+    expect(a.activities()).toEqual(['a-1', 'a-2', 'a-4']);
+    expect(g.hub.openConnections).toBe(1);
+  });
+
+  it('stop() in the leader hands over; the stopped tab leaves nothing behind', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}));
+    await settle();
+    a.tidings.stop();
+    await settle();
+    expect(a.tidings.status.role).toBe('stopped');
+    expect(a.page.count + a.online.count).toBe(0);
+    expect(b.tidings.status.role).toBe('leader');
+    expect(g.hub.last.headers['last-event-id']).toBe('a-1');
+    b.tidings.stop();
+    await settle();
+    expect(g.hub.openConnections).toBe(0);
+    expect(g.clock.pending).toBe(0);
+    expect(g.locks.held.size + g.locks.waiting).toBe(0);
+    await g.clock.advance(10 * 60_000);
+    expect(g.hub.requests).toHaveLength(2);
+  });
+
+  it('a visible follower replaces a frozen leader with steal; a hidden one waits', async () => {
+    const g = group();
+    // A frozen leader: holds the lock, never relays anything.
+    const frozen = g.locks.request(relayNames(g.sessionKey).lock, {}, () => new Promise<void>(() => {}));
+    frozen.catch(() => {});
+    await settle();
+    const hidden = g.tab({ lastEventId: 'a-7' });
+    hidden.hide();
+    hidden.tidings.start();
+    await settle();
+    await g.clock.advance(37_500);
+    expect(hidden.tidings.status.role).toBe('follower');
+    expect(g.hub.requests).toHaveLength(0);
+
+    const visible = g.tab({ lastEventId: 'a-7' });
+    visible.tidings.start();
+    await settle();
+    await g.clock.advance(37_499);
+    expect(visible.tidings.status.role).toBe('follower');
+    await g.clock.advance(1);
+    expect(visible.tidings.status.role).toBe('leader');
+    expect(g.hub.requests).toHaveLength(1);
+    expect(g.hub.last.headers['last-event-id']).toBe('a-7');
+    await expect(frozen).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  it('a leader whose lock is stolen steps down, closes its stream and follows', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    await settle();
+    expect(a.tidings.status.role).toBe('leader');
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}));
+    await settle();
+    // Another tab judged `a` frozen (the browser had paused it) and stole the lock.
+    const thief = g.locks.request(relayNames(g.sessionKey).lock, { steal: true }, () => new Promise<void>(() => {}));
+    await settle();
+    expect(a.tidings.status.role).toBe('follower');
+    expect(g.hub.openConnections).toBe(0);
+    expect(a.events.some((e) => e.type === 'stopped')).toBe(false);
+    expect(a.tidings.lastEventId).toBe('a-1');
+    void thief;
+  });
+
+  it('an auth refusal in the leader stops every tab of the session', async () => {
+    const hub = new FakeHub().then(() => jsonResponse(401, { error: 'expired' }), () => jsonResponse(401, { error: 'expired' }));
+    const g = group(hub);
+    const a = g.tab();
+    const b = g.tab();
+    b.tidings.start();
+    a.tidings.start();
+    await settle();
+    for (const t of [a, b]) {
+      expect(t.tidings.status.role).toBe('stopped');
+      expect(t.events.filter((e) => e.type === 'auth-error')).toHaveLength(1);
+    }
+    // A follower that got the lock before the stop message arrived may try once more, no more.
+    await g.clock.advance(10 * 60_000);
+    expect(g.hub.requests.length).toBeLessThanOrEqual(2);
+    expect(g.hub.openConnections).toBe(0);
+    expect(g.clock.pending).toBe(0);
+    expect(g.locks.held.size + g.locks.waiting).toBe(0);
+  });
+
+  it('superseded right after another tab announced itself leader: step down, do not stop the group', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0'));
+    await settle();
+    const other = new BroadcastChannel(relayNames(g.sessionKey).channel);
+    other.postMessage({ t: 'leader', from: 'tab-b' });
+    await settle();
+    g.hub.conn.send('data: {"type":"closed","reason":"superseded"}\n\n');
+    await settle();
+    // `a` stepped down and queued for the lock again; as no tab really holds it here, `a` leads
+    // again, resuming from where it was.
+    expect(a.events.some((e) => e.type === 'stopped')).toBe(false);
+    expect(a.events.filter((e) => e.type === 'status').map((e) => e.type === 'status' && e.status.role)).toContain('follower');
+    expect(a.tidings.status.role).toBe('leader');
+    expect(g.hub.last.headers['last-event-id']).toBe('a-0');
+    other.close();
+  });
+
+  it('superseded with no hand-over stops every tab', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + 'data: {"type":"closed","reason":"superseded"}\n\n');
+    await settle();
+    for (const t of [a, b]) expect(t.events.at(-1)).toEqual({ type: 'stopped', reason: { kind: 'closed', reason: 'superseded' } });
+    await g.clock.advance(10 * 60_000);
+    expect(g.hub.openConnections).toBe(0);
+  });
+
+  it('stop right after start leaves no stream, lock request or timer (SPEC §6 items 1 and 3)', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    a.tidings.stop();
+    const b = g.tab();
+    b.tidings.start();
+    await Promise.resolve();
+    b.tidings.stop();
+    await settle();
+    await g.clock.advance(10 * 60_000);
+    expect(g.hub.requests.length).toBeLessThanOrEqual(1);
+    expect(g.hub.openConnections).toBe(0);
+    expect(g.clock.pending).toBe(0);
+    expect(g.locks.held.size + g.locks.waiting).toBe(0);
+  });
+
+  it('a tab that joins late learns the leader position at once', async () => {
+    const g = group();
+    const a = g.tab();
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}) + activity('a-2', {}));
+    await settle();
+    const b = g.tab();
+    b.tidings.start();
+    await settle();
+    expect(b.tidings.status.role).toBe('follower');
+    expect(b.tidings.lastEventId).toBe('a-2');
+    expect(b.activities()).toEqual([]);
+  });
+
+  it('without Web Locks each tab runs its own stream', async () => {
+    const g = group();
+    const a = g.tab({ locks: null });
+    const b = g.tab({ locks: null });
+    a.tidings.start();
+    b.tidings.start();
+    await settle();
+    expect(a.tidings.status.role).toBe('solo');
+    expect(b.tidings.status.role).toBe('solo');
+    expect(g.hub.openConnections).toBe(2);
+  });
+
+  it('activities without keys are resolved locally', async () => {
+    const g = group();
+    const a = g.tab({ locks: null });
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(activity('a-1', { activity_type: 'deleted', resource: { type: 'edge_application', id: 9 } }));
+    await settle();
+    expect(a.events.find((e) => e.type === 'activity')).toMatchObject({
+      invalidate: [['edge-application']],
+      remove: [['edge-application', 9]],
+      keysFrom: 'local',
+    });
+  });
+});
