@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod publish;
+mod resolve;
 mod serve;
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Publish one activity or a batch to a hub.
     Publish(publish::PublishArgs),
+    /// Show which query keys an activity invalidates, and which resolver tier said so.
+    Resolve(resolve::ResolveArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,13 +47,16 @@ struct ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
-    runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => serve::run(args.listen, args.config).await,
-            Command::Publish(args) => publish::run(args).await,
-        }
-    })
+    match cli.command {
+        Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
+        Command::Publish(args) => block_on(publish::run(args)),
+        Command::Resolve(args) => resolve::run(args),
+    }
+}
+
+/// Runs an async command on a multi-threaded runtime; commands that need none skip it.
+fn block_on(command: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(command)
 }
 
 fn init_logging(filter: &str, json: bool) -> Result<()> {
