@@ -164,3 +164,6 @@ pub fn frame(id: Option<&str>, json: &str) -> Vec<u8> {
 pub fn connected(heartbeat_ms: u64) -> String {
     format!(r#"{{"type":"connected","client_id":"c1","timestamp":"2026-01-01T00:00:00Z","heartbeat_ms":{heartbeat_ms}}}"#)
 }
+
+pub mod hub;
+pub mod proxy;
