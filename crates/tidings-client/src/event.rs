@@ -18,7 +18,8 @@ pub enum Event {
         resumed: Option<bool>,
         /// The hub's ping interval; the watchdog is derived from it.
         heartbeat: Option<Duration>,
-        /// The stream's starting position, if the frame carried one.
+        /// The stream's position at this frame: its `id:` (the hub sends the starting
+        /// position), else the id the client resumed from; `None` when there is neither.
         id: Option<String>,
     },
     /// Something changed in the account.

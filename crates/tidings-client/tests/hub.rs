@@ -150,11 +150,11 @@ async fn no_event_is_lost_across_a_cut_connection() {
 
 #[tokio::test]
 async fn a_half_open_connection_is_detected_and_resumed() {
-    let hub = Hub::start("200ms").await;
+    let hub = Hub::start("300ms").await;
     let proxy = Proxy::start(hub.addr).await;
     let mut sub = subscribe(proxy.url(), BOB);
     match next_significant(&mut sub).await {
-        Event::Connected { heartbeat, .. } => assert_eq!(heartbeat, Some(Duration::from_millis(200))),
+        Event::Connected { heartbeat, .. } => assert_eq!(heartbeat, Some(Duration::from_millis(300))),
         other => panic!("{other:?}"),
     }
     proxy.stall_all();
@@ -164,7 +164,7 @@ async fn a_half_open_connection_is_detected_and_resumed() {
         match next(&mut sub).await.unwrap() {
             Event::Ping => continue,
             Event::Reconnecting { cause: Disconnect::Stalled(after), .. } => {
-                assert_eq!(after, Duration::from_millis(500));
+                assert_eq!(after, Duration::from_millis(750));
                 break;
             }
             other => panic!("{other:?}"),
