@@ -375,7 +375,7 @@ impl Task {
                 return Outcome::Retry { cause, floor: None, stable: stable(connected_at) };
             }
             while let Some(item) = parser.next() {
-                self.retry = parser.retry().map(Duration::from_millis);
+                self.note_retry(&parser);
                 let event = match item {
                     Ok(event) => event,
                     Err(error) => {
@@ -421,8 +421,16 @@ impl Task {
                     other => other,
                 };
             }
-            self.retry = parser.retry().map(Duration::from_millis);
+            self.note_retry(&parser);
             self.last_id = Some(parser.last_event_id().to_owned()).filter(|id| !id.is_empty());
+        }
+    }
+
+    /// Like an event source's reconnection time, a `retry:` outlives the connection that
+    /// sent it: a new connection that has not sent one yet does not reset it.
+    fn note_retry(&mut self, parser: &SseParser) {
+        if let Some(ms) = parser.retry() {
+            self.retry = Some(Duration::from_millis(ms));
         }
     }
 
