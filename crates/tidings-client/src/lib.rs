@@ -10,6 +10,7 @@ mod cache;
 mod client;
 mod event;
 mod publisher;
+mod response;
 pub mod sse;
 
 pub use backoff::Backoff;
