@@ -36,14 +36,38 @@ const RETRY_AFTER_ENGINE_SECS: u64 = 2;
 pub struct ConnectionHandle(pub CancellationToken);
 
 pub fn router(state: Arc<HubState>) -> Router {
-    Router::new()
+    let cors = cors(&state.config.cors.allowed_origins);
+    let router = Router::new()
         .route("/events/stream", get(stream))
         .route("/events", post(publish))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/mapping", get(mapping))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(layer) => router.layer(layer),
+        None => router,
+    }
+}
+
+/// CORS for consoles served from another origin: exact origins only, with credentials (the
+/// session cookie), and the headers the SDKs send. No layer at all when no origin is listed,
+/// so browsers refuse cross-origin reads by default.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_credentials(true)
+            .allow_methods([http::Method::GET, http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::CACHE_CONTROL, http::HeaderName::from_static("last-event-id")])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 #[derive(Debug, Deserialize)]

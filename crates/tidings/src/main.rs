@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod publish;
 mod resolve;
 mod serve;
+mod tail;
 
 #[derive(Debug, Parser)]
 #[command(name = "tidings", version, about = "Real-time update hub for web consoles")]
@@ -30,6 +31,8 @@ enum Command {
     Serve(ServeArgs),
     /// Publish one activity or a batch to a hub.
     Publish(publish::PublishArgs),
+    /// Follow a hub's stream as a user, printing events, keys, reconnects and resyncs.
+    Tail(tail::TailArgs),
     /// Show which query keys an activity invalidates, and which resolver tier said so.
     Resolve(resolve::ResolveArgs),
 }
@@ -50,6 +53,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
         Command::Publish(args) => block_on(publish::run(args)),
+        Command::Tail(args) => block_on(tail::run(args)),
         Command::Resolve(args) => resolve::run(args),
     }
 }

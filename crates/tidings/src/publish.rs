@@ -1,8 +1,11 @@
-//! `tidings publish`: send one activity or a batch to a hub's `POST /events`.
+//! `tidings publish`: send one activity or a batch to a hub's `POST /events`, through the
+//! Rust SDK's publisher.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tidings_client::{PublishItem, Publisher};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -24,36 +27,44 @@ pub struct PublishArgs {
 }
 
 pub async fn run(args: PublishArgs) -> Result<()> {
-    let body: serde_json::Value = match (&args.account, &args.data, &args.file) {
+    let items = match (&args.account, &args.data, &args.file) {
         (Some(account), Some(data), None) => {
-            let data: serde_json::Value = serde_json::from_str(data).context("--data is not JSON")?;
-            serde_json::json!({ "account": account, "data": data })
+            vec![PublishItem { account: account.clone(), data: serde_json::from_str(data).context("--data is not JSON")? }]
         }
-        (None, None, Some(path)) => {
-            let text = if path.as_os_str() == "-" {
-                let mut s = String::new();
-                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
-                s
-            } else {
-                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
-            };
-            serde_json::from_str(&text).context("the file is not JSON")?
-        }
+        (None, None, Some(path)) => items_of(&read(path)?)?,
         _ => bail!("give either --account and --data, or --file"),
     };
-    let url = format!("{}/events", args.url.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .bearer_auth(&args.key)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}"))?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("hub answered {status}: {text}");
-    }
-    println!("{text}");
+    let ids = Publisher::new(&args.url, args.key).publish_batch(&items).await?;
+    println!("{}", serde_json::json!({ "ids": ids }));
     Ok(())
+}
+
+fn read(path: &PathBuf) -> Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).context("reading stdin")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// A publish body as items; the hub validates them, this only reshapes.
+fn items_of(text: &str) -> Result<Vec<PublishItem>> {
+    let body: Value = serde_json::from_str(text).context("the file is not JSON")?;
+    let list = match body {
+        Value::Array(list) => list,
+        one => vec![one],
+    };
+    list.into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let account = match item.get("account") {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => bail!("item {i}: account is missing or not a string"),
+            };
+            let data = item.get("data").cloned().with_context(|| format!("item {i}: data is missing"))?;
+            Ok(PublishItem { account, data })
+        })
+        .collect()
 }

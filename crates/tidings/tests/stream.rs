@@ -187,3 +187,67 @@ async fn operations_endpoints() {
     assert_eq!(hub.metric("tidings_streams_open").await, 0.0);
     assert_eq!(hub.metric("tidings_stream_closes_total").await, 1.0);
 }
+
+#[tokio::test]
+async fn cors_allows_listed_origins_with_credentials_only() {
+    let hub = Hub::start(&config("", "[cors]\nallowed_origins = [\"https://console.example.com\"]\n")).await;
+    let preflight = |origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, hub.url("/events/stream"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization, last-event-id")
+            .send()
+    };
+    let ok = preflight("https://console.example.com").await.unwrap();
+    assert_eq!(ok.headers()["access-control-allow-origin"], "https://console.example.com");
+    assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
+    let allowed = ok.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed.contains("authorization") && allowed.contains("last-event-id"), "{allowed}");
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A wildcard with credentials is refused at start-up.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    std::fs::write(&path, config("", "[cors]\nallowed_origins = [\"*\"]\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed_origins"));
+}
+
+#[tokio::test]
+async fn invalid_configuration_fails_before_binding_and_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    for (toml, expected) in [
+        ("hartbeat = \"1s\"\n", "hartbeat"),
+        ("heartbeat = \"1ms\"\n", "heartbeat"),
+        ("[mapping]\nprofile = \"nope\"\n", "mapping.profile"),
+        ("[mapping]\nfile = \"missing.toml\"\n", "missing.toml"),
+    ] {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, toml).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{toml}");
+        assert!(stderr.contains(expected), "{toml}: {stderr}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("listening on"));
+    }
+}
+
+#[tokio::test]
+async fn the_hub_attaches_keys_from_the_configured_profile() {
+    let hub = Hub::start(&config("", "[mapping]\nprofile = \"azion-console\"\n")).await;
+    let mut s = Sse::token(&hub, "tok-alice").await;
+    s.next_within(T).await.unwrap();
+    let mapping: serde_json::Value = reqwest::get(hub.url("/mapping")).await.unwrap().json().await.unwrap();
+    assert_eq!(mapping["name"], "azion-console");
+    hub.publish("acme", &[serde_json::json!({"activity_type": "deleted", "resource": {"type": "Edge Application", "id": "77"}})]).await;
+    let ev = s.next_non_ping(T).await.unwrap();
+    assert_eq!(ev.data["invalidate"], serde_json::json!([["application"]]));
+    assert_eq!(ev.data["remove"], serde_json::json!([["application", 77]]));
+    hub.publish("acme", &[serde_json::json!({"activity_type": "edited", "resource": {"type": "no such type"}})]).await;
+    let ev = s.next_non_ping(T).await.unwrap();
+    assert_eq!(ev.data["invalidate"], serde_json::json!([]));
+    assert_eq!(hub.metric("tidings_unresolved_events_total").await, 1.0);
+    assert!(hub.logs().contains("no such type"), "an unresolved type is logged");
+}
