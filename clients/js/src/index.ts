@@ -8,7 +8,7 @@ export { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, fullJitter, reconnectDelay } from '
 export type { BackoffOptions, RetryAdvice } from './backoff.js';
 export { decodeFrame, FINAL_CLOSE_REASONS } from './protocol.js';
 export type { Activity, ActivityFrame, ClosedFrame, ConnectedFrame, Decoded, Frame, PingFrame, ResyncFrame } from './protocol.js';
-export { SseDecoder, SSE_BUFFER_CHARS_MAX } from './sse.js';
+export { SseDecoder, SSE_EVENT_BYTES_MAX } from './sse.js';
 export type { SseEvent } from './sse.js';
 export { genericResolver, activityKind, kebabType, normalizeType } from './resolver.js';
 export type { ActivityKind, Resolution, Resolver } from './resolver.js';
