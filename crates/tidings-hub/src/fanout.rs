@@ -274,6 +274,22 @@ impl Fanout {
         self.closing.lock().expect("closing lock").extend(streams);
     }
 
+    /// Closes the streams of one session (or, without a session, of the whole account) with
+    /// `reason`; returns how many were closed.
+    pub fn close_matching(&self, account: &str, session: Option<&str>, reason: CloseReason) -> usize {
+        let matching: Vec<_> = {
+            let reg = self.registry.read().expect("registry lock");
+            let Some(streams) = reg.accounts.get(account) else { return 0 };
+            streams.values().filter(|s| session.is_none_or(|want| &*s.session == want)).cloned().collect()
+        };
+        for s in &matching {
+            s.close(reason);
+        }
+        let n = matching.len();
+        self.retire(matching);
+        n
+    }
+
     /// Closes every stream (shutdown), each with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         let all: Vec<_> = {

@@ -40,6 +40,7 @@ pub fn router(state: Arc<HubState>) -> Router {
     let router = Router::new()
         .route("/events/stream", get(stream))
         .route("/events", post(publish))
+        .route("/sessions/revoke", post(revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -257,6 +258,31 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
     })?;
     hub.metrics.events_published.inc_by(n);
     Ok(ids)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeBody {
+    account: String,
+    /// Without a session, every stream of the account is closed.
+    session: Option<String>,
+}
+
+/// Ends the open streams of a session (sign-out elsewhere, a revoked token) with `closed`
+/// `revoked`, after which SDKs do not reconnect. Publishers only. The host application must
+/// also stop accepting the credential, or the client may sign in again.
+async fn revoke(State(hub): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = (|| {
+        hub.auth.check_publisher(&headers)?;
+        let req: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()).field("body")
+        })?;
+        Ok::<_, ApiError>(hub.fanout.close_matching(&req.account, req.session.as_deref(), CloseReason::Revoked))
+    })();
+    match result {
+        Ok(closed) => axum::Json(serde_json::json!({ "closed": closed })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -251,3 +251,37 @@ async fn the_hub_attaches_keys_from_the_configured_profile() {
     assert_eq!(hub.metric("tidings_unresolved_events_total").await, 1.0);
     assert!(hub.logs().contains("no such type"), "an unresolved type is logged");
 }
+
+#[tokio::test]
+async fn revoking_a_session_closes_its_streams_for_good() {
+    let hub = Hub::start(&config("", "")).await;
+    let mut a = Sse::token(&hub, "tok-alice").await;
+    let mut a2 = Sse::token(&hub, "tok-alice-2").await;
+    a.next_within(T).await.unwrap();
+    a2.next_within(T).await.unwrap();
+    let revoke = |body: serde_json::Value, key: &str| {
+        reqwest::Client::new().post(hub.url("/sessions/revoke")).bearer_auth(key).json(&body).send()
+    };
+    assert_eq!(revoke(serde_json::json!({"account": "acme", "session": "s-alice"}), "tok-alice").await.unwrap().status(), 403);
+    let resp = revoke(serde_json::json!({"account": "acme", "session": "s-alice"}), PUBLISHER_KEY).await.unwrap();
+    assert_eq!(resp.json::<serde_json::Value>().await.unwrap()["closed"], 1);
+    let closed = a.next_non_ping(T).await.unwrap();
+    assert_eq!((closed.kind(), closed.data["reason"].as_str()), ("closed", Some("revoked")));
+    assert!(closed.data.get("retry_ms").is_none(), "revoked streams must not reconnect");
+    assert!(a.next_within(T).await.is_none());
+    hub.publish("acme", &[activity(1)]).await;
+    assert_eq!(a2.activities(1, T).await, vec![1], "other sessions stay open");
+}
+
+#[tokio::test]
+async fn streams_end_at_their_lifetime_with_jitter() {
+    let hub = Hub::start(&config("", "[limits]\nstream_lifetime = \"2s\"\n")).await;
+    let started = std::time::Instant::now();
+    let mut s = Sse::token(&hub, "tok-alice").await;
+    s.next_within(T).await.unwrap();
+    let closed = s.next_non_ping(T).await.unwrap();
+    assert_eq!((closed.kind(), closed.data["reason"].as_str()), ("closed", Some("lifetime")));
+    assert!(closed.data["retry_ms"].is_u64());
+    let lived = started.elapsed();
+    assert!(lived >= Duration::from_millis(1700) && lived < Duration::from_secs(4), "lived {lived:?}");
+}
