@@ -150,7 +150,7 @@ pub fn encode_data_frame(id: Option<EventId>, json: &str) -> String {
     let mut out = String::with_capacity(json.len() + 64);
     if let Some(id) = id {
         use std::fmt::Write;
-        let _ = write!(out, "id: {id}\n");
+        let _ = writeln!(out, "id: {id}");
     }
     out.push_str("event: message\ndata: ");
     out.push_str(json);

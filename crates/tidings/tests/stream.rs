@@ -36,7 +36,7 @@ async fn frames_and_headers_follow_the_wire_protocol() {
         "metadata": {"id": 1772562194, "name": "Application Name", "last_editor": "user@example.com"},
         "unknown_field": {"nested": [1, 2.5, "x", null, true]}
     });
-    let ids = hub.publish("acme", &[published.clone()]).await;
+    let ids = hub.publish("acme", std::slice::from_ref(&published)).await;
     let ev = s.next_non_ping(T).await.unwrap();
     assert_eq!(ev.kind(), "activity");
     assert_eq!(ev.id.as_deref(), Some(ids[0].as_str()));
