@@ -61,11 +61,22 @@ async fn graceful_restart_resumes_exactly() {
     assert_eq!(hub.metric("tidings_resyncs_total").await, 0.0);
 }
 
-/// Publishers send one event at a time at a steady rate; the hub is killed mid-stream. Every
-/// event that got its 202 is replayed after the restart, in order and once.
+/// A publisher sends one event at a time at a steady rate; the hub is killed mid-stream.
+/// Every event that got its 202 is replayed after the restart, in order and once.
 #[tokio::test]
 async fn sigkill_loses_no_acknowledged_event() {
-    let cfg = durable("[history]\nmax_events = 100000\n");
+    sigkill_while_publishing("always").await;
+}
+
+/// With flushing left to the OS, a crash of the hub alone (not of the machine) loses nothing
+/// either, and the epoch is kept.
+#[tokio::test]
+async fn sigkill_with_fsync_never_loses_no_acknowledged_event() {
+    sigkill_while_publishing("never").await;
+}
+
+async fn sigkill_while_publishing(fsync: &str) {
+    let cfg = durable(&format!("fsync = \"{fsync}\"\n[history]\nmax_events = 100000\n"));
     let hub = Hub::start(&cfg).await;
     let start = position(&hub).await;
     let acked = Arc::new(AtomicU64::new(0));
