@@ -104,3 +104,30 @@ fn cuts_keep_the_newest_events_by_count_and_age() {
     assert_eq!((log.trimmed_through, log.events.len()), (2, 2));
     assert_eq!(log.cut(&[], 10, 25), None, "nothing below trimmed_through is cut again");
 }
+
+#[tokio::test]
+async fn unflushed_history_from_another_boot_gets_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let fanout = || Arc::new(Fanout::new(10, 10, 16, Arc::new(Metrics::new())));
+    let bounds = HistoryConfig::default();
+    let before = {
+        let e = DurableEngine::open(dir.path(), FsyncPolicy::Never, &bounds, fanout()).unwrap();
+        let ids = e.publish(batch("a", 2)).await.unwrap();
+        e.close().await;
+        ids
+    };
+    // What a crash of the machine leaves behind: the marker of a run that did not flush,
+    // written during an earlier boot.
+    let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
+    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unsynced_boot', 'an-earlier-boot')", []).unwrap();
+    drop(conn);
+    let e = DurableEngine::open(dir.path(), FsyncPolicy::Always, &bounds, fanout()).unwrap();
+    let after = e.publish(batch("a", 1)).await.unwrap();
+    assert_ne!(after[0].epoch, before[0].epoch, "clients must resync, not resume");
+    assert_eq!(after[0].seq, 3, "seqs still continue");
+    assert_eq!(resume(&e, "a", &before[0]).await.0, ResumeDecision::Resync(ResyncReason::EpochChanged));
+    e.close().await;
+    // A clean stop (or a crash of the hub alone, same boot) keeps the epoch.
+    let again = DurableEngine::open(dir.path(), FsyncPolicy::Never, &bounds, fanout()).unwrap();
+    assert_eq!(again.publish(batch("a", 1)).await.unwrap()[0].epoch, after[0].epoch);
+}
