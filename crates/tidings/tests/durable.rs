@@ -113,6 +113,39 @@ async fn sigkill_while_publishing(fsync: &str) {
     assert!(next.n() == 9_999 || next.n() == acked + 1, "then at most the unacknowledged one, then live: {:?}", next.data);
 }
 
+/// Delivery happens on the engine's writer thread: streams resuming while events are being
+/// committed still see every event once, replay first, then live.
+#[tokio::test]
+async fn events_published_during_a_replay_follow_it_without_gap_or_duplicate() {
+    let cfg = durable("[history]\nmax_events = 100000\n");
+    let hub = Hub::start(&cfg).await;
+    let start = position(&hub).await;
+    hub.publish("acme", &(1..=1000).map(activity).collect::<Vec<_>>()).await;
+    let hub = restart(hub, &cfg, true).await;
+    let publisher = {
+        let url = hub.url("/events");
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in 1001..=1300u64 {
+                let body = serde_json::json!({"account": "acme", "data": activity(n)});
+                let r = client.post(&url).bearer_auth(PUBLISHER_KEY).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 202);
+            }
+        })
+    };
+    let mut resumes = Vec::new();
+    for _ in 0..5 {
+        let mut r = Sse::resume(&hub, "tok-alice-2", &start).await;
+        r.next_within(T).await.unwrap();
+        resumes.push(r);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    publisher.await.unwrap();
+    // Earlier resumes of the same session are superseded; the last one must be complete.
+    let got = resumes.last_mut().unwrap().activities(1300, T).await;
+    assert_eq!(got, (1..=1300).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn trims_resync_only_clients_older_than_the_retained_history() {
     let cfg = durable("[history]\nmax_events = 3\n");
