@@ -119,7 +119,8 @@ impl Hub {
     }
 
     /// Serves until `shutdown` is cancelled, then closes every stream with `closed`
-    /// `shutdown` and returns once connections have finished or the grace period is over.
+    /// `shutdown`, and once connections have finished or the grace period is over, closes the
+    /// engine (a durable one flushes its data file) and returns.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));

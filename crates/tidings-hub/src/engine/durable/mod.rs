@@ -92,9 +92,9 @@ struct AccountLog {
 }
 
 impl AccountLog {
-    /// Where a trim must cut (the new `trimmed_through`) once `incoming` (seq, at) are
-    /// appended, to keep at most `max_events` none older than `oldest_ms`; `None` if nothing
-    /// goes.
+    /// Where a trim must cut (the new `trimmed_through`) once `incoming` `(seq, at)` are
+    /// appended, so that at most `max_events` remain and none older than `oldest_ms`; `None`
+    /// if nothing goes.
     fn cut(&self, incoming: &[(u64, u64)], max_events: usize, oldest_ms: u64) -> Option<u64> {
         let held = self.events.iter().map(|(at, f)| (f.seq, *at));
         let all = || held.clone().chain(incoming.iter().copied());
