@@ -221,6 +221,32 @@ pub enum EngineConfig {
     /// In this process only; ids change epoch on restart.
     #[default]
     Memory,
+    /// One node, history in a data file: ids and history survive restarts and crashes.
+    Durable {
+        /// Directory of the data file (`tidings.db`); created if missing. Relative paths are
+        /// relative to the configuration file.
+        data_dir: PathBuf,
+        /// When a publish counts as stored; see [`FsyncPolicy`].
+        #[serde(default)]
+        fsync: FsyncPolicy,
+    },
+}
+
+/// When the durable engine answers a publish: the trade-off between latency and what a
+/// power loss can take away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// Every group commit is flushed to the disk (`fsync`) before any publish in it gets its
+    /// 202: nothing acknowledged is lost, even on power loss. Concurrent publishes share one
+    /// flush, so throughput holds up; a lone publisher pays one flush per request.
+    #[default]
+    Always,
+    /// Commits are handed to the operating system, which writes them out on its own schedule.
+    /// A crash or `SIGKILL` of the hub loses nothing; a power loss or kernel crash may lose
+    /// the last acknowledged publishes (the history then starts a new epoch, so clients
+    /// resync rather than resume past a hole).
+    Never,
 }
 
 /// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
@@ -269,6 +295,9 @@ pub enum ConfigError {
     /// The mapping file or profile does not load; the message names file, line and entry.
     #[error("{0}")]
     Mapping(#[from] tidings_protocol::resolver::MappingError),
+    /// The engine could not start (for example a damaged data file); the message names it.
+    #[error("{0}")]
+    Engine(String),
 }
 
 impl MappingConfig {
@@ -321,6 +350,9 @@ impl Config {
         }
         if let Some(p) = self.mapping.file.as_mut() {
             fix(p);
+        }
+        if let EngineConfig::Durable { data_dir, .. } = &mut self.engine {
+            fix(data_dir);
         }
     }
 
@@ -377,6 +409,9 @@ impl Config {
         if let Some(p) = self.mapping.profile.as_deref().filter(|p| tidings_protocol::profiles::builtin(p).is_none()) {
             let names: Vec<_> = tidings_protocol::profiles::BUILTIN.iter().map(|(n, _)| *n).collect();
             return invalid(format!("mapping.profile {p:?} is not one of {}", names.join(", ")));
+        }
+        if matches!(&self.engine, EngineConfig::Durable { data_dir, .. } if data_dir.as_os_str().is_empty()) {
+            return invalid("engine.data_dir must name a directory".into());
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());

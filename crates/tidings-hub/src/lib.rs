@@ -32,6 +32,7 @@ pub use config::Config;
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::Engine;
+use crate::engine::durable::DurableEngine;
 use crate::engine::memory::MemoryEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
@@ -88,13 +89,19 @@ impl Hub {
         let metrics = Arc::new(Metrics::new());
         let l = &config.limits;
         let fanout = Arc::new(Fanout::new(l.streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
+        let auth = Authenticator::new(&config.auth)?;
+        let resolver = config.mapping.resolver()?;
+        // Last: everything that only reads configuration has been checked before the engine
+        // opens files or starts threads.
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
+            EngineConfig::Durable { data_dir, fsync } => Arc::new(
+                DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(|e| ConfigError::Engine(e.to_string()))?,
+            ),
         };
-        let resolver = config.mapping.resolver()?;
         let mapping_json = resolver.mapping().to_json_pretty().into();
         let state = HubState {
-            auth: Authenticator::new(&config.auth)?,
+            auth,
             config,
             fanout,
             engine,
@@ -112,13 +119,15 @@ impl Hub {
     }
 
     /// Serves until `shutdown` is cancelled, then closes every stream with `closed`
-    /// `shutdown` and returns once connections have finished or the grace period is over.
+    /// `shutdown`, and once connections have finished or the grace period is over, closes the
+    /// engine (a durable one flushes its data file) and returns.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
         let result = serve::serve(self.state.clone(), listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;
+        self.state.engine.close().await;
         result
     }
 }

@@ -21,7 +21,7 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    let hub = Hub::new(config.clone()).context("invalid configuration")?;
+    let hub = Hub::new(config.clone()).context("cannot start the hub")?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();

@@ -14,6 +14,7 @@ use futures_util::future::BoxFuture;
 use tidings_protocol::EventId;
 use tidings_protocol::resume::ResumeDecision;
 
+pub mod durable;
 pub mod memory;
 
 /// One activity to store: its account and its `activity` payload (JSON, encoded once).
@@ -63,6 +64,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
 
     /// Periodic upkeep (age trimming); called by the hub's ticker.
     fn maintain(&self) {}
+
+    /// Finishes pending work and releases the backing store; called once when the hub stops.
+    /// Publishes after it fail with [`EngineError::Unavailable`].
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// A short name for logs and the start-up banner.
     fn name(&self) -> &'static str;
