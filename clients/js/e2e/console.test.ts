@@ -2,7 +2,7 @@
  * users of one account and never to another account; a restarted hub is rejoined without a
  * reload; sign-out and an early stop leave no stream behind (SPEC §6 items 1 and 3). */
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   apiAs,
   connection,
@@ -20,17 +20,17 @@ import {
   waitFor,
 } from './support.js';
 
-let browser: Browser;
+let browser: Browser | undefined;
 let demo: Demo;
 const contexts: BrowserContext[] = [];
 
-beforeAll(async () => {
-  browser = await launchBrowser();
-});
 afterAll(async () => {
   await browser?.close();
 });
+// In beforeEach, not beforeAll: a missing browser or binary then fails every test by name
+// instead of reporting them skipped.
 beforeEach(async () => {
+  browser ??= await launchBrowser();
   demo = await startDemo();
 });
 afterEach(async () => {
@@ -39,7 +39,7 @@ afterEach(async () => {
 });
 
 async function newContext(): Promise<BrowserContext> {
-  const c = await browser.newContext();
+  const c = await browser!.newContext();
   contexts.push(c);
   return c;
 }

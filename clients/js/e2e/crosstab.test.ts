@@ -3,7 +3,7 @@
  * at once still make one stream (§6.2), the hub's `closed` frame is honoured (§6.5), and a
  * resolver that yields a function never breaks what tabs share (§6.4). */
 import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   apiAs,
   connection,
@@ -21,17 +21,17 @@ import {
   waitFor,
 } from './support.js';
 
-let browser: Browser;
+let browser: Browser | undefined;
 let demo: Demo;
 const contexts: BrowserContext[] = [];
 
-beforeAll(async () => {
-  browser = await launchBrowser();
-});
 afterAll(async () => {
   await browser?.close();
 });
+// In beforeEach, not beforeAll: a missing browser or binary then fails every test by name
+// instead of reporting them skipped.
 beforeEach(async () => {
+  browser ??= await launchBrowser();
   demo = await startDemo();
 });
 afterEach(async () => {
@@ -40,7 +40,7 @@ afterEach(async () => {
 });
 
 async function newContext(): Promise<BrowserContext> {
-  const c = await browser.newContext();
+  const c = await browser!.newContext();
   contexts.push(c);
   return c;
 }
