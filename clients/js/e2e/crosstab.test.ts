@@ -134,6 +134,25 @@ describe('one stream per session across tabs', () => {
     }
   });
 
+  it('signing out in one tab signs out every tab of the session, and no stream comes back (SPEC §6.1)', async () => {
+    const context = await newContext();
+    await signInContext(context, demo, 'alice');
+    const pages = [await context.newPage(), await context.newPage(), await context.newPage()];
+    for (const p of pages) {
+      await p.goto(demo.url);
+      await waitConnected(p);
+    }
+    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
+    const before = await streamCounts(demo);
+    // Sign out in the leader's tab: the hardest case, the others would otherwise take over.
+    const leader = pages[(await Promise.all(pages.map(connection))).findIndex((c) => c.role === 'leader')]!;
+    await leader.getByTestId('logout').click();
+    for (const p of pages) await p.getByTestId('signin-alice').waitFor({ timeout: 3_000 });
+    await waitFor('the stream to close', () => streamCounts(demo), (c) => c.open === 0, 2_000);
+    await sleep(5_000);
+    expect(await streamCounts(demo)).toEqual({ open: 0, opened: before.opened, refused: before.refused });
+  });
+
   it("honours the hub's closed frame: superseded stops for good, no reconnect (SPEC §6.5)", async () => {
     const context = await newContext();
     const page = await context.newPage();

@@ -204,7 +204,7 @@ mod tests {
         let (app, activity) = s.create("acme", &by, Changes { name: Some(" New ".into()), ..Changes::default() }).unwrap();
         assert_eq!(app.name, "New");
         assert_eq!(activity["activity_type"], "created");
-        assert_eq!(s.get("globex", app.id), Err(StoreError::NotFound));
+        assert_eq!(s.get("globex", app.id).err(), Some(StoreError::NotFound));
         assert_eq!(s.list("acme").len(), 4);
         assert_eq!(s.feed("acme").len(), 1);
         assert!(s.feed("globex").is_empty());
