@@ -12,6 +12,8 @@ export { SseDecoder, SSE_EVENT_BYTES_MAX } from './sse.js';
 export type { SseEvent } from './sse.js';
 export { genericResolver, activityKind, kebabType, normalizeType } from './resolver.js';
 export type { ActivityKind, Resolution, Resolver } from './resolver.js';
+export { convertId, fetchMappingResolver, mappingResolver, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID } from './mapping.js';
+export type { IdType, MappingJson, MappingResolver, Tier, TieredResolution } from './mapping.js';
 export { dedupePrefixes, keyCovers, keyHash, plainKey, plainKeys } from './keys.js';
 export type { JsonValue, QueryKey } from './keys.js';
 export { relayNames } from './relay.js';

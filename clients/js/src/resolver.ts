@@ -1,7 +1,8 @@
 /** Local key resolution, for activities the hub sent without `invalidate` keys (no mapping
  * configured on the hub). The `Resolver` interface is the plug: the generic default lives here;
  * a profile-driven resolver (the shared mapping file) implements the same interface. Mirrors
- * the hub's generic resolver (`tidings-protocol` `resolver.rs`) rule for rule. */
+ * the hub's generic resolver (`tidings-protocol` `resolver.rs`) rule for rule; `mapping.ts` is
+ * the profile-driven one. */
 import { dedupePrefixes, plainKey, type JsonValue, type QueryKey } from './keys.js';
 import type { Activity } from './protocol.js';
 
@@ -21,7 +22,7 @@ export interface Resolver {
 export type ActivityKind = 'created' | 'edited' | 'deleted';
 
 export function activityKind(activity: Activity): ActivityKind {
-  const t = typeof activity.activity_type === 'string' ? activity.activity_type.toLowerCase() : '';
+  const t = typeof activity.activity_type === 'string' ? activity.activity_type.trim().toLowerCase() : '';
   return t === 'created' || t === 'deleted' ? t : 'edited';
 }
 
@@ -68,12 +69,20 @@ export const genericResolver: Resolver = {
 
 /** The parent as `data.parent` or `data.resource.parent`, when it has a usable type and id. */
 export function parentOf(activity: Activity): { type: string; id: JsonValue } | undefined {
+  const p = parentParts(activity);
+  const id = p ? jsonScalar(p.id) : undefined;
+  return p && id !== undefined ? { type: p.type, id } : undefined;
+}
+
+/** The parent's trimmed type (a string, not empty and not `-`) and its id as published
+ * (`undefined` when missing or `null`), read from `data.parent` if it is an object, else from
+ * `data.resource.parent`. */
+export function parentParts(activity: Activity): { type: string; id: unknown } | undefined {
   const p = isObject(activity.parent) ? activity.parent : activity.resource?.parent;
   if (!isObject(p)) return undefined;
   const type = typeof p.type === 'string' ? p.type.trim() : '';
   if (type === '' || type === '-') return undefined;
-  const id = jsonScalar(p.id);
-  return id === undefined ? undefined : { type, id };
+  return { type, id: p.id === null ? undefined : p.id };
 }
 
 /** `metadata.id`, else `resource.id`. */

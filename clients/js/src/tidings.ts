@@ -4,7 +4,7 @@
  * way, subscribers see the same events: activities (de-duplicated by id, with keys resolved
  * locally when the hub sent none), resyncs, and why the stream stopped. */
 import { consoleLogger, systemClock, Timer, type Clock, type EventTargetLike, type Logger } from './env.js';
-import type { QueryKey } from './keys.js';
+import { plainKeys, type QueryKey } from './keys.js';
 import { decodeFrame, type Activity, type Frame } from './protocol.js';
 import {
   readRelayMessage,
@@ -345,6 +345,22 @@ export class Tidings {
     else if (decoded.kind === 'invalid') this.#log.warn(`skipped invalid relayed frame: ${decoded.reason}`);
   }
 
+  /** The local resolver's keys as plain JSON arrays. A resolver is host code: one that throws
+   * or yields a function, a proxy or `undefined` inside a key must cost that key (logged), never
+   * the event, the batch or the stream (SPEC §6 item 4). */
+  #resolve(activity: Activity): { invalidate: QueryKey[]; remove: QueryKey[] } {
+    if (!this.#resolver) return { invalidate: [], remove: [] };
+    let resolved: { invalidate?: unknown; remove?: unknown } | undefined;
+    try {
+      resolved = this.#resolver.resolve(activity);
+    } catch (e) {
+      this.#log.warn('the local resolver threw; the activity goes on without keys', e);
+      return { invalidate: [], remove: [] };
+    }
+    const skip = (entry: unknown) => this.#log.warn('skipped a resolved key that is not plain JSON', entry);
+    return { invalidate: plainKeys(resolved?.invalidate, skip), remove: plainKeys(resolved?.remove, skip) };
+  }
+
   /** One frame, from this tab's stream or relayed: de-duplicate, resolve, publish. */
   #onFrame(id: string | undefined, frame: Frame): void {
     switch (frame.type) {
@@ -356,9 +372,9 @@ export class Tidings {
         let { invalidate, remove } = frame;
         let keysFrom: 'hub' | 'local' | 'none' = 'hub';
         if (invalidate.length === 0 && remove.length === 0) {
-          const resolved = this.#resolver?.resolve(frame.data);
-          invalidate = resolved?.invalidate ?? [];
-          remove = resolved?.remove ?? [];
+          const resolved = this.#resolve(frame.data);
+          invalidate = resolved.invalidate;
+          remove = resolved.remove;
           keysFrom = invalidate.length + remove.length > 0 ? 'local' : 'none';
           if (keysFrom === 'none') this.#log.debug('activity resolved to no keys', frame.data.resource?.type);
         }

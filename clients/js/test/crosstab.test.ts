@@ -313,4 +313,26 @@ describe('one stream per session across tabs', () => {
       keysFrom: 'local',
     });
   });
+
+  it('a local resolver that yields a function or throws costs a key, never the event (SPEC 6.4)', async () => {
+    const g = group();
+    let calls = 0;
+    const resolver = {
+      resolve: () => {
+        if (++calls === 2) throw new Error('broken entry');
+        return { invalidate: [['widget', () => 1], ['widget', 7]], remove: [[undefined]] } as never;
+      },
+    };
+    const a = g.tab({ locks: null, resolver });
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(activity('a-1', { activity_type: 'edited' }) + activity('a-2', { activity_type: 'edited' }));
+    await settle();
+    const got = a.events.filter((e) => e.type === 'activity');
+    expect(got).toMatchObject([
+      { id: 'a-1', invalidate: [['widget', 7]], remove: [], keysFrom: 'local' },
+      { id: 'a-2', invalidate: [], remove: [], keysFrom: 'none' },
+    ]);
+    expect(structuredClone(got)).toEqual(got);
+  });
 });

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tidings_protocol::CloseReason;
-use tidings_protocol::frame::encode_ping;
+use tidings_protocol::frame::{activity_payload, encode_ping};
+use tidings_protocol::{CloseReason, EventId};
 use tidings_protocol::resolver::{Resolution, Resolver, resource_type};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -31,8 +31,8 @@ pub use config::Config;
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
-use crate::engine::Engine;
 use crate::engine::durable::DurableEngine;
+use crate::engine::{Engine, EngineError, NewEvent};
 use crate::engine::memory::MemoryEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
@@ -73,6 +73,21 @@ impl HubState {
             }
         }
         r
+    }
+
+    /// Publishes one activity to `account` from inside the process, exactly as an accepted
+    /// `POST /events` item would be (keys resolved, stored, fanned out, counted). For hosts that
+    /// embed the hub next to their own API, such as `tidings demo`; there is no publisher key
+    /// to check because the caller is the host itself.
+    pub async fn publish(&self, account: &str, data: &serde_json::Value) -> Result<EventId, EngineError> {
+        let started = Instant::now();
+        let keys = self.resolve(data);
+        let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
+        let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
+        let ids = self.engine.publish(vec![NewEvent { account: account.into(), payload: payload.into() }]).await?;
+        self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
+        self.metrics.events_published.inc();
+        Ok(ids.into_iter().next().expect("one id per published event"))
     }
 }
 
@@ -122,9 +137,18 @@ impl Hub {
     /// `shutdown`, and once connections have finished or the grace period is over, closes the
     /// engine (a durable one flushes its data file) and returns.
     pub async fn run(self, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.run_with_routes(listener, shutdown, axum::Router::new()).await
+    }
+
+    /// [`Hub::run`] with the host's own routes served next to the hub's, on the same listener
+    /// and the same shutdown (a host API and its page, as `tidings demo` does). The hub's routes
+    /// win: `extra` must not define any of them (axum panics at start on an overlap, a bug in
+    /// the host). Nothing about the hub's behaviour changes.
+    pub async fn run_with_routes(self, listener: TcpListener, shutdown: CancellationToken, extra: axum::Router) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
-        let result = serve::serve(self.state.clone(), listener, shutdown).await;
+        let router = http::router(self.state.clone()).merge(extra);
+        let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;
         self.state.engine.close().await;

@@ -21,8 +21,7 @@ use crate::http::ConnectionHandle;
 /// Pause after a failed `accept` (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn serve(hub: Arc<HubState>, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let router = crate::http::router(hub.clone());
+pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

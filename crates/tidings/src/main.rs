@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod publish;
 mod resolve;
 mod serve;
@@ -29,6 +30,8 @@ struct Cli {
 enum Command {
     /// Run the hub. Without --config: in-memory engine on loopback with a printed dev token.
     Serve(ServeArgs),
+    /// Run the hub with a demo console (page, API, a teammate making changes) on one port.
+    Demo(demo::DemoArgs),
     /// Publish one activity or a batch to a hub.
     Publish(publish::PublishArgs),
     /// Follow a hub's stream as a user, printing events, keys, reconnects and resyncs.
@@ -52,6 +55,7 @@ fn main() -> Result<()> {
     init_logging(&cli.log, cli.log_json)?;
     match cli.command {
         Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
+        Command::Demo(args) => block_on(demo::run(args)),
         Command::Publish(args) => block_on(publish::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
         Command::Resolve(args) => resolve::run(args),

@@ -82,7 +82,7 @@ Publish (in another terminal):
     )
 }
 
-async fn signal_to_token(token: CancellationToken) {
+pub(crate) async fn signal_to_token(token: CancellationToken) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

@@ -1,0 +1,206 @@
+/** End-to-end harness: the real `tidings demo` binary on 127.0.0.1, real headless Chromium
+ * through playwright-core, and the hub's own /metrics as the witness of how many streams are
+ * open. Nothing is mocked. A missing binary or browser is an error, never a skip. */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+
+export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
+export const BIN = process.env.TIDINGS_BIN ?? join(REPO, 'target/debug/tidings');
+export const CHROMIUM = process.env.TIDINGS_CHROMIUM ?? '/usr/bin/chromium';
+/** Lets tests publish arbitrary activities through `POST /events`. */
+export const PUBLISHER_KEY = 'e2e-publisher-key';
+/** Ping interval of the demo under test: short, so liveness is exercised too. */
+const HEARTBEAT = '1s';
+const START_TIMEOUT_MS = 20_000;
+
+export interface Demo {
+  url: string;
+  addr: string;
+  port: number;
+  proc: ChildProcess;
+  output: string[];
+  /** Sends a signal and waits for the process to exit. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** Starts `tidings demo` (without the teammate) and waits for its `listening on` line. */
+export async function startDemo(port = 0): Promise<Demo> {
+  if (!existsSync(BIN)) throw new Error(`the tidings binary is missing at ${BIN}: build it with \`cargo build -p tidings\` (or set TIDINGS_BIN)`);
+  const args = ['demo', '--listen', `127.0.0.1:${port}`, '--no-teammate', '--heartbeat', HEARTBEAT, '--publisher-key', PUBLISHER_KEY];
+  const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TIDINGS_LOG: 'warn' } });
+  const output: string[] = [];
+  const exited = new Promise<void>((done) => proc.once('exit', () => done()));
+  const addr = await new Promise<string>((done, fail) => {
+    const timer = setTimeout(() => fail(new Error(`tidings demo did not start within ${START_TIMEOUT_MS} ms:\n${output.join('\n')}`)), START_TIMEOUT_MS);
+    proc.once('error', (e) => fail(e));
+    proc.once('exit', (code) => fail(new Error(`tidings demo exited with ${code}:\n${output.join('\n')}`)));
+    for (const pipe of [proc.stdout!, proc.stderr!]) {
+      createInterface({ input: pipe }).on('line', (line) => {
+        output.push(line);
+        const m = /listening on http:\/\/(\S+)/.exec(line);
+        if (m) {
+          clearTimeout(timer);
+          done(m[1]!);
+        }
+      });
+    }
+  });
+  return {
+    url: `http://${addr}`,
+    addr,
+    port: Number(addr.split(':').pop()),
+    proc,
+    output,
+    async stop(signal: NodeJS.Signals = 'SIGKILL') {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      await exited;
+    },
+  };
+}
+
+/** Starts the demo on a port that was just in use, retrying while the port is not free yet. */
+export async function restartDemo(port: number): Promise<Demo> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await startDemo(port);
+    } catch (e) {
+      if (attempt >= 20 || !/binding|in use/i.test(String(e))) throw e;
+      await sleep(100);
+    }
+  }
+}
+
+export async function launchBrowser(): Promise<Browser> {
+  if (!existsSync(CHROMIUM)) throw new Error(`Chromium is missing at ${CHROMIUM}: install it (\`apt-get install chromium\`, see .ci/run) or set TIDINGS_CHROMIUM`);
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--disable-quic', '--no-first-run'],
+  });
+}
+
+/** The hub's counters that tell how many streams exist and how many were ever asked for. */
+export interface StreamCounts {
+  open: number;
+  opened: number;
+  refused: number;
+}
+
+export async function streamCounts(demo: Demo): Promise<StreamCounts> {
+  const text = await (await fetch(`${demo.url}/metrics`)).text();
+  const sum = (name: string) =>
+    text
+      .split('\n')
+      .filter((l) => l.startsWith(name) && (l[name.length] === ' ' || l[name.length] === '{'))
+      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  return { open: sum('tidings_streams_open'), opened: sum('tidings_streams_opened_total'), refused: sum('tidings_stream_refusals_total') };
+}
+
+/** Polls until `check` holds, or throws with the last value seen. */
+export async function waitFor<T>(what: string, read: () => Promise<T>, check: (v: T) => boolean, timeoutMs = 5_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T;
+  for (;;) {
+    last = await read();
+    if (check(last)) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last: ${JSON.stringify(last)}`);
+    await sleep(everyMs);
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The console's connection badge: `state` (connected, reconnecting, …) and tab `role`. */
+export async function connection(page: Page): Promise<{ state: string | null; role: string | null }> {
+  const badge = page.getByTestId('connection');
+  if ((await badge.count()) === 0) return { state: null, role: null };
+  return { state: await badge.getAttribute('data-state'), role: await badge.getAttribute('data-role') };
+}
+
+export async function waitConnected(page: Page, timeoutMs = 10_000): Promise<void> {
+  await page.locator('[data-testid="connection"][data-state="connected"]').waitFor({ timeout: timeoutMs });
+}
+
+/** Signs in through the page's own sign-in screen. */
+export async function signIn(page: Page, demo: Demo, user: string): Promise<void> {
+  await page.goto(demo.url);
+  await page.getByTestId(`signin-${user}`).click();
+  await waitConnected(page);
+}
+
+/** Signs a context in through the API (the cookie lands in the context's jar), without a page. */
+export async function signInContext(context: BrowserContext, demo: Demo, user: string): Promise<void> {
+  const r = await context.request.post(`${demo.url}/demo/api/login`, { data: { user } });
+  if (!r.ok()) throw new Error(`login ${user}: HTTP ${r.status()}`);
+}
+
+/** A signed-in API client for one demo user, for changes made outside any browser. */
+export async function apiAs(demo: Demo, user: string) {
+  const login = await fetch(`${demo.url}/demo/api/login`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user }) });
+  if (!login.ok) throw new Error(`login ${user}: HTTP ${login.status}`);
+  const cookie = login.headers.get('set-cookie')!.split(';')[0]!;
+  const call = async (method: string, path: string, body?: unknown) => {
+    const r = await fetch(`${demo.url}/demo/api${path}`, {
+      method,
+      headers: { cookie, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (!r.ok) throw new Error(`${method} ${path}: HTTP ${r.status}`);
+    return r.status === 204 ? undefined : ((await r.json()) as Record<string, unknown>);
+  };
+  return {
+    cookie,
+    list: async () => ((await call('GET', '/applications')) as { applications: Array<{ id: number; name: string }> }).applications,
+    edit: (id: number, changes: Record<string, unknown>) => call('PATCH', `/applications/${id}`, changes),
+    create: (name: string) => call('POST', '/applications', { name }),
+  };
+}
+
+/** Publishes through the hub's publish API, as a backend service would. */
+export async function publish(demo: Demo, account: string, data: unknown): Promise<string[]> {
+  const r = await fetch(`${demo.url}/events`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${PUBLISHER_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ account, data }),
+  });
+  if (r.status !== 202) throw new Error(`publish: HTTP ${r.status} ${await r.text()}`);
+  return ((await r.json()) as { ids: string[] }).ids;
+}
+
+/** The descriptions of the live activity feed, newest first. */
+export async function feed(page: Page): Promise<string[]> {
+  return page.locator('[data-testid="feed"] li[data-event-id]').evaluateAll((lis) => lis.map((li) => li.textContent ?? ''));
+}
+
+let sdkBundle: string | undefined;
+
+/** The SDK's core bundled for a plain page (`window.TidingsSDK`), for scenarios that drive the
+ * SDK directly rather than through the demo console. */
+export async function sdkScript(): Promise<string> {
+  if (sdkBundle === undefined) {
+    const esbuild = await import('esbuild');
+    const out = await esbuild.build({
+      entryPoints: [join(REPO, 'clients/js/src/index.ts')],
+      bundle: true,
+      format: 'iife',
+      globalName: 'TidingsSDK',
+      target: 'es2022',
+      write: false,
+      logLevel: 'silent',
+    });
+    sdkBundle = out.outputFiles[0]!.text;
+  }
+  return sdkBundle;
+}
+
+/** A page on the demo's origin (so the session cookie and Web Locks apply) with the SDK
+ * loaded and nothing else running. */
+export async function sdkPage(context: BrowserContext, demo: Demo): Promise<Page> {
+  const page = await context.newPage();
+  await page.goto(`${demo.url}/demo/api/users`);
+  await page.addScriptTag({ content: await sdkScript() });
+  return page;
+}

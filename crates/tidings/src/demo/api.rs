@@ -1,0 +1,170 @@
+//! The demo's HTTP API under `/demo/api/`: sign-in as a demo user, applications per account
+//! (list, detail, create, edit, delete) and the account's recent activity.
+//!
+//! Requests are authenticated exactly like streams, by the hub's own authenticator (session
+//! cookie or `Authorization` header), so the page and its stream always agree on who is signed
+//! in. Every change is published through the hub in-process. Not a template for a real API:
+//! there is no CSRF token beyond `SameSite=Strict` and the sign-in needs no password.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tidings_hub::HubState;
+use tidings_hub::error::ApiError;
+
+use super::store::{Changes, Editor, Store, StoreError};
+use super::users::{DemoUser, USERS};
+
+/// How long a sign-in lasts (the JWT's `exp`); the hub ends the stream then (`token_expired`).
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(12 * 60 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub hub: Arc<HubState>,
+    pub store: Arc<Mutex<Store>>,
+    /// HS256 secret the hub verifies session tokens with.
+    pub jwt_secret: Arc<str>,
+}
+
+pub fn router(demo: Demo) -> Router {
+    Router::new()
+        .route("/demo/api/users", get(users))
+        .route("/demo/api/login", post(login))
+        .route("/demo/api/logout", post(logout))
+        .route("/demo/api/me", get(me))
+        .route("/demo/api/activity", get(activity))
+        .route("/demo/api/applications", get(list).post(create))
+        .route("/demo/api/applications/{id}", get(detail).patch(edit).delete(delete))
+        .with_state(demo)
+}
+
+/// The signed-in caller, as the hub's authenticator sees the request.
+#[derive(Debug)]
+struct Caller {
+    account: String,
+    session: String,
+    editor: Editor,
+}
+
+async fn caller(demo: &Demo, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let (token, source) = demo.hub.auth.stream_credential(headers, None).ok_or(tidings_hub::auth::AuthError::Missing)?;
+    let identity = demo.hub.auth.identify(token, source).await?;
+    let user = USERS.iter().find(|u| u.email == &*identity.user);
+    let name = user.map_or_else(|| identity.user.to_string(), |u| u.name.to_owned());
+    Ok(Caller {
+        account: identity.account.to_string(),
+        session: identity.session.to_string(),
+        editor: Editor { email: identity.user.to_string(), name },
+    })
+}
+
+async fn users() -> Json<Value> {
+    Json(json!({ "users": USERS.iter().map(DemoUser::public).collect::<Vec<_>>() }))
+}
+
+#[derive(Debug, Deserialize)]
+struct Login {
+    user: String,
+}
+
+async fn login(State(demo): State<Demo>, Json(body): Json<Login>) -> Response {
+    let Some(user) = USERS.iter().find(|u| u.id == body.user) else {
+        return ApiError::new(StatusCode::NOT_FOUND, "unknown_user", "no such demo user").field("user").into_response();
+    };
+    let session = format!("s-{}-{:08x}", user.id, rand::random::<u32>());
+    let exp = (SystemTime::now() + SESSION_LIFETIME).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let claims = json!({ "account": user.account, "sub": user.email, "sid": session, "exp": exp });
+    let key = jsonwebtoken::EncodingKey::from_secret(demo.jwt_secret.as_bytes());
+    let token = match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign a demo session");
+            return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot sign in").into_response();
+        }
+    };
+    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.config.auth.cookie, SESSION_LIFETIME.as_secs());
+    let me = json!({ "user": user.public(), "account": user.account, "session": session });
+    with_cookie(Json(me).into_response(), &cookie)
+}
+
+async fn logout(State(demo): State<Demo>) -> Response {
+    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", demo.hub.config.auth.cookie);
+    with_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
+}
+
+fn with_cookie(mut resp: Response, cookie: &str) -> Response {
+    if let Ok(v) = HeaderValue::from_str(cookie) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+async fn me(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    let user = USERS.iter().find(|u| u.email == c.editor.email).map(DemoUser::public);
+    Ok(Json(json!({ "user": user, "account": c.account, "session": c.session })))
+}
+
+async fn activity(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    Ok(Json(json!({ "activity": demo.store.lock().expect("store lock").feed(&c.account) })))
+}
+
+async fn list(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    Ok(Json(json!({ "applications": demo.store.lock().expect("store lock").list(&c.account) })))
+}
+
+async fn detail(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    let app = demo.store.lock().expect("store lock").get(&c.account, id).map_err(store_error)?;
+    Ok(Json(json!(app)))
+}
+
+async fn create(State(demo): State<Demo>, headers: HeaderMap, Json(changes): Json<Changes>) -> Result<Response, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    let result = demo.store.lock().expect("store lock").create(&c.account, &c.editor, changes);
+    let (app, activity) = result.map_err(store_error)?;
+    publish(&demo, &c.account, &activity).await;
+    Ok((StatusCode::CREATED, Json(json!(app))).into_response())
+}
+
+async fn edit(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>, Json(changes): Json<Changes>) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    let result = demo.store.lock().expect("store lock").edit(&c.account, id, &c.editor, changes);
+    let (app, activity) = result.map_err(store_error)?;
+    publish(&demo, &c.account, &activity).await;
+    Ok(Json(json!(app)))
+}
+
+async fn delete(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
+    let c = caller(&demo, &headers).await?;
+    let result = demo.store.lock().expect("store lock").delete(&c.account, id, &c.editor);
+    let activity = result.map_err(store_error)?;
+    publish(&demo, &c.account, &activity).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Publishes a change. The change is already made; a failed publish is logged, and the other
+/// screens catch up on their next refetch (the in-memory engine does not fail in practice).
+pub async fn publish(demo: &Demo, account: &str, activity: &Value) {
+    if let Err(e) = demo.hub.publish(account, activity).await {
+        tracing::warn!(error = %e, account, "demo change not published");
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such application in this account"),
+        StoreError::Invalid(why) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", why),
+    }
+}

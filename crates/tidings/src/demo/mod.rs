@@ -1,0 +1,114 @@
+//! `tidings demo`: the hub with a small console beside it, in one process.
+//!
+//! One listener serves the hub (in-memory engine, session tokens signed by the demo), the
+//! demo API (`api.rs`) that publishes every change through the hub, the page (`assets.rs`),
+//! and optionally a teammate that edits something every few seconds so there is always
+//! something moving. Nothing here is configuration for production: see `tidings serve`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tidings_hub::config::{JwtConfig, PublisherKey};
+use tidings_hub::{Config, Hub};
+use tokio_util::sync::CancellationToken;
+
+mod api;
+mod assets;
+mod store;
+mod users;
+
+use api::Demo;
+use store::{Changes, Editor, STATUSES, Store};
+
+/// The HS256 secret of demo sessions. Fixed, not random, so signed-in pages survive a restart
+/// of the demo (the point of the restart scenario); it protects nothing, and the demo binds
+/// loopback by default.
+const DEMO_JWT_SECRET: &str = "tidings-demo-secret-not-for-production";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Address to bind (`127.0.0.1:0` picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// How often the teammate edits an application in each account.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    teammate_every: Duration,
+    /// No teammate: only what signed-in users do changes anything (for tests).
+    #[arg(long)]
+    no_teammate: bool,
+    /// Ping interval of the hub's streams.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Accept `POST /events` with this publisher key, for scripts and tests that publish
+    /// activities of their own. Without it the demo's own changes are the only publisher.
+    #[arg(long)]
+    publisher_key: Option<String>,
+}
+
+pub async fn run(args: DemoArgs) -> Result<()> {
+    let mut config = Config { listen: args.listen, heartbeat: args.heartbeat, ..Config::default() };
+    config.auth.jwt = Some(JwtConfig {
+        algorithm: "HS256".into(),
+        secret: Some(DEMO_JWT_SECRET.into()),
+        public_key_pem: None,
+        public_key_file: None,
+        issuer: None,
+        audience: None,
+        account_claim: "account".into(),
+        user_claim: "sub".into(),
+        session_claim: "sid".into(),
+        leeway: Duration::from_secs(5),
+    });
+    if let Some(key) = args.publisher_key {
+        config.auth.publishers.push(PublisherKey { key, name: Some("demo".into()) });
+    }
+    config.limits.shutdown_grace = Duration::from_secs(2);
+    let hub = Hub::new(config).context("demo configuration")?;
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let accounts: Vec<&str> = users::TEAMMATES.iter().map(|t| t.0).collect();
+    let demo = Demo { hub: hub.state().clone(), store: Arc::new(Mutex::new(Store::seeded(&accounts))), jwt_secret: DEMO_JWT_SECRET.into() };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::serve::signal_to_token(shutdown.clone()));
+    if !args.no_teammate {
+        tokio::spawn(teammate(demo.clone(), args.teammate_every, shutdown.clone()));
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
+    writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
+    writeln!(out, "alice and bob share the account acme; carol is in globex.")?;
+    out.flush()?;
+    drop(out);
+    let extra = api::router(demo).merge(assets::router());
+    hub.run_with_routes(listener, shutdown, extra).await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Every `every`, edits one application in each account as that account's teammate.
+async fn teammate(demo: Demo, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (account, email, name) in users::TEAMMATES {
+            let by = Editor { email: (*email).into(), name: (*name).into() };
+            let edited = {
+                let mut store = demo.store.lock().expect("store lock");
+                store.pick(account, |n| rand::random_range(0..n)).and_then(|app| {
+                    let next = STATUSES.iter().position(|s| *s == app.status).map_or(0, |i| (i + 1) % STATUSES.len());
+                    let changes = Changes { status: Some(STATUSES[next].into()), ..Changes::default() };
+                    store.edit(account, app.id, &by, changes).ok()
+                })
+            };
+            if let Some((_, activity)) = edited {
+                api::publish(&demo, account, &activity).await;
+            }
+        }
+    }
+}
