@@ -221,6 +221,40 @@ pub enum EngineConfig {
     /// In this process only; ids change epoch on restart.
     #[default]
     Memory,
+    /// A Redis server shared by every hub node: one ordered history per account.
+    Redis(RedisConfig),
+}
+
+/// Where the Redis engine keeps its history, and how long it waits for Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; TLS (`rediss://`) is not built in.
+    pub url: String,
+    /// Prepended to every key, so several hubs (or other applications) can share a server.
+    pub key_prefix: String,
+    /// Longest wait for a TCP connection to Redis.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one command; a publish that takes longer fails with 503.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Entries kept in the shared feed that carries events to every node. A node that falls
+    /// further behind than this (a long disconnect) cannot prove it missed nothing, and sends
+    /// its streams `resync`.
+    pub feed_max_events: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "tidings:".into(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            feed_max_events: 100_000,
+        }
+    }
 }
 
 /// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
@@ -377,6 +411,14 @@ impl Config {
         if let Some(p) = self.mapping.profile.as_deref().filter(|p| tidings_protocol::profiles::builtin(p).is_none()) {
             let names: Vec<_> = tidings_protocol::profiles::BUILTIN.iter().map(|(n, _)| *n).collect();
             return invalid(format!("mapping.profile {p:?} is not one of {}", names.join(", ")));
+        }
+        if let EngineConfig::Redis(r) = &self.engine {
+            if !r.url.starts_with("redis://") {
+                return invalid(format!("engine.url {:?} must start with redis://", r.url));
+            }
+            if r.connect_timeout.is_zero() || r.command_timeout.is_zero() || r.feed_max_events < 100 {
+                return invalid("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= 100".into());
+            }
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());

@@ -33,6 +33,7 @@ use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 
@@ -90,6 +91,7 @@ impl Hub {
         let fanout = Arc::new(Fanout::new(l.streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
+            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
         };
         let resolver = config.mapping.resolver()?;
         let mapping_json = resolver.mapping().to_json_pretty().into();

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use tidings_protocol::CloseReason;
+use tidings_protocol::{CloseReason, EventId};
 use tidings_protocol::frame::encode_closed;
 
 use crate::HubState;
@@ -35,12 +35,14 @@ pub struct SseBody {
     /// Highest activity seq already written (or covered by the starting position): queued
     /// frames at or below it are the overlap between replay and live, and are skipped.
     last_seq: u64,
+    /// The epoch `last_seq` belongs to; changes only when the engine announces a new epoch.
+    epoch: u64,
     ended: bool,
 }
 
 impl SseBody {
-    pub fn new(shared: Arc<StreamShared>, hub: Arc<HubState>, opening: Bytes, last_seq: u64) -> Self {
-        Self { shared, hub, opening: Some(opening), last_seq, ended: false }
+    pub fn new(shared: Arc<StreamShared>, hub: Arc<HubState>, opening: Bytes, position: EventId) -> Self {
+        Self { shared, hub, opening: Some(opening), last_seq: position.seq, epoch: position.epoch, ended: false }
     }
 
     fn closed_frame(&self, reason: CloseReason) -> Bytes {
@@ -77,6 +79,16 @@ impl http_body::Body for SseBody {
                 Next::Frames(frames) => {
                     let oldest = frames[0].at;
                     let mut kept = frames.into_iter().filter(|q| {
+                        if let Some(epoch) = q.new_epoch {
+                            // Seqs restart in a new epoch: forget the old position, and tell
+                            // the client once (streams opened in the new epoch know already).
+                            if epoch == this.epoch {
+                                return false;
+                            }
+                            this.epoch = epoch;
+                            this.last_seq = 0;
+                            return true;
+                        }
                         if q.seq == SEQ_NONE {
                             return true;
                         }
