@@ -241,7 +241,7 @@ pub struct RedisConfig {
     pub command_timeout: Duration,
     /// Entries kept in the shared feed that carries events to every node. A node that falls
     /// further behind than this (a long disconnect) cannot prove it missed nothing, and sends
-    /// its streams `resync`.
+    /// its streams `resync`. Publishing nodes trim the feed: give every node the same value.
     pub feed_max_events: usize,
 }
 

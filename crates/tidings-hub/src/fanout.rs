@@ -247,6 +247,14 @@ impl Fanout {
         self.broadcast_queued(bytes, None);
     }
 
+    /// Sends a `resync` frame to every stream on the node (the engine lost continuity) and
+    /// counts it as `engine_outage`.
+    pub fn resync_all(&self, bytes: &Bytes) {
+        let streams = self.len() as u64;
+        self.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: "engine_outage" }).inc_by(streams);
+        self.broadcast_queued(bytes, None);
+    }
+
     /// Tells every stream that the engine's history now has epoch `epoch` (see
     /// [`Queued::new_epoch`]); `bytes` is the `resync` frame streams of an older epoch write.
     pub fn new_epoch(&self, epoch: u64, bytes: &Bytes) {

@@ -18,6 +18,7 @@ use tidings_protocol::frame::encode_closed;
 
 use crate::HubState;
 use crate::fanout::{Next, SEQ_NONE, StreamShared};
+use crate::metrics::ReasonLabel;
 
 /// Most queued frames written in one chunk; bounds the size of one write.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
@@ -87,6 +88,7 @@ impl http_body::Body for SseBody {
                             }
                             this.epoch = epoch;
                             this.last_seq = 0;
+                            this.hub.metrics.resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
                             return true;
                         }
                         if q.seq == SEQ_NONE {

@@ -340,6 +340,48 @@ async fn flushall_is_noticed_without_a_reconnect() {
     let resync = s.next_non_ping(T).await.unwrap();
     assert_eq!((resync.kind(), resync.data["reason"].as_str()), ("resync", Some("engine_outage")));
     assert_eq!(s.activities(1, T).await, vec![2]);
+    assert_eq!(n2.metric("tidings_resyncs_total").await, 1.0);
+}
+
+/// A node that falls further behind than the feed keeps (here: frozen with SIGSTOP) cannot
+/// prove its streams missed nothing: they get `resync`, then the node carries on live.
+#[tokio::test]
+async fn a_node_that_fell_behind_the_feed_sends_resync() {
+    let redis = Redis::start().await;
+    let short_feed = format!("{}feed_max_events = 100\n[history]\nmax_events = 10000\n", redis.engine_toml());
+    let n1 = Hub::start(&config("", &short_feed)).await;
+    let n2 = Hub::start(&config("", &short_feed)).await;
+    wait_ready(&n1, true).await;
+    wait_ready(&n2, true).await;
+    let mut s = connected(&n2, "tok-alice").await;
+    let signal = |sig: &str| {
+        let pid = n2.child.id().unwrap().to_string();
+        assert!(std::process::Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    };
+    signal("-STOP");
+    for first in (1..=1000).step_by(100) {
+        n1.publish("acme", &(first..first + 100).map(activity).collect::<Vec<_>>()).await;
+    }
+    signal("-CONT");
+    let mut saw_resync = false;
+    let mut last = 0;
+    while last < 1000 {
+        let e = s.next_non_ping(T).await.unwrap();
+        match e.kind() {
+            "resync" => {
+                assert_eq!(e.data["reason"], "engine_outage");
+                saw_resync = true;
+            }
+            "activity" => {
+                assert!(e.n() > last, "in order");
+                last = e.n();
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(saw_resync, "the gap was announced");
+    n1.publish("acme", &[activity(1001)]).await;
+    assert_eq!(s.activities(1, T).await, vec![1001]);
 }
 
 #[tokio::test]

@@ -185,7 +185,7 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
             // The feed was trimmed past our position (or a publish failed half-way and burned
             // seqs): this node cannot prove its streams missed nothing.
             tracing::warn!(from = next.seq, to = seq, "gap in the Redis feed; open streams get resync");
-            inner.fanout.broadcast(&Bytes::from(encode_resync(ResyncReason::EngineOutage, None)));
+            inner.fanout.resync_all(&Bytes::from(encode_resync(ResyncReason::EngineOutage, None)));
             resynced = true;
         }
         let frame = Bytes::from(encode_data_frame(Some(EventId::new(at.epoch, seq)), payload));
