@@ -452,6 +452,18 @@ key = "pub-secret"
     }
 
     #[test]
+    fn redis_engine_parses_with_defaults_and_is_validated() {
+        let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6380/2\"\ncommand_timeout = \"250ms\"\n", Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        let EngineConfig::Redis(r) = &c.engine else { panic!("not redis: {:?}", c.engine) };
+        assert_eq!((r.url.as_str(), r.key_prefix.as_str(), r.command_timeout), ("redis://10.0.0.5:6380/2", "tidings:", Duration::from_millis(250)));
+        let e = Config::from_toml_str("[engine]\nkind = \"redis\"\nurll = \"x\"\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+        let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"http://x\"\n", Path::new("t.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("engine.url"));
+    }
+
+    #[test]
     fn errors_name_the_file_and_key() {
         let e = Config::from_toml_str("hartbeat = \"1s\"", Path::new("hub.toml")).unwrap_err().to_string();
         assert!(e.contains("hub.toml") && e.contains("hartbeat"), "{e}");

@@ -18,19 +18,27 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Append-only file with fsync on every write: a restart keeps everything acknowledged.
+    durable: bool,
 }
 
 impl Redis {
     async fn start() -> Redis {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(durable: bool) -> Redis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Redis { port, dir: tempfile::tempdir().unwrap(), child: None };
+        let mut r = Redis { port, dir: tempfile::tempdir().unwrap(), child: None, durable };
         r.spawn().await;
         r
     }
 
     async fn spawn(&mut self) {
+        let aof: &[&str] = if self.durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(aof)
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -317,6 +325,29 @@ async fn redis_restart_mid_stream_gives_resync_and_recovery() {
     let mut r = Sse::resume(&n1, "tok-alice-2", &acked[0].1).await;
     r.next_within(T).await.unwrap();
     assert_eq!(r.next_within(T).await.unwrap().data["reason"], "epoch_changed");
+}
+
+/// With a durable Redis, a restart loses nothing: the nodes reconnect, read the feed from
+/// where they were, and the stream goes on with no resync, no gap and no duplicate.
+#[tokio::test]
+async fn a_durable_redis_restart_needs_no_resync() {
+    let mut redis = Redis::start_with(true).await;
+    let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
+    let mut s = connected(&n2, "tok-alice").await;
+    n1.publish("acme", &(1..=3).map(activity).collect::<Vec<_>>()).await;
+    assert_eq!(s.activities(3, T).await, vec![1, 2, 3]);
+    // A client that dropped now resumes after the restart.
+    let dropped_at = s.last_id.clone().unwrap();
+    n1.publish("acme", &[activity(4)]).await;
+    redis.restart().await;
+    wait_ready(&n1, true).await;
+    wait_ready(&n2, true).await;
+    let ids = n1.publish("acme", &[activity(5)]).await;
+    assert_eq!(ids[0].split_once('-').unwrap().0, dropped_at.split_once('-').unwrap().0, "same epoch");
+    assert_eq!(s.activities(2, T).await, vec![4, 5], "no resync, nothing lost, nothing twice");
+    let mut r = Sse::resume(&n1, "tok-alice-2", &dropped_at).await;
+    assert_eq!(r.next_within(T).await.unwrap().data["resumed"], true);
+    assert_eq!(r.activities(2, T).await, vec![4, 5]);
 }
 
 /// A FLUSHALL drops no connection; the nodes still notice the new history and resync.
