@@ -16,7 +16,7 @@ use tidings_protocol::EventId;
 use tidings_protocol::frame::{ResyncReason, encode_data_frame, encode_resync};
 use tokio_util::sync::CancellationToken;
 
-use super::{Inner, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_seq, field, scripts};
+use super::{Inner, Link, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_seq, field, scripts};
 
 /// How long one `XREAD` waits for new entries; also how often an idle node checks the epoch
 /// (a FLUSHALL does not drop connections, so this is how it is noticed without traffic).
@@ -49,8 +49,10 @@ impl From<RedisError> for Stop {
 pub(super) async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
     let mut cursor: Option<Cursor> = None;
     let mut failures: u32 = 0;
+    let mut generation: u64 = 0;
     loop {
-        match follow(&inner, &mut cursor, &stop).await {
+        generation += 1;
+        match follow(&inner, &mut cursor, generation, &stop).await {
             Stop::Shutdown => return,
             Stop::Failed(why) => {
                 if inner.ready.swap(false, Ordering::AcqRel) {
@@ -75,7 +77,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, stop: CancellationToken) {
 }
 
 /// One connection's life: connect, settle the epoch, then read the feed until something fails.
-async fn follow(inner: &Inner, cursor: &mut Option<Cursor>, stop: &CancellationToken) -> Stop {
+async fn follow(inner: &Inner, cursor: &mut Option<Cursor>, generation: u64, stop: &CancellationToken) -> Stop {
     let (conn, mut reader) = match connect(inner).await {
         Ok(c) => c,
         Err(e) => return e.into(),
@@ -87,7 +89,7 @@ async fn follow(inner: &Inner, cursor: &mut Option<Cursor>, stop: &CancellationT
     };
     *cursor = Some(at);
     inner.epoch.store(at.epoch, Ordering::Release);
-    *inner.conn.write().expect("conn lock") = Some(conn);
+    *inner.conn.write().expect("conn lock") = Some(Link { generation, conn });
     inner.ready.store(true, Ordering::Release);
     tracing::info!(epoch = %format!("{:x}", at.epoch), seq = at.seq, "Redis engine connected");
     loop {

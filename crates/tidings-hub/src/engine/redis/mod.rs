@@ -75,7 +75,7 @@ struct Inner {
     runtime: tokio::runtime::Handle,
     /// The command connection; `None` while Redis is unreachable. Set by the connection task;
     /// taken away by whoever sees it fail, who then wakes the task through `broken`.
-    conn: RwLock<Option<MultiplexedConnection>>,
+    conn: RwLock<Option<Link>>,
     /// The epoch this node follows (0 until the first connection).
     epoch: AtomicU64,
     /// Highest seq this node has seen, from publishes and the feed; detects a rolled-back Redis.
@@ -115,24 +115,35 @@ impl RedisEngine {
     }
 }
 
+/// One command connection and which one it is, so that a failure seen on an old connection
+/// does not take down its replacement.
+#[derive(Debug, Clone)]
+struct Link {
+    generation: u64,
+    conn: MultiplexedConnection,
+}
+
 impl Inner {
-    fn connection(&self) -> Result<MultiplexedConnection, EngineError> {
+    fn connection(&self) -> Result<Link, EngineError> {
         self.conn.read().expect("conn lock").clone().ok_or_else(|| EngineError::Unavailable("Redis is not connected".into()))
     }
 
     /// Turns a Redis error into an engine error; a dropped connection is taken out of use and
     /// the connection task is woken to replace it.
-    fn failed(&self, e: &redis::RedisError) -> EngineError {
+    fn failed(&self, link: &Link, e: &redis::RedisError) -> EngineError {
         if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
-            self.mark_down();
+            self.mark_down(link);
         }
         EngineError::Unavailable(e.to_string())
     }
 
-    fn mark_down(&self) {
-        self.ready.store(false, Ordering::Release);
-        self.conn.write().expect("conn lock").take();
-        self.broken.notify_one();
+    fn mark_down(&self, link: &Link) {
+        let mut slot = self.conn.write().expect("conn lock");
+        if slot.as_ref().is_some_and(|l| l.generation == link.generation) {
+            slot.take();
+            self.ready.store(false, Ordering::Release);
+            self.broken.notify_one();
+        }
     }
 
     fn saw(&self, seq: u64) {
@@ -145,7 +156,8 @@ impl Inner {
     }
 
     async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
-        let mut conn = self.connection()?;
+        let link = self.connection()?;
+        let mut conn = link.conn.clone();
         let epoch = self.epoch.load(Ordering::Acquire);
         let n = batch.len() as u64;
         let k = &self.keys;
@@ -156,10 +168,10 @@ impl Inner {
             inv.key(k.account(&ev.account));
             inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes());
         }
-        let last: i64 = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&e))?;
+        let last: i64 = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&link, &e))?;
         let Ok(last) = u64::try_from(last) else {
             // The epoch moved under us (Redis wiped): follow it before publishing again.
-            self.mark_down();
+            self.mark_down(&link);
             return Err(EngineError::Unavailable("the Redis history changed epoch".into()));
         };
         self.saw(last);
@@ -167,7 +179,8 @@ impl Inner {
     }
 
     async fn open(&self, account: &str, last_event_id: Option<&str>) -> Result<Opening, EngineError> {
-        let mut conn = self.connection()?;
+        let link = self.connection()?;
+        let mut conn = link.conn.clone();
         let followed = self.epoch.load(Ordering::Acquire);
         let after = last_event_id.and_then(|t| t.parse::<EventId>().ok()).filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
@@ -185,9 +198,9 @@ impl Inner {
             .arg(after.map(|s| s.to_string()).unwrap_or_default())
             .invoke_async(&mut conn)
             .await
-            .map_err(|e| self.failed(&e))?;
+            .map_err(|e| self.failed(&link, &e))?;
         let epoch = u64::from_str_radix(&epoch, 16).ok().filter(|e| *e == followed).ok_or_else(|| {
-            self.mark_down();
+            self.mark_down(&link);
             EngineError::Unavailable("the Redis history changed epoch".into())
         })?;
         self.saw(head);
@@ -203,7 +216,8 @@ impl Inner {
     }
 
     async fn maintain(&self) {
-        let Ok(mut conn) = self.connection() else { return };
+        let Ok(link) = self.connection() else { return };
+        let mut conn = link.conn.clone();
         let result: redis::RedisResult<u64> = self
             .maintain_script
             .key(&self.keys.trimmed)
@@ -217,7 +231,7 @@ impl Inner {
         match result {
             Ok(n) if n > 0 => tracing::debug!(accounts = n, "trimmed history by age"),
             Ok(_) => {}
-            Err(e) => tracing::debug!(error = %self.failed(&e), "history upkeep failed"),
+            Err(e) => tracing::debug!(error = %self.failed(&link, &e), "history upkeep failed"),
         }
     }
 }
