@@ -230,6 +230,8 @@ pub enum EngineConfig {
         #[serde(default)]
         fsync: FsyncPolicy,
     },
+    /// A Redis server shared by every hub node: one ordered history per account.
+    Redis(RedisConfig),
 }
 
 /// When the durable engine answers a publish: the trade-off between latency and what a
@@ -247,6 +249,38 @@ pub enum FsyncPolicy {
     /// the last acknowledged publishes (the history then starts a new epoch, so clients
     /// resync rather than resume past a hole).
     Never,
+}
+
+/// Where the Redis engine keeps its history, and how long it waits for Redis.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; TLS (`rediss://`) is not built in.
+    pub url: String,
+    /// Prepended to every key, so several hubs (or other applications) can share a server.
+    pub key_prefix: String,
+    /// Longest wait for a TCP connection to Redis.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Longest wait for one command; a publish that takes longer fails with 503.
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// Entries kept in the shared feed that carries events to every node. A node that falls
+    /// further behind than this (a long disconnect) cannot prove it missed nothing, and sends
+    /// its streams `resync`. Publishing nodes trim the feed: give every node the same value.
+    pub feed_max_events: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "tidings:".into(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            feed_max_events: 100_000,
+        }
+    }
 }
 
 /// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
@@ -413,6 +447,14 @@ impl Config {
         if matches!(&self.engine, EngineConfig::Durable { data_dir, .. } if data_dir.as_os_str().is_empty()) {
             return invalid("engine.data_dir must name a directory".into());
         }
+        if let EngineConfig::Redis(r) = &self.engine {
+            if !r.url.starts_with("redis://") {
+                return invalid(format!("engine.url {:?} must start with redis://", r.url));
+            }
+            if r.connect_timeout.is_zero() || r.command_timeout.is_zero() || r.feed_max_events < 100 {
+                return invalid("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= 100".into());
+            }
+        }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
         }
@@ -442,6 +484,18 @@ key = "pub-secret"
         c.validate().unwrap();
         assert_eq!(c.heartbeat, Duration::from_millis(500));
         assert_eq!(c.auth.tokens[0].account, "acme");
+    }
+
+    #[test]
+    fn redis_engine_parses_with_defaults_and_is_validated() {
+        let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6380/2\"\ncommand_timeout = \"250ms\"\n", Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        let EngineConfig::Redis(r) = &c.engine else { panic!("not redis: {:?}", c.engine) };
+        assert_eq!((r.url.as_str(), r.key_prefix.as_str(), r.command_timeout), ("redis://10.0.0.5:6380/2", "tidings:", Duration::from_millis(250)));
+        let e = Config::from_toml_str("[engine]\nkind = \"redis\"\nurll = \"x\"\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("urll"), "{e}");
+        let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"http://x\"\n", Path::new("t.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("engine.url"));
     }
 
     #[test]

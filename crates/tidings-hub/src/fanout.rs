@@ -32,6 +32,10 @@ pub struct Queued {
     pub seq: u64,
     pub at: Instant,
     pub bytes: Bytes,
+    /// `Some(epoch)`: the engine's history changed epoch (a shared store was wiped). Streams
+    /// positioned in another epoch write this frame (a `resync`) and take every later frame of
+    /// the new epoch; streams already in that epoch drop it. `None` for everything else.
+    pub new_epoch: Option<u64>,
 }
 
 /// State shared between a stream's body (the reader) and the fan-out (the writers).
@@ -229,7 +233,7 @@ impl Fanout {
             let reg = self.registry.read().expect("registry lock");
             let Some(streams) = reg.accounts.get(account) else { return };
             for s in streams.values() {
-                if !s.push(Queued { seq, at: now, bytes: bytes.clone() }) {
+                if !s.push(Queued { seq, at: now, bytes: bytes.clone(), new_epoch: None }) {
                     evicted.push(s.clone());
                 }
             }
@@ -240,12 +244,30 @@ impl Fanout {
 
     /// Queues the same frame for every stream on the node (heartbeats, node-wide notices).
     pub fn broadcast(&self, bytes: &Bytes) {
+        self.broadcast_queued(bytes, None);
+    }
+
+    /// Sends a `resync` frame to every stream on the node (the engine lost continuity) and
+    /// counts it as `engine_outage`.
+    pub fn resync_all(&self, bytes: &Bytes) {
+        let streams = self.len() as u64;
+        self.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: "engine_outage" }).inc_by(streams);
+        self.broadcast_queued(bytes, None);
+    }
+
+    /// Tells every stream that the engine's history now has epoch `epoch` (see
+    /// [`Queued::new_epoch`]); `bytes` is the `resync` frame streams of an older epoch write.
+    pub fn new_epoch(&self, epoch: u64, bytes: &Bytes) {
+        self.broadcast_queued(bytes, Some(epoch));
+    }
+
+    fn broadcast_queued(&self, bytes: &Bytes, new_epoch: Option<u64>) {
         let now = Instant::now();
         let mut evicted = Vec::new();
         {
             let reg = self.registry.read().expect("registry lock");
             for s in reg.accounts.values().flat_map(HashMap::values) {
-                if !s.push(Queued { seq: SEQ_NONE, at: now, bytes: bytes.clone() }) {
+                if !s.push(Queued { seq: SEQ_NONE, at: now, bytes: bytes.clone(), new_epoch }) {
                     evicted.push(s.clone());
                 }
             }

@@ -134,7 +134,7 @@ async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<Str
         heartbeat_ms: hub.config.heartbeat.as_millis() as u64,
     };
     buf.put_slice(encode_connected(opening.position, &connected).as_bytes());
-    let mut last_seq = opening.position.seq;
+    let mut position = opening.position;
     match opening.decision {
         ResumeDecision::Fresh => {}
         ResumeDecision::Replay { .. } => {
@@ -142,7 +142,7 @@ async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<Str
             hub.metrics.replayed_events.inc_by(opening.replay.len() as u64);
             for f in &opening.replay {
                 buf.put_slice(&f.bytes);
-                last_seq = last_seq.max(f.seq);
+                position.seq = position.seq.max(f.seq);
             }
         }
         ResumeDecision::Resync(reason) => {
@@ -151,7 +151,7 @@ async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<Str
         }
     }
     tracing::debug!(account = %identity.account, session = %identity.session, stream = stream.id, "stream opened");
-    let body = SseBody::new(stream, hub.clone(), buf.freeze(), last_seq);
+    let body = SseBody::new(stream, hub.clone(), buf.freeze(), position);
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

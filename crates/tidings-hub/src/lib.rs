@@ -34,6 +34,7 @@ use crate::config::{ConfigError, EngineConfig};
 use crate::engine::durable::DurableEngine;
 use crate::engine::{Engine, EngineError, NewEvent};
 use crate::engine::memory::MemoryEngine;
+use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 
@@ -113,6 +114,7 @@ impl Hub {
             EngineConfig::Durable { data_dir, fsync } => Arc::new(
                 DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(|e| ConfigError::Engine(e.to_string()))?,
             ),
+            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
         };
         let mapping_json = resolver.mapping().to_json_pretty().into();
         let state = HubState {

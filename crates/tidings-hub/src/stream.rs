@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Frame, SizeHint};
-use tidings_protocol::CloseReason;
+use tidings_protocol::{CloseReason, EventId};
 use tidings_protocol::frame::encode_closed;
 
 use crate::HubState;
 use crate::fanout::{Next, SEQ_NONE, StreamShared};
+use crate::metrics::ReasonLabel;
 
 /// Most queued frames written in one chunk; bounds the size of one write.
 const WRITE_BATCH_FRAMES_MAX: usize = 64;
@@ -35,12 +36,14 @@ pub struct SseBody {
     /// Highest activity seq already written (or covered by the starting position): queued
     /// frames at or below it are the overlap between replay and live, and are skipped.
     last_seq: u64,
+    /// The epoch `last_seq` belongs to; changes only when the engine announces a new epoch.
+    epoch: u64,
     ended: bool,
 }
 
 impl SseBody {
-    pub fn new(shared: Arc<StreamShared>, hub: Arc<HubState>, opening: Bytes, last_seq: u64) -> Self {
-        Self { shared, hub, opening: Some(opening), last_seq, ended: false }
+    pub fn new(shared: Arc<StreamShared>, hub: Arc<HubState>, opening: Bytes, position: EventId) -> Self {
+        Self { shared, hub, opening: Some(opening), last_seq: position.seq, epoch: position.epoch, ended: false }
     }
 
     fn closed_frame(&self, reason: CloseReason) -> Bytes {
@@ -77,6 +80,17 @@ impl http_body::Body for SseBody {
                 Next::Frames(frames) => {
                     let oldest = frames[0].at;
                     let mut kept = frames.into_iter().filter(|q| {
+                        if let Some(epoch) = q.new_epoch {
+                            // Seqs restart in a new epoch: forget the old position, and tell
+                            // the client once (streams opened in the new epoch know already).
+                            if epoch == this.epoch {
+                                return false;
+                            }
+                            this.epoch = epoch;
+                            this.last_seq = 0;
+                            this.hub.metrics.resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
+                            return true;
+                        }
                         if q.seq == SEQ_NONE {
                             return true;
                         }

@@ -16,6 +16,7 @@ use tidings_protocol::resume::ResumeDecision;
 
 pub mod durable;
 pub mod memory;
+pub mod redis;
 
 /// One activity to store: its account and its `activity` payload (JSON, encoded once).
 #[derive(Debug, Clone)]

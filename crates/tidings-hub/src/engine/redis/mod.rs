@@ -1,0 +1,286 @@
+//! The Redis engine: many hub nodes, one ordered history per account, kept in one Redis server.
+//!
+//! **Ids.** One global counter (`<prefix>seq`) gives every event its seq, assigned in the same
+//! Lua script that appends the event to its account's stream (`<prefix>a:<account>`, entry id
+//! `<seq>-0`) and to the shared feed (`<prefix>feed`). Scripts run one at a time, so seqs, the
+//! account streams and the feed all agree on one order, whichever node published. The epoch
+//! (`<prefix>epoch`, hex) is created once when missing: a wiped Redis (FLUSHALL, restart
+//! without persistence) gets a new epoch, so every old id is answered with `resync`. A Redis
+//! restored from an older snapshot is caught too: a node that saw a higher seq than Redis now
+//! holds sets a new epoch rather than hand out the same ids twice.
+//!
+//! **History and gaps.** Each account keeps at most `history.max_events` events no older than
+//! `history.max_age`, trimmed exactly inside the scripts; the seq of the last event trimmed is
+//! kept per account (`<prefix>trimmed`), which is what proves a gap to a resuming client. A
+//! sorted set of each account's oldest event time lets upkeep trim idle accounts by age
+//! without scanning keys.
+//!
+//! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
+//! (plus one multiplexed connection for publish and open: two per node, whatever the number
+//! of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
+//! delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
+//! positions: after a network blip the node resumes from its last seq and nobody misses
+//! anything; only when the feed was trimmed past that seq (a long outage), or the epoch
+//! changed, do streams get `resync` (`engine_outage`), and then at once, not on reconnect.
+//!
+//! **Faults.** While Redis is unreachable, `publish` and `open` fail at once with
+//! [`EngineError::Unavailable`] (503: nothing is reported stored that was not), `/readyz` is
+//! not ready, open streams stay open, and one task reconnects with capped, jittered backoff.
+//!
+//! What it does not do: TLS, Redis Cluster, or `WAIT` for replicas. An acknowledged publish is
+//! as durable as the Redis server's own persistence (`appendonly yes`, `appendfsync always`
+//! for no loss on a crash); without persistence a restart changes the epoch and clients resync.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::MultiplexedConnection;
+use tidings_protocol::EventId;
+use tidings_protocol::frame::encode_data_frame;
+use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use crate::config::{HistoryConfig, RedisConfig};
+use crate::fanout::Fanout;
+
+mod feed;
+mod scripts;
+
+use scripts::Keys;
+
+/// Accounts trimmed by age in one upkeep call; the rest wait for the next tick, so one call
+/// never holds Redis (scripts block it) for long.
+const MAINTAIN_ACCOUNTS_MAX: usize = 256;
+
+/// The engine handle the hub holds. Dropping it stops the connection task.
+#[derive(Debug)]
+pub struct RedisEngine {
+    inner: Arc<Inner>,
+    _stop: DropGuard,
+}
+
+/// State shared by the handle and the connection task.
+#[derive(Debug)]
+struct Inner {
+    client: redis::Client,
+    config: RedisConfig,
+    history: HistoryConfig,
+    keys: Keys,
+    fanout: Arc<Fanout>,
+    runtime: tokio::runtime::Handle,
+    /// The command connection; `None` while Redis is unreachable. Set by the connection task;
+    /// taken away by whoever sees it fail, who then wakes the task through `broken`.
+    conn: RwLock<Option<Link>>,
+    /// The epoch this node follows (0 until the first connection).
+    epoch: AtomicU64,
+    /// Highest seq this node has seen, from publishes and the feed; detects a rolled-back Redis.
+    seen_head: AtomicU64,
+    ready: AtomicBool,
+    broken: Notify,
+    publish_script: redis::Script,
+    open_script: redis::Script,
+    maintain_script: redis::Script,
+}
+
+impl RedisEngine {
+    /// Starts the engine and its connection task on the current Tokio runtime. Redis does not
+    /// have to be up yet: the engine reports not ready until it connects.
+    pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, String> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| "the Redis engine needs a Tokio runtime".to_owned())?;
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("engine.url: {e}"))?;
+        let inner = Arc::new(Inner {
+            client,
+            config: config.clone(),
+            history: history.clone(),
+            keys: Keys::new(&config.key_prefix),
+            fanout,
+            runtime: runtime.clone(),
+            conn: RwLock::new(None),
+            epoch: AtomicU64::new(0),
+            seen_head: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            broken: Notify::new(),
+            publish_script: scripts::publish(),
+            open_script: scripts::open(),
+            maintain_script: scripts::maintain(),
+        });
+        let stop = CancellationToken::new();
+        runtime.spawn(feed::supervise(inner.clone(), stop.clone()));
+        Ok(Self { inner, _stop: stop.drop_guard() })
+    }
+}
+
+/// One command connection and which one it is, so that a failure seen on an old connection
+/// does not take down its replacement.
+#[derive(Debug, Clone)]
+struct Link {
+    generation: u64,
+    conn: MultiplexedConnection,
+}
+
+impl Inner {
+    fn connection(&self) -> Result<Link, EngineError> {
+        self.conn.read().expect("conn lock").clone().ok_or_else(|| EngineError::Unavailable("Redis is not connected".into()))
+    }
+
+    /// Turns a Redis error into an engine error; a dropped connection is taken out of use and
+    /// the connection task is woken to replace it.
+    fn failed(&self, link: &Link, e: &redis::RedisError) -> EngineError {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+            self.mark_down(link);
+        }
+        EngineError::Unavailable(e.to_string())
+    }
+
+    fn mark_down(&self, link: &Link) {
+        let mut slot = self.conn.write().expect("conn lock");
+        if slot.as_ref().is_some_and(|l| l.generation == link.generation) {
+            slot.take();
+            self.ready.store(false, Ordering::Release);
+            self.broken.notify_one();
+        }
+    }
+
+    fn saw(&self, seq: u64) {
+        self.seen_head.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Events older than this are trimmed.
+    fn age_cutoff_ms(&self) -> u64 {
+        now_ms().saturating_sub(self.history.max_age.as_millis() as u64)
+    }
+
+    async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
+        let link = self.connection()?;
+        let mut conn = link.conn.clone();
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let n = batch.len() as u64;
+        let k = &self.keys;
+        let mut inv = self.publish_script.prepare_invoke();
+        inv.key(&k.epoch).key(&k.seq).key(&k.feed).key(&k.trimmed).key(&k.oldest);
+        inv.arg(format!("{epoch:x}")).arg(now_ms()).arg(self.history.max_events).arg(self.age_cutoff_ms()).arg(self.config.feed_max_events);
+        for ev in &batch {
+            inv.key(k.account(&ev.account));
+            inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes());
+        }
+        let last: i64 = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&link, &e))?;
+        let Ok(last) = u64::try_from(last) else {
+            // The epoch moved under us (Redis wiped): follow it before publishing again.
+            self.mark_down(&link);
+            return Err(EngineError::Unavailable("the Redis history changed epoch".into()));
+        };
+        self.saw(last);
+        Ok((last + 1 - n..=last).map(|seq| EventId::new(epoch, seq)).collect())
+    }
+
+    async fn open(&self, account: &str, last_event_id: Option<&str>) -> Result<Opening, EngineError> {
+        let link = self.connection()?;
+        let mut conn = link.conn.clone();
+        let followed = self.epoch.load(Ordering::Acquire);
+        let after = last_event_id.and_then(|t| t.parse::<EventId>().ok()).filter(|id| id.epoch == followed).map(|id| id.seq);
+        let k = &self.keys;
+        type Reply = (String, u64, u64, Vec<(String, Vec<String>)>);
+        let (epoch, head, trimmed_through, entries): Reply = self
+            .open_script
+            .key(&k.epoch)
+            .key(&k.seq)
+            .key(&k.trimmed)
+            .key(&k.oldest)
+            .key(k.account(account))
+            .arg(account)
+            .arg(self.history.max_events)
+            .arg(self.age_cutoff_ms())
+            .arg(after.map(|s| s.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| self.failed(&link, &e))?;
+        let epoch = u64::from_str_radix(&epoch, 16).ok().filter(|e| *e == followed).ok_or_else(|| {
+            self.mark_down(&link);
+            EngineError::Unavailable("the Redis history changed epoch".into())
+        })?;
+        self.saw(head);
+        let decision = decide(last_event_id, &HistoryWindow { epoch, head, trimmed_through });
+        let (position, replay) = match decision {
+            ResumeDecision::Replay { after } => {
+                let replay = entries.iter().filter_map(|(id, fields)| account_frame(epoch, id, fields)).collect();
+                (EventId::new(epoch, after), replay)
+            }
+            ResumeDecision::Fresh | ResumeDecision::Resync(_) => (EventId::new(epoch, head), Vec::new()),
+        };
+        Ok(Opening { position, decision, replay })
+    }
+
+    async fn maintain(&self) {
+        let Ok(link) = self.connection() else { return };
+        let mut conn = link.conn.clone();
+        let result: redis::RedisResult<u64> = self
+            .maintain_script
+            .key(&self.keys.trimmed)
+            .key(&self.keys.oldest)
+            .arg(&self.keys.prefix)
+            .arg(self.history.max_events)
+            .arg(self.age_cutoff_ms())
+            .arg(MAINTAIN_ACCOUNTS_MAX)
+            .invoke_async(&mut conn)
+            .await;
+        match result {
+            Ok(n) if n > 0 => tracing::debug!(accounts = n, "trimmed history by age"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %self.failed(&link, &e), "history upkeep failed"),
+        }
+    }
+}
+
+/// The seq of a stream entry id `<seq>-0`.
+fn entry_seq(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// An account-stream entry (`p`, payload, `t`, time) as a frame.
+fn account_frame(epoch: u64, id: &str, fields: &[String]) -> Option<StoredFrame> {
+    let seq = entry_seq(id)?;
+    let payload = field(fields, "p")?;
+    Some(StoredFrame { seq, bytes: Bytes::from(encode_data_frame(Some(EventId::new(epoch, seq)), payload)) })
+}
+
+/// The value of `name` in a flat `[field, value, …]` list.
+fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
+    fields.chunks_exact(2).find(|kv| kv[0] == name).map(|kv| kv[1].as_str())
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Engine for RedisEngine {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+        self.inner.publish(batch).boxed()
+    }
+
+    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        self.inner.open(account, last_event_id).boxed()
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    fn maintain(&self) {
+        let inner = self.inner.clone();
+        self.inner.runtime.spawn(async move { inner.maintain().await });
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Delay before the first reconnect attempt; doubled per failure up to the max, with full
+/// jitter so the nodes of a deployment do not knock on a restarting Redis together.
+const RECONNECT_DELAY_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);

@@ -1,0 +1,167 @@
+//! The Lua scripts that make each Redis step atomic, and the key layout they work on.
+//!
+//! Every write to history is one script, so a publish is all-or-nothing with respect to other
+//! nodes: no node can observe a seq without its event, or an event outside seq order. The
+//! scripts need Redis 6.2 or later (exclusive `XRANGE` bounds, `XTRIM MINID`). Account keys
+//! are built inside the maintenance script, so the engine needs a single Redis server (or a
+//! primary with replicas), not Redis Cluster.
+//!
+//! Stream entry ids are `<seq>-0`. Per-account entries hold `p` (the activity payload) and `t`
+//! (milliseconds since the epoch, for age trimming) in that order; feed entries hold `a`
+//! (account), `e` (epoch, hex) and `p`.
+
+use redis::Script;
+
+/// The keys of one hub deployment, all under one prefix.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    pub prefix: String,
+    /// The history's epoch (hex), created once with `SET` when missing.
+    pub epoch: String,
+    /// The last seq assigned, across all accounts.
+    pub seq: String,
+    /// The stream every node reads to deliver events to its own streams.
+    pub feed: String,
+    /// Hash: account -> seq of its last trimmed event (what proves a gap).
+    pub trimmed: String,
+    /// Sorted set: account -> time (ms) of its oldest kept event, for age trimming.
+    pub oldest: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        let k = |name: &str| format!("{prefix}{name}");
+        Self { prefix: prefix.to_owned(), epoch: k("epoch"), seq: k("seq"), feed: k("feed"), trimmed: k("trimmed"), oldest: k("oldest") }
+    }
+
+    /// The history stream of one account.
+    pub fn account(&self, account: &str) -> String {
+        format!("{}a:{account}", self.prefix)
+    }
+}
+
+/// Shared by the scripts that trim: drops an account's oldest entries beyond `max` or older
+/// than `cutoff` (ms), records the last dropped seq as the account's `trimmed_through`, and
+/// indexes the time of the oldest entry kept (or forgets the account's stream when none is).
+macro_rules! trim_fn {
+    () => {
+        r#"
+local function trim(key, account, max, cutoff, trimmed, oldest)
+  local last = nil
+  local excess = redis.call('XLEN', key) - max
+  if excess > 0 then
+    local old = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+    last = old[#old][1]
+  end
+  local first = nil
+  while true do
+    local from = '-'
+    if last then from = '(' .. last end
+    local batch = redis.call('XRANGE', key, from, '+', 'COUNT', 64)
+    for _, e in ipairs(batch) do
+      if tonumber(e[2][4]) >= cutoff then first = e; break end
+      last = e[1]
+    end
+    if first or #batch < 64 then break end
+  end
+  if last then
+    local seq = string.match(last, '^(%d+)')
+    redis.call('XTRIM', key, 'MINID', seq .. '-1')
+    redis.call('HSET', trimmed, account, seq)
+  end
+  if first then
+    redis.call('ZADD', oldest, first[2][4], account)
+  else
+    redis.call('DEL', key)
+    redis.call('ZREM', oldest, account)
+  end
+end
+"#
+    };
+}
+
+/// Creates the epoch when missing, or a new one when history went backwards (restored from an
+/// older snapshot: the same seqs would then name other events).
+/// KEYS: epoch, seq. ARGV: candidate epoch, epoch this node followed (or ""), highest seq it saw.
+/// Returns `{epoch, head}`.
+pub(super) fn init() -> Script {
+    Script::new(
+        r#"
+local epoch = redis.call('GET', KEYS[1])
+local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+if (not epoch) or (epoch == ARGV[2] and head < tonumber(ARGV[3])) then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+return {epoch, string.format('%d', head)}
+"#,
+    )
+}
+
+/// Stores a batch: assigns seqs, appends to each account's history and to the feed, trims.
+/// KEYS: epoch, seq, feed, trimmed, oldest, then one account stream per event.
+/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, then account and
+/// payload per event. Returns the last seq assigned, or -1 when the epoch is not the expected
+/// one (nothing is written then).
+pub(super) fn publish() -> Script {
+    Script::new(concat!(
+        trim_fn!(),
+        r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local n = #KEYS - 5
+-- Seqs are taken first: if an XADD fails half-way, its seq is burned, never reused.
+local last = redis.call('INCRBY', KEYS[2], n)
+local seq = last - n
+local touched = {}
+for i = 1, n do
+  seq = seq + 1
+  local id = string.format('%d-0', seq)
+  local account, payload = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2])
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
+  touched[KEYS[5 + i]] = account
+end
+for key, account in pairs(touched) do
+  trim(key, account, tonumber(ARGV[3]), tonumber(ARGV[4]), KEYS[4], KEYS[5])
+end
+return last
+"#
+    ))
+}
+
+/// Reads how a stream of one account starts: trims it, then returns the epoch (or "" when
+/// missing), the head, the account's `trimmed_through` and, when asked, the entries after a seq.
+/// KEYS: epoch, seq, trimmed, oldest, account stream.
+/// ARGV: account, max events, age cutoff (ms), seq to replay after (or "").
+pub(super) fn open() -> Script {
+    Script::new(concat!(
+        trim_fn!(),
+        r#"
+trim(KEYS[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[3], KEYS[4])
+local epoch = redis.call('GET', KEYS[1]) or ''
+local head = redis.call('GET', KEYS[2]) or '0'
+local trimmed = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
+local replay = {}
+if ARGV[4] ~= '' then
+  replay = redis.call('XRANGE', KEYS[5], '(' .. ARGV[4] .. '-0', '+')
+end
+return {epoch, head, trimmed, replay}
+"#
+    ))
+}
+
+/// Trims by age the accounts whose oldest kept event is older than the cutoff, a bounded
+/// number per call. KEYS: trimmed, oldest. ARGV: key prefix, max events, cutoff (ms), limit.
+/// Returns how many accounts were trimmed.
+pub(super) fn maintain() -> Script {
+    Script::new(concat!(
+        trim_fn!(),
+        r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
+for _, account in ipairs(due) do
+  trim(ARGV[1] .. 'a:' .. account, account, tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[1], KEYS[2])
+end
+return #due
+"#
+    ))
+}
