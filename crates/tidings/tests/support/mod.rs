@@ -64,6 +64,15 @@ impl Hub {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Hub {
+        match Self::try_start_in(dir, config_toml, listen).await {
+            Some(hub) => hub,
+            None => panic!("hub exited before listening on {listen}"),
+        }
+    }
+
+    /// Like [`Hub::start_in`], but `None` when the process exits before listening (for
+    /// example when the address is still taken).
+    pub async fn try_start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Option<Hub> {
         let config_path = dir.path().join("hub.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -90,15 +99,15 @@ impl Hub {
         }
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                let line = rx.recv().await.expect("hub exited before listening");
+                let line = rx.recv().await?;
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_owned();
+                    return Some(rest.split_whitespace().next().unwrap().to_owned());
                 }
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
-        Hub { child, addr, output, dir, config_path }
+        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()))?;
+        Some(Hub { child, addr, output, dir, config_path })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,6 +155,47 @@ impl Hub {
 
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory of the hub process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("hub is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// Stops this process (SIGTERM, or SIGKILL when `kill`), waits for it to exit, and starts
+    /// a new one with the same configuration on the same address. Returns the old output.
+    pub async fn restart(&mut self, kill: bool) -> String {
+        if kill {
+            self.sigkill();
+        } else {
+            self.sigterm();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("hub exits").unwrap();
+        assert!(kill || status.success(), "SIGTERM exit: {status:?}\n{}", self.logs());
+        let old_logs = self.logs();
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        // The port was just freed; a new listener may briefly fail to bind it.
+        let mut next = None;
+        for _ in 0..50 {
+            match Hub::try_start_in(tempfile::tempdir().unwrap(), &config, &self.addr).await {
+                Some(h) => {
+                    next = Some(h);
+                    break;
+                }
+                None => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        *self = next.expect("hub restarts on the same address");
+        old_logs
     }
 }
 
@@ -196,7 +246,11 @@ impl Sse {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.unwrap();
+        Self::from_response(req.send().await.unwrap())
+    }
+
+    /// Reads the stream of a response made by the caller (any method, headers or URL).
+    pub fn from_response(resp: reqwest::Response) -> Sse {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         Sse { status, headers, body: Some(resp.bytes_stream().boxed()), buf: String::new(), retry: None, last_id: None }
@@ -248,6 +302,17 @@ impl Sse {
                     return None;
                 }
             }
+        }
+    }
+
+    /// The next raw chunk of the body as text (for non-stream answers), or None at its end.
+    pub async fn raw_chunk(&mut self) -> Option<String> {
+        if !self.buf.is_empty() {
+            return Some(std::mem::take(&mut self.buf));
+        }
+        match tokio::time::timeout(T, self.body.as_mut()?.next()).await.expect("body within the timeout") {
+            Some(Ok(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => None,
         }
     }
 
