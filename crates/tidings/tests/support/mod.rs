@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod proxy;
+
 pub const PUBLISHER_KEY: &str = "pub-secret-key";
 
 /// A config with two accounts and three sessions, plus `extra` TOML appended at the top level
@@ -65,14 +67,14 @@ impl Hub {
 
     pub async fn start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Hub {
         match Self::try_start_in(dir, config_toml, listen).await {
-            Some(hub) => hub,
-            None => panic!("hub exited before listening on {listen}"),
+            Ok(hub) => hub,
+            Err(_) => panic!("hub exited before listening on {listen}"),
         }
     }
 
-    /// Like [`Hub::start_in`], but `None` when the process exits before listening (for
-    /// example when the address is still taken).
-    pub async fn try_start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Option<Hub> {
+    /// Like [`Hub::start_in`], but gives the directory back when the process exits before
+    /// listening (for example when the address is still taken).
+    pub async fn try_start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Result<Hub, tempfile::TempDir> {
         let config_path = dir.path().join("hub.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
@@ -106,8 +108,11 @@ impl Hub {
             }
         })
         .await
-        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()))?;
-        Some(Hub { child, addr, output, dir, config_path })
+        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
+        match addr {
+            Some(addr) => Ok(Hub { child, addr, output, dir, config_path }),
+            None => Err(dir),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -183,19 +188,20 @@ impl Hub {
         assert!(kill || status.success(), "SIGTERM exit: {status:?}\n{}", self.logs());
         let old_logs = self.logs();
         let config = std::fs::read_to_string(&self.config_path).unwrap();
-        // The port was just freed; a new listener may briefly fail to bind it.
-        let mut next = None;
+        // Same directory (files the config names stay); the port was just freed, and a new
+        // listener may briefly fail to bind it.
+        let mut dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         for _ in 0..50 {
-            match Hub::try_start_in(tempfile::tempdir().unwrap(), &config, &self.addr).await {
-                Some(h) => {
-                    next = Some(h);
-                    break;
+            match Hub::try_start_in(dir, &config, &self.addr).await {
+                Ok(next) => {
+                    *self = next;
+                    return old_logs;
                 }
-                None => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(d) => dir = d,
             }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        *self = next.expect("hub restarts on the same address");
-        old_logs
+        panic!("hub did not restart on {}", self.addr);
     }
 }
 
