@@ -57,6 +57,8 @@ pub struct Hub {
     pub output: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// `TIDINGS_LOG` of the process (and of a restarted one).
+    pub log_filter: String,
 }
 
 impl Hub {
@@ -75,12 +77,24 @@ impl Hub {
     /// Like [`Hub::start_in`], but gives the directory back when the process exits before
     /// listening (for example when the address is still taken).
     pub async fn try_start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Result<Hub, tempfile::TempDir> {
+        Self::try_start_logged(dir, config_toml, listen, "info").await
+    }
+
+    /// Starts a hub logging with this `TIDINGS_LOG` filter.
+    pub async fn start_logged(config_toml: &str, log_filter: &str) -> Hub {
+        match Self::try_start_logged(tempfile::tempdir().unwrap(), config_toml, "127.0.0.1:0", log_filter).await {
+            Ok(hub) => hub,
+            Err(_) => panic!("hub exited before listening"),
+        }
+    }
+
+    pub async fn try_start_logged(dir: tempfile::TempDir, config_toml: &str, listen: &str, log_filter: &str) -> Result<Hub, tempfile::TempDir> {
         let config_path = dir.path().join("hub.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config_path)
-            .env("TIDINGS_LOG", "info")
+            .env("TIDINGS_LOG", log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -110,7 +124,7 @@ impl Hub {
         .await
         .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
         match addr {
-            Some(addr) => Ok(Hub { child, addr, output, dir, config_path }),
+            Some(addr) => Ok(Hub { child, addr, output, dir, config_path, log_filter: log_filter.to_owned() }),
             None => Err(dir),
         }
     }
@@ -192,7 +206,7 @@ impl Hub {
         // listener may briefly fail to bind it.
         let mut dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         for _ in 0..50 {
-            match Hub::try_start_in(dir, &config, &self.addr).await {
+            match Hub::try_start_logged(dir, &config, &self.addr, &self.log_filter.clone()).await {
                 Ok(next) => {
                     *self = next;
                     return old_logs;
