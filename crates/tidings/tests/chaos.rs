@@ -3,7 +3,8 @@
 //!
 //! While publishers post activities, the test repeatedly cuts every connection (a TCP proxy
 //! in front of the hub), restarts the hub on the same port (SIGTERM and SIGKILL in turn), and
-//! some readers stop reading for seconds at a time so the hub evicts them as slow consumers.
+//! some readers stop reading for seconds at a time so the hub evicts them as slow consumers
+//! (a last phase makes them stall until an eviction happens, so at least one always does).
 //! Clients are Rust SDK subscriptions ([`tidings_client::Client`]) and raw readers (a plain
 //! HTTP/1.1 socket with a small receive buffer and their own `Last-Event-ID` handling).
 //!
@@ -29,8 +30,8 @@
 //! account is published, and every client must have its sentinel covered (received, or a
 //! resync at or after it), so every accepted event before it was owed for long enough. Duplicates (one id twice on one client) must be 0 too.
 //!
-//! Duration: `TIDINGS_CHAOS_SECS` (default 20, which keeps the CI run under a minute; use 600
-//! for a soak). Engines: [`engines`]; add an entry to run the same test against another one.
+//! Duration: `TIDINGS_CHAOS_SECS` of chaos (default 20; with the forced stall and the settle
+//! the CI run stays under a minute; use 600 for a soak). Engines: [`engines`]; add an entry to run the same test against another one.
 
 mod support;
 
@@ -69,7 +70,7 @@ const STALLING: usize = 3;
 /// The account of the stalling readers. Its events carry padding and come in bigger batches
 /// so a stalled reader's socket buffers (megabytes on loopback) and queue fill within seconds.
 const STALL_ACCOUNT: &str = "acc-stall";
-const STALL_PADDING_BYTES: usize = 64 * 1024;
+const STALL_PADDING_BYTES: usize = 256 * 1024;
 /// How long all clients get to receive the sentinel after chaos stops.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -100,6 +101,20 @@ struct Log {
     stalls: AtomicU64,
     reconnects: AtomicU64,
 }
+
+/// Slow-consumer evictions the hub reported so far, over all its generations; a stalling
+/// reader stays stalled until this grows, the hub restarts, or a time limit passes.
+static EVICTIONS: AtomicU64 = AtomicU64::new(0);
+/// Hub restarts so far: a stall across one is pointless (its connection is gone).
+static RESTARTS: AtomicU64 = AtomicU64::new(0);
+/// Set during the last phase of the chaos: every stalling reader stalls until an eviction,
+/// so at least one slow-consumer eviction and resume happens whatever the timing.
+static FORCE_STALL: AtomicBool = AtomicBool::new(false);
+/// A stall lasts at least this long, and at most the second value if nothing ends it.
+const STALL_MIN: Duration = Duration::from_secs(2);
+const STALL_MAX: Duration = Duration::from_secs(30);
+/// Longest the final forced stall waits for an eviction.
+const FORCED_STALL_MAX: Duration = Duration::from_secs(30);
 
 impl Log {
     fn push(&self, o: Obs) {
@@ -149,7 +164,7 @@ async fn run(engine: &EngineCase, chaos: Duration) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens.toml"), tokens_toml(&clients)).unwrap();
     let tables = format!(
-        "[limits]\nstream_queue_frames = 32\nshutdown_grace = \"2s\"\n[history]\nmax_events = 500\n{}",
+        "[limits]\nstream_queue_frames = 8\nshutdown_grace = \"2s\"\n[history]\nmax_events = 500\n{}",
         engine.tables
     );
     let cfg = config("retry = \"200ms\"\n", &tables).replace("[auth]\n", "[auth]\ntokens_file = \"tokens.toml\"\n");
@@ -185,7 +200,7 @@ async fn run(engine: &EngineCase, chaos: Duration) {
     let accounts: Vec<String> = (0..ACCOUNTS).map(|a| format!("acc-{a}")).collect();
     let publishers = [
         tokio::spawn(publish_loop(hub.url(""), accounts.clone(), 1..=3, 0, accepted.clone(), next_n.clone(), publishing.clone())),
-        tokio::spawn(publish_loop(hub.url(""), vec![STALL_ACCOUNT.into()], 4..=4, STALL_PADDING_BYTES, accepted.clone(), next_n.clone(), publishing.clone())),
+        tokio::spawn(publish_loop(hub.url(""), vec![STALL_ACCOUNT.into()], 2..=3, STALL_PADDING_BYTES, accepted.clone(), next_n.clone(), publishing.clone())),
     ];
 
     // Chaos.
@@ -195,11 +210,14 @@ async fn run(engine: &EngineCase, chaos: Duration) {
     let mut next_restart = started + restart_every;
     while started.elapsed() < chaos {
         tokio::time::sleep(Duration::from_millis(rng.random_range(700..1500))).await;
+        let now_evicted = evictions + hub.metric("tidings_slow_consumer_evictions_total").await;
+        EVICTIONS.store(now_evicted as u64, Ordering::SeqCst);
         if Instant::now() >= next_restart && started.elapsed() + Duration::from_secs(2) < chaos {
             evictions += hub.metric("tidings_slow_consumer_evictions_total").await;
             let kill = restarts_term > restarts_kill;
             all_logs.push_str(&hub.restart(kill).await);
             if kill { restarts_kill += 1 } else { restarts_term += 1 }
+            RESTARTS.fetch_add(1, Ordering::SeqCst);
             let generation = restarts_term as usize + restarts_kill as usize;
             generations.entry(probe_epoch(&hub).await).or_insert(generation);
             next_restart = Instant::now() + restart_every;
@@ -212,6 +230,21 @@ async fn run(engine: &EngineCase, chaos: Duration) {
             }
         }
     }
+    // Forced stall: publishing goes on, nothing restarts, stalling readers stop reading until
+    // the hub evicts one of them (then they read on, get `closed`, and resume).
+    let before_forced = EVICTIONS.load(Ordering::SeqCst);
+    FORCE_STALL.store(true, Ordering::SeqCst);
+    let forced_until = Instant::now() + FORCED_STALL_MAX;
+    while Instant::now() < forced_until {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now_evicted = (evictions + hub.metric("tidings_slow_consumer_evictions_total").await) as u64;
+        EVICTIONS.store(now_evicted, Ordering::SeqCst);
+        if now_evicted > before_forced {
+            break;
+        }
+    }
+    FORCE_STALL.store(false, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
     publishing.store(false, Ordering::SeqCst);
     for p in publishers {
         p.await.unwrap();
@@ -388,6 +421,7 @@ async fn sdk_client(url: String, token: String, log: Arc<Log>, _stop: Arc<Atomic
         .heartbeat(Duration::from_millis(500))
         .subscribe()
         .unwrap();
+    let mut last_cause = None;
     while let Some(item) = sub.next().await {
         match item {
             Ok(SdkEvent::Connected { id, .. }) => log.push(Obs::Connected { id: id.expect("connected carries a position") }),
@@ -396,12 +430,14 @@ async fn sdk_client(url: String, token: String, log: Arc<Log>, _stop: Arc<Atomic
                 log.push(Obs::Activity { id: id.expect("activity id"), n });
             }
             Ok(SdkEvent::Resync { .. }) => log.push(Obs::Resync),
-            Ok(SdkEvent::Reconnecting { .. }) => {
+            Ok(SdkEvent::Reconnecting { cause, .. }) => {
                 log.reconnects.fetch_add(1, Ordering::Relaxed);
+                last_cause = Some(cause);
             }
             Ok(_) => {}
             Err(e) => {
-                *log.fatal.lock().unwrap() = Some(format!("subscription ended: {e}"));
+                let recent: Vec<_> = log.obs.lock().unwrap().iter().rev().take(5).cloned().collect();
+                *log.fatal.lock().unwrap() = Some(format!("subscription ended: {e} (last observations, newest first: {recent:?}; last disconnect: {last_cause:?})"));
                 return;
             }
         }
@@ -409,7 +445,8 @@ async fn sdk_client(url: String, token: String, log: Arc<Log>, _stop: Arc<Atomic
 }
 
 /// A raw reader: HTTP/1.1 by hand over a socket with a small receive buffer, resuming with
-/// the last id it saw. A stalling one stops reading for 2–5 s now and then.
+/// the last id it saw. A stalling one stops reading now and then, until the hub evicts a slow
+/// consumer or [`STALL_MAX`] passes.
 async fn raw_client(addr: SocketAddr, token: String, stalls: bool, log: Arc<Log>, stop: Arc<AtomicBool>) {
     let mut last_id: Option<String> = None;
     loop {
@@ -433,9 +470,18 @@ async fn raw_stream(addr: SocketAddr, token: &str, stalls: bool, log: &Log, stop
     let mut dechunk = Dechunk::default();
     let mut frames = String::new();
     loop {
-        if stalls && !stop.load(Ordering::SeqCst) && Instant::now() >= next_stall {
+        if stalls && !stop.load(Ordering::SeqCst) && (Instant::now() >= next_stall || FORCE_STALL.load(Ordering::SeqCst)) {
             log.stalls.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(rand::random_range(3000..6000))).await;
+            let started = Instant::now();
+            let (evicted, restarted) = (EVICTIONS.load(Ordering::SeqCst), RESTARTS.load(Ordering::SeqCst));
+            tokio::time::sleep(STALL_MIN).await;
+            while started.elapsed() < STALL_MAX
+                && EVICTIONS.load(Ordering::SeqCst) == evicted
+                && RESTARTS.load(Ordering::SeqCst) == restarted
+                && !stop.load(Ordering::SeqCst)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             next_stall = Instant::now() + Duration::from_millis(rand::random_range(1000..4000));
         }
         let n = match tokio::time::timeout(Duration::from_secs(3), sock.read(&mut chunk)).await {

@@ -228,3 +228,37 @@ async fn a_publish_flood_stays_within_the_history_bound() {
     println!("publish flood: VmRSS {before} KiB -> {after} KiB");
     assert!(after < before + 32 * 1024, "memory grew from {before} KiB to {after} KiB");
 }
+
+/// A stream request whose client is gone by the time the hub registers it (a reconnect that
+/// raced a cut connection, as the chaos test produces: the request was read, then the hub
+/// was slow to get to it) must not supersede the session's live stream. The live client would
+/// be told `superseded` and stop for good, while the ghost stream writes into a dead socket.
+/// A slow introspection answer makes "the hub was slow to get to it" deterministic here.
+#[tokio::test]
+async fn a_request_from_a_client_already_gone_does_not_supersede_the_live_stream() {
+    use axum::{Json, Router, routing::post};
+    let app = Router::new().route(
+        "/introspect",
+        post(|| async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Json(serde_json::json!({"active": true, "account": "acme", "user": "alice", "session": "s-alice"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let introspection = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hub = Hub::start(&config("", &format!("[auth.introspection]\nurl = \"http://{introspection}/introspect\"\n"))).await;
+    let mut live = Sse::token(&hub, "tok-alice").await;
+    live.next_within(T).await.unwrap();
+
+    // Same session through the slow provider; the client gives up before the hub answers.
+    let mut ghost = TcpStream::connect(&hub.addr).await.unwrap();
+    ghost.write_all(b"GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer opaque-alice\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(ghost);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+
+    hub.publish("acme", &[activity(1)]).await;
+    let next = live.next_non_ping(T).await.unwrap();
+    assert_eq!(next.kind(), "activity", "the live stream was replaced by a ghost: {:?}", next.data);
+}
