@@ -229,9 +229,9 @@ async fn a_publish_flood_stays_within_the_history_bound() {
     assert!(after < before + 32 * 1024, "memory grew from {before} KiB to {after} KiB");
 }
 
-/// A stream request whose client is gone by the time the hub registers it (a reconnect that
-/// raced a cut connection, as the chaos test produces: the request was read, then the hub
-/// was slow to get to it) must not supersede the session's live stream. The live client would
+/// A stream request whose client is gone by the time the hub would register it (a reconnect
+/// that raced a cut connection: the request was read, then the hub was slow to get to it)
+/// must not supersede the session's live stream. The live client would
 /// be told `superseded` and stop for good, while the ghost stream writes into a dead socket.
 /// A slow introspection answer makes "the hub was slow to get to it" deterministic here.
 #[tokio::test]
