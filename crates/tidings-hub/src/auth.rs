@@ -222,6 +222,9 @@ impl JwtVerifier {
         let mut validation = Validation::new(alg);
         validation.leeway = c.leeway.as_secs();
         validation.set_required_spec_claims(&["exp"]);
+        // A token that is not valid yet (`nbf` in the future) is refused like an expired one;
+        // jsonwebtoken leaves this check off unless asked.
+        validation.validate_nbf = true;
         if let Some(iss) = &c.issuer {
             validation.set_issuer(&[iss]);
         }

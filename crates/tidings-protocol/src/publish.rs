@@ -1,9 +1,10 @@
 //! The publish body: one activity or an array of them, validated all-or-nothing.
 //!
 //! Each item is `{"account": "...", "data": {…activity…}}`. The activity is kept as the exact
-//! bytes the publisher sent (`RawValue`), so every field, known or unknown, reaches subscribers
-//! unchanged; a parsed copy is kept beside it for validation and key resolution. Errors name
-//! the offending field with a path such as `[3].data.activity_type`. This module does not
+//! bytes the publisher sent (`RawValue`; only line breaks between tokens become spaces, so a
+//! frame stays one line), so every field, known or unknown, reaches subscribers unchanged; a
+//! parsed copy is kept beside it for validation and key resolution. Errors name the offending
+//! field with a path such as `[3].data.activity_type`. This module does not
 //! know about HTTP: the hub maps [`PublishErrorKind`] to a status.
 
 use serde::Deserialize;
@@ -22,7 +23,7 @@ pub const ACTIVITY_TYPES: [&str; 4] = ["created", "edited", "deleted", "updated"
 pub struct PublishItem {
     /// Target account; only sessions of this account receive the activity.
     pub account: String,
-    /// The activity exactly as published.
+    /// The activity exactly as published, on one line (see [`parse_body`]).
     pub data: Box<RawValue>,
     /// The same activity parsed, for resolution.
     pub activity: Value,
@@ -122,11 +123,24 @@ fn parse_item(text: &str, at: &str) -> Result<PublishItem, PublishError> {
             format!("must be 1 to {ACCOUNT_LEN_MAX} bytes without control characters"),
         ));
     }
-    let data = wire.data.ok_or_else(|| PublishError::invalid(format!("{at}data"), "is required"))?;
+    let data = one_line(wire.data.ok_or_else(|| PublishError::invalid(format!("{at}data"), "is required"))?);
     let activity: Value = serde_json::from_str(data.get())
         .map_err(|e| PublishError::invalid(format!("{at}data"), e.to_string()))?;
     validate_activity(&activity, &format!("{at}data"))?;
     Ok(PublishItem { account, data, activity })
+}
+
+/// The activity text with every CR and LF turned into a space, so the frame that carries it
+/// stays one `data:` line. A publisher that pretty-prints its body would otherwise split the
+/// frame: the event would reach subscribers as broken JSON and be dropped by every client.
+/// This changes no value: JSON strings cannot hold a raw CR or LF, so each one is whitespace
+/// between tokens, and a space is whitespace too.
+fn one_line(data: Box<RawValue>) -> Box<RawValue> {
+    if !data.get().contains(['\n', '\r']) {
+        return data;
+    }
+    let text = data.get().replace(['\n', '\r'], " ");
+    RawValue::from_string(text).expect("replacing whitespace keeps JSON valid")
 }
 
 /// Checks the fields the hub and resolvers read; everything else is passed through untouched.

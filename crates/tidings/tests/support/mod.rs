@@ -12,6 +12,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod proxy;
+
 pub const PUBLISHER_KEY: &str = "pub-secret-key";
 
 /// A config with two accounts and three sessions, plus `extra` TOML appended at the top level
@@ -55,6 +57,8 @@ pub struct Hub {
     pub output: Arc<Mutex<Vec<String>>>,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// `TIDINGS_LOG` of the process (and of a restarted one).
+    pub log_filter: String,
 }
 
 impl Hub {
@@ -64,12 +68,33 @@ impl Hub {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Hub {
+        match Self::try_start_in(dir, config_toml, listen).await {
+            Ok(hub) => hub,
+            Err(_) => panic!("hub exited before listening on {listen}"),
+        }
+    }
+
+    /// Like [`Hub::start_in`], but gives the directory back when the process exits before
+    /// listening (for example when the address is still taken).
+    pub async fn try_start_in(dir: tempfile::TempDir, config_toml: &str, listen: &str) -> Result<Hub, tempfile::TempDir> {
+        Self::try_start_logged(dir, config_toml, listen, "info").await
+    }
+
+    /// Starts a hub logging with this `TIDINGS_LOG` filter.
+    pub async fn start_logged(config_toml: &str, log_filter: &str) -> Hub {
+        match Self::try_start_logged(tempfile::tempdir().unwrap(), config_toml, "127.0.0.1:0", log_filter).await {
+            Ok(hub) => hub,
+            Err(_) => panic!("hub exited before listening"),
+        }
+    }
+
+    pub async fn try_start_logged(dir: tempfile::TempDir, config_toml: &str, listen: &str, log_filter: &str) -> Result<Hub, tempfile::TempDir> {
         let config_path = dir.path().join("hub.toml");
         std::fs::write(&config_path, config_toml).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config_path)
-            .env("TIDINGS_LOG", "info")
+            .env("TIDINGS_LOG", log_filter)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -90,15 +115,18 @@ impl Hub {
         }
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
-                let line = rx.recv().await.expect("hub exited before listening");
+                let line = rx.recv().await?;
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_owned();
+                    return Some(rest.split_whitespace().next().unwrap().to_owned());
                 }
             }
         })
         .await
         .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
-        Hub { child, addr, output, dir, config_path }
+        match addr {
+            Some(addr) => Ok(Hub { child, addr, output, dir, config_path, log_filter: log_filter.to_owned() }),
+            None => Err(dir),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -146,6 +174,48 @@ impl Hub {
 
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().join("\n")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Resident memory of the hub process, in KiB (`VmRSS` in `/proc/<pid>/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).expect("hub is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status")
+    }
+
+    /// Stops this process (SIGTERM, or SIGKILL when `kill`), waits for it to exit, and starts
+    /// a new one with the same configuration on the same address. Returns the old output.
+    pub async fn restart(&mut self, kill: bool) -> String {
+        if kill {
+            self.sigkill();
+        } else {
+            self.sigterm();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("hub exits").unwrap();
+        assert!(kill || status.success(), "SIGTERM exit: {status:?}\n{}", self.logs());
+        let old_logs = self.logs();
+        let config = std::fs::read_to_string(&self.config_path).unwrap();
+        // Same directory (files the config names stay); the port was just freed, and a new
+        // listener may briefly fail to bind it.
+        let mut dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        for _ in 0..50 {
+            match Hub::try_start_logged(dir, &config, &self.addr, &self.log_filter.clone()).await {
+                Ok(next) => {
+                    *self = next;
+                    return old_logs;
+                }
+                Err(d) => dir = d,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("hub did not restart on {}", self.addr);
     }
 }
 
@@ -196,7 +266,11 @@ impl Sse {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req.send().await.unwrap();
+        Self::from_response(req.send().await.unwrap())
+    }
+
+    /// Reads the stream of a response made by the caller (any method, headers or URL).
+    pub fn from_response(resp: reqwest::Response) -> Sse {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         Sse { status, headers, body: Some(resp.bytes_stream().boxed()), buf: String::new(), retry: None, last_id: None }
@@ -248,6 +322,17 @@ impl Sse {
                     return None;
                 }
             }
+        }
+    }
+
+    /// The next raw chunk of the body as text (for non-stream answers), or None at its end.
+    pub async fn raw_chunk(&mut self) -> Option<String> {
+        if !self.buf.is_empty() {
+            return Some(std::mem::take(&mut self.buf));
+        }
+        match tokio::time::timeout(T, self.body.as_mut()?.next()).await.expect("body within the timeout") {
+            Some(Ok(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+            _ => None,
         }
     }
 
