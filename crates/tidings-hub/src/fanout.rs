@@ -42,6 +42,8 @@ pub struct Queued {
 #[derive(Debug)]
 pub struct StreamShared {
     pub id: u64,
+    /// Arrival order of the request that opened it (see [`Fanout::ticket`]).
+    arrived: u64,
     pub account: Arc<str>,
     pub session: Arc<str>,
     /// When the stream must end on its own (credential expiry or lifetime cap).
@@ -140,6 +142,10 @@ pub enum RegisterError {
     NodeFull,
     /// The account holds its maximum of streams on this node.
     AccountFull,
+    /// A stream of the same session from a request that arrived later is already open: this
+    /// request was overtaken (its client has most likely given up on it) and must not
+    /// supersede the newer stream.
+    Overtaken,
 }
 
 /// The registry of open streams on this node.
@@ -149,6 +155,7 @@ pub struct Fanout {
     /// Streams told to close whose body has not finished yet; swept by [`Fanout::tick`].
     closing: Mutex<Vec<Arc<StreamShared>>>,
     next_id: AtomicU64,
+    next_ticket: AtomicU64,
     streams_per_node: usize,
     streams_per_account: usize,
     queue_capacity: usize,
@@ -169,6 +176,8 @@ pub struct NewStream {
     pub session: Arc<str>,
     pub deadline: Option<(Instant, CloseReason)>,
     pub connection: CancellationToken,
+    /// From [`Fanout::ticket`], taken when the request arrived.
+    pub arrived: u64,
 }
 
 impl Fanout {
@@ -177,6 +186,7 @@ impl Fanout {
             registry: RwLock::default(),
             closing: Mutex::default(),
             next_id: AtomicU64::new(1),
+            next_ticket: AtomicU64::new(1),
             streams_per_node,
             streams_per_account,
             queue_capacity,
@@ -184,11 +194,24 @@ impl Fanout {
         }
     }
 
-    /// Registers a stream; a stream of the same session is superseded.
+    /// An arrival ticket for a stream request, taken before any await: the order in which
+    /// requests of one session arrived decides which supersedes which, even when a slow
+    /// credential check lets an older request finish after a newer one.
+    pub fn ticket(&self) -> u64 {
+        self.next_ticket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a stream; an older stream of the same session is superseded.
     pub fn register(&self, new: NewStream) -> Result<Arc<StreamShared>, RegisterError> {
         let mut reg = self.registry.write().expect("registry lock");
         let session_key = (new.account.clone(), new.session.clone());
         let previous = reg.sessions.get(&session_key).copied();
+        let newer_open = previous
+            .and_then(|id| reg.accounts.get(&new.account)?.get(&id))
+            .is_some_and(|s| s.arrived > new.arrived);
+        if newer_open {
+            return Err(RegisterError::Overtaken);
+        }
         let replacing = usize::from(previous.is_some());
         if reg.total - replacing >= self.streams_per_node {
             return Err(RegisterError::NodeFull);
@@ -203,6 +226,7 @@ impl Fanout {
         }
         let stream = Arc::new(StreamShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            arrived: new.arrived,
             account: new.account.clone(),
             session: new.session,
             deadline: new.deadline,
@@ -385,4 +409,33 @@ fn remove_locked(reg: &mut Registry, account: &Arc<str>, id: u64) -> Option<Arc<
     }
     reg.total -= 1;
     Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(f: &Fanout, session: &str, arrived: u64) -> Result<Arc<StreamShared>, RegisterError> {
+        f.register(NewStream {
+            account: "acme".into(),
+            session: session.into(),
+            deadline: None,
+            connection: CancellationToken::new(),
+            arrived,
+        })
+    }
+
+    #[test]
+    fn an_overtaken_request_does_not_supersede_the_newer_stream() {
+        let f = Fanout::new(10, 10, 8, Arc::new(Metrics::new()));
+        let (first, second, third) = (f.ticket(), f.ticket(), f.ticket());
+        let newer = stream(&f, "s", second).unwrap();
+        assert_eq!(stream(&f, "s", first).unwrap_err(), RegisterError::Overtaken);
+        assert!(newer.queue.lock().unwrap().close.is_none(), "the newer stream stays open");
+        let newest = stream(&f, "s", third).unwrap();
+        assert_eq!(newer.queue.lock().unwrap().close.map(|(r, _)| r), Some(CloseReason::Superseded));
+        assert!(newest.queue.lock().unwrap().close.is_none());
+        assert_eq!(f.len(), 1);
+        assert!(stream(&f, "other", first).is_ok(), "other sessions are not affected by order");
+    }
 }

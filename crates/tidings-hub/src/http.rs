@@ -78,9 +78,10 @@ struct StreamQuery {
 }
 
 async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuery>, req: Request) -> Response {
+    let arrived = hub.fanout.ticket();
     let query = Some(query);
     let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
-    match open_stream(&hub, req.headers(), query, conn).await {
+    match open_stream(&hub, req.headers(), query, conn, arrived).await {
         Ok(resp) => resp,
         Err(e) => {
             hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
@@ -89,7 +90,13 @@ async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuer
     }
 }
 
-async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<StreamQuery>, conn: CancellationToken) -> Result<Response, ApiError> {
+async fn open_stream(
+    hub: &Arc<HubState>,
+    headers: &HeaderMap,
+    query: Option<StreamQuery>,
+    conn: CancellationToken,
+    arrived: u64,
+) -> Result<Response, ApiError> {
     if hub.draining.load(Ordering::Acquire) {
         return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
     }
@@ -103,9 +110,10 @@ async fn open_stream(hub: &Arc<HubState>, headers: &HeaderMap, query: Option<Str
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
     let stream = hub
         .fanout
-        .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn })
+        .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn, arrived })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
+            RegisterError::Overtaken => ApiError::new(StatusCode::CONFLICT, "superseded", "a newer stream of this session is already open"),
             RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
                 .retry_after(RETRY_AFTER_BUSY_SECS),
         })?;
