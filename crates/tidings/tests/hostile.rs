@@ -153,21 +153,32 @@ async fn a_supersede_storm_from_one_token_stays_bounded() {
     let started = std::time::Instant::now();
     let mut opened = 0;
     let mut superseded = 0;
+    let mut overtaken = 0;
     for _ in 0..STORM / CONCURRENCY {
         let mut wave = Vec::new();
         for _ in 0..CONCURRENCY {
             let req = client.get(&url).bearer_auth("tok-alice").header("accept", "text/event-stream");
             wave.push(tokio::spawn(async move {
-                let mut s = Sse::from_response(req.send().await.unwrap());
+                let resp = req.send().await.unwrap();
+                if resp.status() == 409 {
+                    // Overtaken by a request of the same session that arrived later.
+                    let body: serde_json::Value = resp.json().await.unwrap();
+                    assert_eq!(body["error"]["code"], "superseded");
+                    return None;
+                }
+                let mut s = Sse::from_response(resp);
                 assert_eq!(s.status, 200);
                 let first = s.next_within(T).await.unwrap();
                 assert_eq!(first.kind(), "connected");
-                s
+                Some(s)
             }));
         }
         let mut streams = Vec::new();
         for w in wave {
-            streams.push(w.await.unwrap());
+            match w.await.unwrap() {
+                Some(s) => streams.push(s),
+                None => overtaken += 1,
+            }
         }
         opened += streams.len();
         // All but (at most) the newest of this wave were superseded and end.
@@ -190,7 +201,8 @@ async fn a_supersede_storm_from_one_token_stays_bounded() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = hub.rss_kib();
-    println!("supersede storm: {opened} streams, {superseded} superseded, VmRSS {before} KiB -> {after} KiB");
+    println!("supersede storm: {opened} streams, {superseded} superseded, {overtaken} overtaken (409), VmRSS {before} KiB -> {after} KiB");
+    assert_eq!(opened + overtaken, STORM, "every request got a stream or a 409");
     assert!(superseded >= opened - STORM / CONCURRENCY, "every replaced stream was told: {superseded} of {opened}");
     assert!(hub.metric("tidings_streams_open").await <= 1.0);
     assert!(after < before + 64 * 1024, "memory grew from {before} KiB to {after} KiB");
