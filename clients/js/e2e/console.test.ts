@@ -1,52 +1,29 @@
 /** The demo console in real Chromium against the real `tidings demo`: changes travel between
  * users of one account and never to another account; a restarted hub is rejoined without a
  * reload; sign-out and an early stop leave no stream behind (SPEC §6 items 1 and 3). */
-import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { describe, expect, it } from 'vitest';
 import {
   apiAs,
   connection,
-  type Demo,
   feed,
-  launchBrowser,
   restartDemo,
   sdkPage,
   signIn,
   signInContext,
   sleep,
-  startDemo,
   streamCounts,
   waitConnected,
+  useDemo,
   waitFor,
 } from './support.js';
 
-let browser: Browser | undefined;
-let demo: Demo;
-const contexts: BrowserContext[] = [];
-
-afterAll(async () => {
-  await browser?.close();
-});
-// In beforeEach, not beforeAll: a missing browser or binary then fails every test by name
-// instead of reporting them skipped.
-beforeEach(async () => {
-  browser ??= await launchBrowser();
-  demo = await startDemo();
-});
-afterEach(async () => {
-  await Promise.all(contexts.splice(0).map((c) => c.close()));
-  await demo?.stop();
-});
-
-async function newContext(): Promise<BrowserContext> {
-  const c = await browser!.newContext();
-  contexts.push(c);
-  return c;
-}
+const env = useDemo();
+const newContext = () => env.newContext();
 
 async function userPage(user: string): Promise<Page> {
   const page = await (await newContext()).newPage();
-  await signIn(page, demo, user);
+  await signIn(page, env.demo, user);
   // Survives only if the page is never reloaded.
   await page.evaluate(() => ((window as unknown as { noReload: boolean }).noReload = true));
   return page;
@@ -91,20 +68,20 @@ describe('demo console', () => {
   for (const signal of ['SIGKILL', 'SIGTERM'] as const) {
     it(`rejoins a hub restarted with ${signal} and refetches, without a reload`, async () => {
       const alice = await userPage('alice');
-      const bob = await apiAs(demo, 'bob');
+      const bob = await apiAs(env.demo, 'bob');
       await bob.edit(101, { name: 'Before the restart' });
       await expect.poll(() => rowName(alice, 101).textContent()).toBe('Before the restart');
 
-      const port = demo.port;
-      await demo.stop(signal);
+      const port = env.demo.port;
+      await env.demo.stop(signal);
       await expect.poll(async () => (await connection(alice)).state, { timeout: 5_000 }).not.toBe('connected');
-      demo = await restartDemo(port);
+      env.demo = await restartDemo(port);
 
       // The new process starts from the seed: the page can only show it by refetching, which
       // the hub's resync (its history is gone) makes it do.
       await expect.poll(() => rowName(alice, 101).textContent(), { timeout: 15_000 }).toBe('Checkout');
       await waitConnected(alice);
-      const bobAgain = await apiAs(demo, 'bob');
+      const bobAgain = await apiAs(env.demo, 'bob');
       await bobAgain.edit(102, { name: 'After the restart' });
       await expect.poll(() => rowName(alice, 102).textContent(), { timeout: 5_000 }).toBe('After the restart');
       expect(await notReloaded(alice)).toBe(true);
@@ -113,23 +90,23 @@ describe('demo console', () => {
 
   it('sign-out closes the stream and no stream comes back within 5 s (SPEC §6.1)', async () => {
     const alice = await userPage('alice');
-    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
-    const before = await streamCounts(demo);
+    await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
+    const before = await streamCounts(env.demo);
     await alice.getByTestId('logout').click();
     await alice.getByTestId('signin-alice').waitFor();
-    await waitFor('the stream to close', () => streamCounts(demo), (c) => c.open === 0, 2_000);
+    await waitFor('the stream to close', () => streamCounts(env.demo), (c) => c.open === 0, 2_000);
     await sleep(5_000);
-    const after = await streamCounts(demo);
+    const after = await streamCounts(env.demo);
     // Not even an attempt: a ghost reconnect would count as opened or refused.
     expect(after).toEqual({ open: 0, opened: before.opened, refused: before.refused });
   });
 
   it('stopping within 1 s of starting leaves no stream (SPEC §6.3)', async () => {
     const context = await newContext();
-    await signInContext(context, demo, 'alice');
+    await signInContext(context, env.demo, 'alice');
     const page = await context.newPage();
     const started = Date.now();
-    await page.goto(demo.url);
+    await page.goto(env.demo.url);
     await page.getByTestId('logout').click();
     expect(Date.now() - started).toBeLessThan(1_000);
     await page.getByTestId('signin-alice').waitFor();
@@ -138,8 +115,8 @@ describe('demo console', () => {
     // run is its own sign-in: streams of one session would supersede a leaked one and hide it.
     for (const delay of [0, 5, 50, 200, 600, 950]) {
       const context = await newContext();
-      await signInContext(context, demo, 'bob');
-      const sdk = await sdkPage(context, demo);
+      await signInContext(context, env.demo, 'bob');
+      const sdk = await sdkPage(context, env.demo);
       await sdk.evaluate(async (delay) => {
         const { createTidings, silentLogger } = (window as unknown as { TidingsSDK: typeof import('../src/index.js') }).TidingsSDK;
         const t = createTidings({ url: '/events/stream', sessionKey: 'quick', credentials: 'same-origin', logger: silentLogger });
@@ -148,9 +125,9 @@ describe('demo console', () => {
         t.stop();
       }, delay);
     }
-    await waitFor('no open stream', () => streamCounts(demo), (c) => c.open === 0, 3_000);
-    const settled = await streamCounts(demo);
+    await waitFor('no open stream', () => streamCounts(env.demo), (c) => c.open === 0, 3_000);
+    const settled = await streamCounts(env.demo);
     await sleep(2_000);
-    expect(await streamCounts(demo)).toEqual(settled);
+    expect(await streamCounts(env.demo)).toEqual(settled);
   });
 });

@@ -2,48 +2,25 @@
  * tab closing hands it over within a second with no event lost (SPEC §6.10), two tabs opened
  * at once still make one stream (§6.2), the hub's `closed` frame is honoured (§6.5), and a
  * resolver that yields a function never breaks what tabs share (§6.4). */
-import type { Browser, BrowserContext, Page } from 'playwright-core';
-import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { Page } from 'playwright-core';
+import { describe, expect, it } from 'vitest';
 import {
   apiAs,
   connection,
-  type Demo,
   feed,
-  launchBrowser,
   publish,
   sdkPage,
   signIn,
   signInContext,
   sleep,
-  startDemo,
   streamCounts,
   waitConnected,
+  useDemo,
   waitFor,
 } from './support.js';
 
-let browser: Browser | undefined;
-let demo: Demo;
-const contexts: BrowserContext[] = [];
-
-afterAll(async () => {
-  await browser?.close();
-});
-// In beforeEach, not beforeAll: a missing browser or binary then fails every test by name
-// instead of reporting them skipped.
-beforeEach(async () => {
-  browser ??= await launchBrowser();
-  demo = await startDemo();
-});
-afterEach(async () => {
-  await Promise.all(contexts.splice(0).map((c) => c.close()));
-  await demo?.stop();
-});
-
-async function newContext(): Promise<BrowserContext> {
-  const c = await browser!.newContext();
-  contexts.push(c);
-  return c;
-}
+const env = useDemo();
+const newContext = () => env.newContext();
 
 async function roles(pages: Page[]): Promise<string[]> {
   return (await Promise.all(pages.map(async (p) => (await connection(p)).role ?? 'none'))).sort();
@@ -54,7 +31,7 @@ async function openDuring(ms: number): Promise<number[]> {
   const seen = new Set<number>();
   const end = Date.now() + ms;
   while (Date.now() < end) {
-    seen.add((await streamCounts(demo)).open);
+    seen.add((await streamCounts(env.demo)).open);
     await sleep(50);
   }
   return [...seen];
@@ -64,20 +41,20 @@ describe('one stream per session across tabs', () => {
   it('three tabs hold one stream; closing the leader hands over within 1 s and loses no event (SPEC §6.10)', async () => {
     const context = await newContext();
     const first = await context.newPage();
-    await signIn(first, demo, 'alice');
+    await signIn(first, env.demo, 'alice');
     const pages = [first];
     for (let i = 0; i < 2; i++) {
       const p = await context.newPage();
-      await p.goto(demo.url);
+      await p.goto(env.demo.url);
       await waitConnected(p);
       pages.push(p);
     }
     await expect.poll(() => roles(pages)).toEqual(['follower', 'follower', 'leader']);
-    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
+    await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
     expect(await openDuring(1_000)).toEqual([1]);
 
     // Bob (same account, another session) keeps changing things through the hand-over.
-    const bob = await apiAs(demo, 'bob');
+    const bob = await apiAs(env.demo, 'bob');
     let sent = 0;
     let publishing = true;
     const publisher = (async () => {
@@ -112,7 +89,7 @@ describe('one stream per session across tabs', () => {
         (await feed(page)).map((t) => /handover-\d+ was edited by Bob Chen/.exec(t)?.[0]).filter(Boolean).reverse();
       await expect.poll(names, { timeout: 5_000 }).toEqual(expected);
     }
-    await waitFor('one open stream after the hand-over', () => streamCounts(demo), (c) => c.open === 1, 3_000);
+    await waitFor('one open stream after the hand-over', () => streamCounts(env.demo), (c) => c.open === 1, 3_000);
     expect(await roles(rest)).toEqual(['follower', 'leader']);
     console.log(`hand-over: ${handOverMs} ms, ${sent} events published across it`);
   });
@@ -120,59 +97,59 @@ describe('one stream per session across tabs', () => {
   it('two tabs opened at the same instant make one stream (SPEC §6.2)', async () => {
     for (let round = 0; round < 3; round++) {
       const context = await newContext();
-      await signInContext(context, demo, 'alice');
+      await signInContext(context, env.demo, 'alice');
       const pages = [await context.newPage(), await context.newPage()];
-      const before = await streamCounts(demo);
-      await Promise.all(pages.map((p) => p.goto(demo.url)));
+      const before = await streamCounts(env.demo);
+      await Promise.all(pages.map((p) => p.goto(env.demo.url)));
       await Promise.all(pages.map((p) => waitConnected(p)));
       await expect.poll(() => roles(pages)).toEqual(['follower', 'leader']);
       expect(await openDuring(1_500)).toEqual([before.open + 1]);
       // Not even a superseded second stream: exactly one was ever opened.
-      expect((await streamCounts(demo)).opened - before.opened).toBe(1);
+      expect((await streamCounts(env.demo)).opened - before.opened).toBe(1);
       await context.close();
-      await waitFor('the round’s stream to close', () => streamCounts(demo), (c) => c.open === before.open, 3_000);
+      await waitFor('the round’s stream to close', () => streamCounts(env.demo), (c) => c.open === before.open, 3_000);
     }
   });
 
   it('signing out in one tab signs out every tab of the session, and no stream comes back (SPEC §6.1)', async () => {
     const context = await newContext();
-    await signInContext(context, demo, 'alice');
+    await signInContext(context, env.demo, 'alice');
     const pages = [await context.newPage(), await context.newPage(), await context.newPage()];
     for (const p of pages) {
-      await p.goto(demo.url);
+      await p.goto(env.demo.url);
       await waitConnected(p);
     }
-    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
-    const before = await streamCounts(demo);
+    await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
+    const before = await streamCounts(env.demo);
     // Sign out in the leader's tab: the hardest case, the others would otherwise take over.
     const leader = pages[(await Promise.all(pages.map(connection))).findIndex((c) => c.role === 'leader')]!;
     await leader.getByTestId('logout').click();
     for (const p of pages) await p.getByTestId('signin-alice').waitFor({ timeout: 3_000 });
-    await waitFor('the stream to close', () => streamCounts(demo), (c) => c.open === 0, 2_000);
+    await waitFor('the stream to close', () => streamCounts(env.demo), (c) => c.open === 0, 2_000);
     await sleep(5_000);
-    expect(await streamCounts(demo)).toEqual({ open: 0, opened: before.opened, refused: before.refused });
+    expect(await streamCounts(env.demo)).toEqual({ open: 0, opened: before.opened, refused: before.refused });
   });
 
   it("honours the hub's closed frame: superseded stops for good, no reconnect (SPEC §6.5)", async () => {
     const context = await newContext();
     const page = await context.newPage();
-    await signIn(page, demo, 'alice');
-    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
+    await signIn(page, env.demo, 'alice');
+    await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
     const cookie = (await context.cookies()).find((c) => c.name === 'tidings_session')!;
 
     // Another client of the same session takes the stream; the hub tells the page `closed`
     // `superseded`, after which it must not come back.
     const abort = new AbortController();
-    const other = await fetch(`${demo.url}/events/stream`, {
+    const other = await fetch(`${env.demo.url}/events/stream`, {
       headers: { cookie: `${cookie.name}=${cookie.value}`, accept: 'text/event-stream' },
       signal: abort.signal,
     });
     expect(other.status).toBe(200);
-    const before = await streamCounts(demo);
+    const before = await streamCounts(env.demo);
     try {
       await expect.poll(async () => (await connection(page)).state, { timeout: 3_000 }).toBe('stopped');
       await sleep(3_000);
-      const after = await streamCounts(demo);
+      const after = await streamCounts(env.demo);
       expect({ opened: after.opened, refused: after.refused, open: after.open }).toEqual({ opened: before.opened, refused: before.refused, open: 1 });
       expect((await connection(page)).state).toBe('stopped');
     } finally {
@@ -182,9 +159,9 @@ describe('one stream per session across tabs', () => {
 
   it('a resolver that yields a function neither breaks the tabs nor drops the batch (SPEC §6.4)', async () => {
     const context = await newContext();
-    const login = await context.request.post(`${demo.url}/demo/api/login`, { data: { user: 'alice' } });
+    const login = await context.request.post(`${env.demo.url}/demo/api/login`, { data: { user: 'alice' } });
     const { session } = (await login.json()) as { session: string };
-    const pages = [await sdkPage(context, demo), await sdkPage(context, demo)];
+    const pages = [await sdkPage(context, env.demo), await sdkPage(context, env.demo)];
     for (const page of pages) {
       await page.evaluate((sessionKey) => {
         const w = window as unknown as { TidingsSDK: typeof import('../src/index.js'); events: unknown[]; role: string };
@@ -201,12 +178,12 @@ describe('one stream per session across tabs', () => {
     }
     const role = (p: Page) => p.evaluate(() => (window as unknown as { role?: string }).role ?? 'none');
     await expect.poll(async () => (await Promise.all(pages.map(role))).sort()).toEqual(['follower', 'leader']);
-    await waitFor('one open stream', () => streamCounts(demo), (c) => c.open === 1);
+    await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
 
     // No type, parent or description: the hub resolves nothing, so each tab's resolver runs.
     const ids = [
-      ...(await publish(demo, 'acme', { activity_type: 'edited', note: 'no type at all' })),
-      ...(await publish(demo, 'acme', { activity_type: 'edited', note: 'and another' })),
+      ...(await publish(env.demo, 'acme', { activity_type: 'edited', note: 'no type at all' })),
+      ...(await publish(env.demo, 'acme', { activity_type: 'edited', note: 'and another' })),
     ];
     const expected = ids.map((id) => ({ id, invalidate: [['widget', 7], ['gadget']], keysFrom: 'local' }));
     for (const page of pages) {

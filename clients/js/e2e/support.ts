@@ -7,6 +7,7 @@ import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import { afterAll, afterEach, beforeEach } from 'vitest';
 
 export const REPO = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 export const BIN = process.env.TIDINGS_BIN ?? join(REPO, 'target/debug/tidings');
@@ -203,4 +204,38 @@ export async function sdkPage(context: BrowserContext, demo: Demo): Promise<Page
   await page.goto(`${demo.url}/demo/api/users`);
   await page.addScriptTag({ content: await sdkScript() });
   return page;
+}
+
+/** One browser per file and a fresh demo hub per test, with the contexts a test opened closed
+ * after it. Hooks run in `beforeEach`, not `beforeAll`: a missing browser or binary then fails
+ * every test by name instead of reporting them skipped. */
+export interface DemoEnv {
+  /** The demo hub of the running test (a test may replace it, e.g. after a restart). */
+  demo: Demo;
+  newContext(): Promise<BrowserContext>;
+}
+
+export function useDemo(): DemoEnv {
+  let browser: Browser | undefined;
+  const contexts: BrowserContext[] = [];
+  const env: DemoEnv = {
+    demo: undefined as unknown as Demo,
+    async newContext() {
+      const c = await browser!.newContext();
+      contexts.push(c);
+      return c;
+    },
+  };
+  afterAll(async () => {
+    await browser?.close();
+  });
+  beforeEach(async () => {
+    browser ??= await launchBrowser();
+    env.demo = await startDemo();
+  });
+  afterEach(async () => {
+    await Promise.all(contexts.splice(0).map((c) => c.close()));
+    await env.demo?.stop();
+  });
+  return env;
 }
