@@ -122,27 +122,7 @@ async fn events_published_during_a_replay_follow_it_without_gap_or_duplicate() {
     let start = position(&hub).await;
     hub.publish("acme", &(1..=1000).map(activity).collect::<Vec<_>>()).await;
     let hub = restart(hub, &cfg, true).await;
-    let publisher = {
-        let url = hub.url("/events");
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            for n in 1001..=1300u64 {
-                let body = serde_json::json!({"account": "acme", "data": activity(n)});
-                let r = client.post(&url).bearer_auth(PUBLISHER_KEY).json(&body).send().await.unwrap();
-                assert_eq!(r.status(), 202);
-            }
-        })
-    };
-    let mut resumes = Vec::new();
-    for _ in 0..5 {
-        let mut r = Sse::resume(&hub, "tok-alice-2", &start).await;
-        r.next_within(T).await.unwrap();
-        resumes.push(r);
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    publisher.await.unwrap();
-    // Earlier resumes of the same session are superseded; the last one must be complete.
-    let got = resumes.last_mut().unwrap().activities(1300, T).await;
+    let got = resume_while_publishing(&hub, &start, 1000, 1300).await;
     assert_eq!(got, (1..=1300).collect::<Vec<_>>());
 }
 

@@ -371,3 +371,29 @@ impl Sse {
 }
 
 pub const T: Duration = Duration::from_secs(10);
+
+/// Publishes activities `published + 1..=last` one request at a time while a session
+/// resumes from `start` five times over; returns the markers the last (surviving) resume
+/// received — earlier resumes of the same session are superseded.
+pub async fn resume_while_publishing(hub: &Hub, start: &str, published: u64, last: u64) -> Vec<u64> {
+    let publisher = {
+        let url = hub.url("/events");
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for n in published + 1..=last {
+                let body = serde_json::json!({"account": "acme", "data": activity(n)});
+                let r = client.post(&url).bearer_auth(PUBLISHER_KEY).json(&body).send().await.unwrap();
+                assert_eq!(r.status(), 202);
+            }
+        })
+    };
+    let mut resumes = Vec::new();
+    for _ in 0..5 {
+        let mut r = Sse::resume(hub, "tok-alice-2", start).await;
+        r.next_within(T).await.unwrap();
+        resumes.push(r);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    publisher.await.unwrap();
+    resumes.last_mut().unwrap().activities(last as usize, T).await
+}
