@@ -24,6 +24,7 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+mod h1;
 mod serve;
 pub mod stream;
 

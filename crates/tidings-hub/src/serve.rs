@@ -1,5 +1,6 @@
-//! The accept loop: hyper connections for the axum router, with a per-connection handle and
-//! a shutdown that cannot be held up by open streams.
+//! The accept loop: every connection starts in [`crate::h1`] (plain HTTP/1.1 `GET`s, event
+//! streams among them), which hands anything else to hyper; and a shutdown that cannot be held
+//! up by open streams.
 //!
 //! axum's own `serve` waits for every connection on graceful shutdown, and an SSE response
 //! never finishes by itself (axum issue 2673). Here shutdown first tells every stream to send
@@ -8,23 +9,24 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_service::Service;
+use tokio_util::task::TaskTracker;
 
 use crate::HubState;
-use crate::http::ConnectionHandle;
+use crate::h1;
 
 /// Pause after a failed `accept` (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
 pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    let mut hyper = auto::Builder::new(TokioExecutor::new());
+    hyper.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(h1::HEAD_READ_TIMEOUT);
+    let shared = Arc::new(h1::Shared { router, hyper, draining: CancellationToken::new() });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = TaskTracker::new();
     // Cancelled after the grace period: drops every connection still open.
     let hard_stop = CancellationToken::new();
     loop {
@@ -40,28 +42,23 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
             },
         };
         let _ = socket.set_nodelay(true);
-        let conn_token = hard_stop.child_token();
-        let handle = ConnectionHandle(conn_token.clone());
-        let router = router.clone();
-        let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(handle.clone());
-            router.clone().call(req)
-        });
-        let conn = builder.serve_connection(TokioIo::new(socket), svc).into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
+        let conn = hard_stop.child_token();
+        let serving = h1::serve_connection(socket, shared.clone(), conn.clone(), graceful.watcher());
+        connections.spawn(async move {
             tokio::select! {
-                r = conn => if let Err(e) = r { tracing::debug!(error = %e, "connection ended with an error") },
-                _ = conn_token.cancelled() => {}
+                () = serving => {}
+                () = conn.cancelled() => {}
             }
         });
     }
     drop(listener);
     crate::begin_drain(&hub);
+    shared.draining.cancel();
+    connections.close();
     let grace = hub.config.limits.shutdown_grace;
     tracing::info!(streams = hub.fanout.closing_len(), ?grace, "shutting down: streams told to close");
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = async { tokio::join!(graceful.shutdown(), connections.wait()) } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => {
             tracing::warn!(?grace, "grace period over; dropping remaining connections");
             hard_stop.cancel();

@@ -1,0 +1,420 @@
+//! HTTP/1.1 connections served by the hub itself, so that an open event stream costs a socket,
+//! its queue and a small task, and nothing else.
+//!
+//! A hyper HTTP/1 connection keeps its read and write buffers (8 KiB and more) and a large
+//! connection state for as long as the connection lives; for an SSE stream that lives for
+//! hours and carries a few hundred bytes a minute, that was most of the hub's memory per
+//! stream. Here the connection task reads a request head into a buffer it frees once the head
+//! is parsed (with `httparse`, as hyper does), hands the request to the same axum router, and
+//! writes the response straight to the socket: a body with a known size at once, any other
+//! body (the event stream) as chunks, one vectored write per chunk.
+//!
+//! Only what is simple is served here: `GET` requests of HTTP/1.1 with no body, no `Upgrade`
+//! and no `Expect`, whose head fits in [`HEAD_BYTES_MAX`]. Anything else (other methods,
+//! bodies, HTTP/2, HTTP/1.0, malformed or oversized heads) is handed to hyper together with
+//! the bytes already read, and hyper serves the rest of that connection, with its own errors
+//! (400, 431) exactly as before.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::Watcher;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+
+use crate::http::ConnectionHandle;
+
+/// Largest request head served here; larger heads go to hyper, which applies its own limit.
+pub(crate) const HEAD_BYTES_MAX: usize = 16 * 1024;
+/// Most headers in a request served here.
+const HEADERS_MAX: usize = 64;
+/// First read buffer for a head; grows up to [`HEAD_BYTES_MAX`].
+const HEAD_BUF_INITIAL: usize = 1024;
+/// How long a connection may take to send a complete request head (also the idle time
+/// allowed between requests on a kept-alive connection).
+pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes a client may send while its event stream is open (a pipelined next request) before
+/// the connection is closed.
+const PIPELINED_BYTES_MAX: usize = HEAD_BYTES_MAX;
+
+/// What every connection task needs; shared by all of them.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub router: axum::Router,
+    pub hyper: auto::Builder<TokioExecutor>,
+    /// Set when the hub starts shutting down: kept-alive connections end after their
+    /// current response.
+    pub draining: CancellationToken,
+}
+
+/// Serves one accepted connection until it ends. `conn` is the connection's own token: the
+/// fan-out cancels it to drop a stream that does not flush, and shutdown cancels it after the
+/// grace period (the caller selects on it).
+pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        // Each phase is boxed while it runs: the task itself stays a few hundred bytes for as
+        // long as its stream is open.
+        let request = tokio::select! {
+            head = Box::pin(tokio::time::timeout(HEAD_READ_TIMEOUT, read_head(&socket, &mut buf))) => match head {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "connection ended while reading a request");
+                    return;
+                }
+                Err(_) => return,
+            },
+            () = shared.draining.cancelled(), if buf.is_empty() => return,
+        };
+        let (mut req, consumed) = match request {
+            Head::Closed => return,
+            Head::HandOff => return Box::pin(hand_off(socket, buf, &shared, conn, watcher)).await,
+            Head::Parsed(req, consumed) => (req, consumed),
+        };
+        buf.drain(..consumed);
+        if buf.is_empty() {
+            // An open stream keeps no read buffer.
+            buf = Vec::new();
+        }
+        let mut keep_alive = !wants_close(req.headers());
+        req.extensions_mut().insert(ConnectionHandle(conn.clone()));
+        // Boxed: the router's future is large and is only needed until the response head.
+        // A client that goes away meanwhile cancels its request (as hyper does): a request
+        // whose client is gone must not open a stream, nor supersede the session's live one.
+        let response = tokio::select! {
+            response = Box::pin(shared.router.clone().call(*req)) => response,
+            () = Box::pin(until_client_gone(&socket, &mut buf)) => return,
+        };
+        let Ok(response) = response;
+        keep_alive &= !wants_close(response.headers());
+        match Box::pin(write_response(&socket, response, &mut buf)).await {
+            Ok(Written::Complete) => {}
+            Ok(Written::ClientGone) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "connection ended while writing a response");
+                return;
+            }
+        }
+        if !keep_alive || shared.draining.is_cancelled() {
+            return;
+        }
+    }
+}
+
+enum Head {
+    /// A request served here, and how many bytes of the buffer its head took.
+    Parsed(Box<Request<Body>>, usize),
+    /// Not for this server: give the connection and the bytes read so far to hyper.
+    HandOff,
+    /// The client closed the connection between requests.
+    Closed,
+}
+
+async fn read_head(socket: &TcpStream, buf: &mut Vec<u8>) -> io::Result<Head> {
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Parse::Complete(req, n) => return Ok(Head::Parsed(req, n)),
+                Parse::Foreign => return Ok(Head::HandOff),
+                Parse::Partial if buf.len() >= HEAD_BYTES_MAX => return Ok(Head::HandOff),
+                Parse::Partial => {}
+            }
+        }
+        socket.readable().await?;
+        let start = buf.len();
+        // Grows by doubling, from a small first read up to the bound.
+        let room = if start == 0 { HEAD_BUF_INITIAL } else { start.min(HEAD_BYTES_MAX - start) };
+        buf.resize(start + room, 0);
+        let read = socket.try_read(&mut buf[start..]);
+        buf.truncate(start + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) if start == 0 => return Ok(Head::Closed),
+            // A client that stops mid-head: let hyper answer what it sent.
+            Ok(0) => return Ok(Head::HandOff),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum Parse {
+    Complete(Box<Request<Body>>, usize),
+    Partial,
+    Foreign,
+}
+
+fn parse_head(buf: &[u8]) -> Parse {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let n = match parsed.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        Err(_) => return Parse::Foreign,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Parse::Foreign;
+    }
+    let Some(path) = parsed.path.filter(|p| p.starts_with('/')) else { return Parse::Foreign };
+    let mut req = Box::new(Request::new(Body::empty()));
+    *req.method_mut() = Method::GET;
+    *req.version_mut() = Version::HTTP_11;
+    let Ok(uri) = path.parse() else { return Parse::Foreign };
+    *req.uri_mut() = uri;
+    let map = req.headers_mut();
+    for h in parsed.headers.iter() {
+        let Ok(name) = header::HeaderName::from_bytes(h.name.as_bytes()) else { return Parse::Foreign };
+        if name == header::CONTENT_LENGTH && h.value != b"0" {
+            return Parse::Foreign;
+        }
+        if matches!(name, header::TRANSFER_ENCODING | header::UPGRADE | header::EXPECT) {
+            return Parse::Foreign;
+        }
+        let Ok(value) = HeaderValue::from_bytes(h.value) else { return Parse::Foreign };
+        map.append(name, value);
+    }
+    Parse::Complete(req, n)
+}
+
+fn wants_close(headers: &http::HeaderMap) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| v.to_str().is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))))
+}
+
+enum Written {
+    Complete,
+    /// The client closed the connection while a stream was open.
+    ClientGone,
+}
+
+async fn write_response(socket: &TcpStream, response: Response<Body>, pipelined: &mut Vec<u8>) -> io::Result<Written> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let exact = http_body::Body::size_hint(&body).exact();
+    let mut head = Vec::with_capacity(256);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::TRANSFER_ENCODING || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"date: ");
+    head.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if bodiless {
+        head.extend_from_slice(b"\r\n");
+        return write_all(socket, &mut [IoSlice::new(&head)]).await.map(|()| Written::Complete);
+    }
+    if let Some(len) = exact {
+        let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        debug_assert_eq!(bytes.len() as u64, len);
+        head.extend_from_slice(format!("content-length: {}\r\n\r\n", bytes.len()).as_bytes());
+        return write_all(socket, &mut [IoSlice::new(&head), IoSlice::new(&bytes)]).await.map(|()| Written::Complete);
+    }
+    head.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+    write_all(socket, &mut [IoSlice::new(&head)]).await?;
+    drop(head);
+    Box::pin(write_chunks(socket, body, pipelined)).await
+}
+
+/// Writes a body of unknown length as chunks until it ends or the client goes away.
+async fn write_chunks(socket: &TcpStream, mut body: Body, pipelined: &mut Vec<u8>) -> io::Result<Written> {
+    loop {
+        tokio::select! {
+            frame = body.frame() => match frame {
+                None => break,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        write_chunk(socket, &data).await?;
+                    }
+                }
+            },
+            ready = socket.readable() => {
+                ready?;
+                if client_gone(socket, pipelined)? {
+                    return Ok(Written::ClientGone);
+                }
+            }
+        }
+    }
+    write_all(socket, &mut [IoSlice::new(b"0\r\n\r\n")]).await?;
+    Ok(Written::Complete)
+}
+
+/// Reads what a client sent while its stream was open: end of file means it is gone; bytes
+/// are kept as the start of its next request, up to a bound.
+fn client_gone(socket: &TcpStream, pipelined: &mut Vec<u8>) -> io::Result<bool> {
+    let mut probe = [0u8; 256];
+    match socket.try_read(&mut probe) {
+        Ok(0) => Ok(true),
+        Ok(n) if pipelined.len() + n <= PIPELINED_BYTES_MAX => {
+            pipelined.extend_from_slice(&probe[..n]);
+            Ok(false)
+        }
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Completes when the client closes its side (or the connection fails).
+async fn until_client_gone(socket: &TcpStream, pipelined: &mut Vec<u8>) {
+    loop {
+        if socket.readable().await.is_err() || client_gone(socket, pipelined).unwrap_or(true) {
+            return;
+        }
+    }
+}
+
+async fn write_chunk(socket: &TcpStream, data: &Bytes) -> io::Result<()> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut size = [0u8; 18];
+    let len = chunk_size_line(data.len(), &mut size);
+    write_all(socket, &mut [IoSlice::new(&size[..len]), IoSlice::new(data), IoSlice::new(b"\r\n")]).await
+}
+
+/// Writes `len` in hexadecimal followed by CRLF into `out`; returns the bytes used.
+fn chunk_size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in 0..digits {
+        out[digits - 1 - i] = HEX[(len >> (4 * i)) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        socket.writable().await?;
+        match socket.try_write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Gives the connection to hyper for the rest of its life, the bytes already read first.
+async fn hand_off(socket: TcpStream, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
+    let router = shared.router.clone();
+    let handle = ConnectionHandle(conn);
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(handle.clone());
+        router.clone().call(req)
+    });
+    let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket });
+    let connection = watcher.watch(shared.hyper.serve_connection(io, svc).into_owned());
+    if let Err(e) = Box::pin(connection).await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// A socket with bytes already read from it put back in front.
+#[derive(Debug)]
+struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.read.is_empty() {
+            let n = this.read.len().min(out.remaining());
+            out.put_slice(&this.read.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut out = [0u8; 18];
+        for (len, want) in [(1usize, "1\r\n"), (15, "f\r\n"), (16, "10\r\n"), (255, "ff\r\n"), (4096, "1000\r\n"), (usize::MAX, "ffffffffffffffff\r\n")] {
+            let n = chunk_size_line(len, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn only_plain_bodiless_gets_are_served_here() {
+        let ok = |raw: &str| matches!(parse_head(raw.as_bytes()), Parse::Complete(..));
+        let foreign = |raw: &str| matches!(parse_head(raw.as_bytes()), Parse::Foreign);
+        assert!(ok("GET /events/stream?x=1 HTTP/1.1\r\nHost: a\r\nCookie: s=1\r\n\r\n"));
+        assert!(ok("GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n"));
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Parse::Partial));
+        assert!(foreign("POST /events HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}"));
+        assert!(foreign("GET / HTTP/1.0\r\n\r\n"));
+        assert!(foreign("GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n"));
+        assert!(foreign("GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"));
+        assert!(foreign("GET / HTTP/1.1\r\nUpgrade: h2c\r\n\r\n"));
+        assert!(foreign("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n"));
+        assert!(foreign("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"));
+        assert!(foreign("GET / HTTP/1.1\r\nX: a\rb\r\n\r\n"));
+        let many: String = (0..HEADERS_MAX + 1).map(|i| format!("X-{i}: v\r\n")).collect();
+        assert!(foreign(&format!("GET / HTTP/1.1\r\n{many}\r\n")));
+    }
+
+    #[test]
+    fn connection_close_is_recognised_among_tokens() {
+        let mut h = http::HeaderMap::new();
+        assert!(!wants_close(&h));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(wants_close(&h));
+    }
+}
