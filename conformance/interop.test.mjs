@@ -177,11 +177,13 @@ test('an unprovable position answers resync; a refusal stops the client', async 
   const hub = await startHub();
   const garbage = eventSource(hub.url, 'tok-alice', { 'last-event-id': 'not-an-id' });
   const refused = eventSource(hub.url, 'no-such-token');
+  // Listened for at once: the refusal may come before the other stream's frames.
+  const refusal = new Promise((resolveError) => refused.addEventListener('error', resolveError));
   try {
     const next = collector(garbage);
     assert.equal((await next()).data.type, 'connected');
     assert.deepEqual((await next()).data, { type: 'resync', reason: 'invalid_id' });
-    const error = await new Promise((resolveError) => refused.addEventListener('error', resolveError));
+    const error = await refusal;
     assert.equal(error.code, 401);
     assert.equal(refused.readyState, EventSource.CLOSED, 'a 401 is final for an EventSource');
   } finally {
