@@ -92,12 +92,21 @@ export interface StreamCounts {
 
 export async function streamCounts(demo: Demo): Promise<StreamCounts> {
   const text = await (await fetch(`${demo.url}/metrics`)).text();
-  const sum = (name: string) =>
-    text
-      .split('\n')
-      .filter((l) => l.startsWith(name) && (l[name.length] === ' ' || l[name.length] === '{'))
-      .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+  const sum = (name: string) => sumMetric(text, name);
   return { open: sum('tidings_streams_open'), opened: sum('tidings_streams_opened_total'), refused: sum('tidings_stream_refusals_total') };
+}
+
+/** One series of the hub's /metrics, summed over its labels unless `name` spells them
+ * (`tidings_resyncs_total{reason="epoch_changed"}`); 0 when absent. */
+export async function metric(demo: Demo, name: string): Promise<number> {
+  return sumMetric(await (await fetch(`${demo.url}/metrics`)).text(), name);
+}
+
+function sumMetric(text: string, name: string): number {
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith(name) && (l[name.length] === ' ' || l[name.length] === '{'))
+    .reduce((n, l) => n + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }
 
 /** Polls until `check` holds, or throws with the last value seen. */
