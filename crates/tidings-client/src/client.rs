@@ -452,7 +452,7 @@ impl Task {
                 if let Some(c) = &self.cache {
                     c.invalidate_all();
                 }
-                Step::Emit(Event::Resync { reason })
+                Step::Emit(Event::Resync { reason, id })
             }
             ServerMessage::Closed { reason, retry_ms } => {
                 let event = Event::Closed { reason: reason.clone(), retry_ms };

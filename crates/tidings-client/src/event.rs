@@ -36,7 +36,9 @@ pub enum Event {
     Ping,
     /// The hub could not prove continuity: everything cached for the account is stale.
     /// The cache hook has already been told ([`crate::Cache::invalidate_all`]).
-    Resync { reason: String },
+    /// `id`: the position the stream continues from, when the hub sent one (a resync sent
+    /// because the history started a new epoch carries the first position of that epoch).
+    Resync { reason: String, id: Option<String> },
     /// The hub is ending this stream on purpose.
     Closed { reason: String, retry_ms: Option<u64> },
     /// The connection ended (or could not be made) and the client will retry after `delay`.

@@ -340,7 +340,7 @@ async fn cache_follows_hub_keys_local_resolution_and_resync() {
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(next_ok(&mut sub).await, Event::Resync { reason } if reason == "history_trimmed"));
+    assert!(matches!(next_ok(&mut sub).await, Event::Resync { reason, .. } if reason == "history_trimmed"));
     assert_eq!(
         *cache.0.lock().unwrap(),
         [

@@ -88,7 +88,7 @@ fn text_line(event: &Event) -> String {
             line
         }
         Event::Ping => "ping".into(),
-        Event::Resync { reason } => format!("resync     {reason}: every cached query of the account is stale"),
+        Event::Resync { reason, .. } => format!("resync     {reason}: every cached query of the account is stale"),
         Event::Closed { reason, retry_ms } => format!("closed     {reason} (retry in {} ms)", retry_ms.map_or("-".into(), |r| r.to_string())),
         Event::Reconnecting { attempt, delay, cause } => format!("reconnect  attempt {attempt} in {delay:?} after {cause:?}"),
         other => format!("{other:?}"),
@@ -104,7 +104,7 @@ fn json_line(event: &Event) -> serde_json::Value {
             json!({"type": "activity", "id": id, "data": data, "invalidate": invalidate, "remove": remove})
         }
         Event::Ping => json!({"type": "ping"}),
-        Event::Resync { reason } => json!({"type": "resync", "reason": reason}),
+        Event::Resync { reason, id } => json!({"type": "resync", "reason": reason, "id": id}),
         Event::Closed { reason, retry_ms } => json!({"type": "closed", "reason": reason, "retry_ms": retry_ms}),
         Event::Reconnecting { attempt, delay, cause } => {
             json!({"type": "reconnecting", "attempt": attempt, "delay_ms": delay.as_millis() as u64, "cause": format!("{cause:?}")})

@@ -30,8 +30,14 @@
 //! account is published, and every client must have its sentinel covered (received, or a
 //! resync at or after it), so every accepted event before it was owed for long enough. Duplicates (one id twice on one client) must be 0 too.
 //!
-//! Duration: `TIDINGS_CHAOS_SECS` of chaos (default 20; with the forced stall and the settle
-//! the CI run stays under a minute; use 600 for a soak). Engines: [`engines`]; add an entry to run the same test against another one.
+//! With the Redis engine, a real `redis-server` without persistence is also killed and started
+//! again (empty) halfway between hub restarts: publishes fail with 503 while it is down, its
+//! history starts a new epoch, and every open stream is sent a `resync` carrying the new
+//! epoch's first position, which covers every event of the older generations.
+//!
+//! Duration: `TIDINGS_CHAOS_SECS` of chaos per engine (default 20; with the forced stall and
+//! the settle the CI run stays around a minute per engine; use 600 for a soak). Engines:
+//! [`engines`].
 
 mod support;
 
@@ -43,22 +49,34 @@ use std::time::Duration;
 
 use rand::Rng;
 use support::proxy::Proxy;
+use support::redis::Redis;
 use support::*;
 use tidings_client::{Backoff, Client, Event as SdkEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-/// One engine configuration the chaos test runs against.
-struct EngineCase {
-    name: &'static str,
-    /// TOML tables selecting and configuring the engine (empty: the in-memory default).
-    tables: String,
+/// One engine the chaos test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EngineCase {
+    /// The in-memory default: every hub restart starts a new epoch.
+    Memory,
+    /// A real `redis-server` without persistence, started here and restarted (wiped) during
+    /// the chaos, between hub restarts: open streams get `resync`, publishes fail with 503
+    /// while it is down, and the hub follows the new epoch.
+    Redis,
 }
 
-/// Engines under test. The Redis engine adds `EngineCase { name: "redis", tables:
-/// "[engine]\ntype = \"redis\"\n…" }` once it exists (and starts its server in the test).
+impl EngineCase {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Redis => "redis",
+        }
+    }
+}
+
 fn engines() -> Vec<EngineCase> {
-    vec![EngineCase { name: "memory", tables: String::new() }]
+    vec![EngineCase::Memory, EngineCase::Redis]
 }
 
 /// Accounts of the non-stalling clients, `acc-0`…; the stalling readers have their own.
@@ -81,7 +99,7 @@ fn chaos_secs() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_accepted_event_is_missed_silently_under_chaos() {
     for engine in engines() {
-        run(&engine, Duration::from_secs(chaos_secs())).await;
+        run(engine, Duration::from_secs(chaos_secs())).await;
     }
 }
 
@@ -90,7 +108,8 @@ async fn no_accepted_event_is_missed_silently_under_chaos() {
 enum Obs {
     Connected { id: String },
     Activity { id: String, n: u64 },
-    Resync,
+    /// With the position it carries, if any (a new epoch's first position).
+    Resync { id: Option<String> },
 }
 
 #[derive(Default)]
@@ -143,7 +162,7 @@ fn tokens_toml(clients: &[ClientSpec]) -> String {
     t
 }
 
-async fn run(engine: &EngineCase, chaos: Duration) {
+async fn run(engine: EngineCase, chaos: Duration) {
     let mut rng = rand::rng();
     let clients: Vec<ClientSpec> = (0..SDK_CLIENTS + RAW_CLIENTS)
         .map(|i| {
@@ -163,9 +182,13 @@ async fn run(engine: &EngineCase, chaos: Duration) {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens.toml"), tokens_toml(&clients)).unwrap();
+    let mut redis = match engine {
+        EngineCase::Redis => Some(Redis::start().await),
+        EngineCase::Memory => None,
+    };
     let tables = format!(
         "[limits]\nstream_queue_frames = 8\nshutdown_grace = \"2s\"\n[history]\nmax_events = 500\n{}",
-        engine.tables
+        redis.as_ref().map(Redis::engine_toml).unwrap_or_default()
     );
     let cfg = config("retry = \"200ms\"\n", &tables).replace("[auth]\n", "[auth]\ntokens_file = \"tokens.toml\"\n");
     let mut hub = Hub::start_in(dir, &cfg, "127.0.0.1:0").await;
@@ -205,20 +228,30 @@ async fn run(engine: &EngineCase, chaos: Duration) {
 
     // Chaos.
     let started = Instant::now();
-    let (mut restarts_term, mut restarts_kill, mut evictions) = (0u32, 0u32, 0.0);
+    let (mut restarts_term, mut restarts_kill, mut restarts_redis, mut evictions) = (0u32, 0u32, 0u32, 0.0);
     let restart_every = (chaos / 3).max(Duration::from_secs(4)).min(Duration::from_secs(10));
     let mut next_restart = started + restart_every;
+    let mut next_redis_restart = started + restart_every / 2;
     while started.elapsed() < chaos {
         tokio::time::sleep(Duration::from_millis(rng.random_range(700..1500))).await;
         let now_evicted = evictions + hub.metric("tidings_slow_consumer_evictions_total").await;
         EVICTIONS.store(now_evicted as u64, Ordering::SeqCst);
-        if Instant::now() >= next_restart && started.elapsed() + Duration::from_secs(2) < chaos {
+        let time_left = started.elapsed() + Duration::from_secs(2) < chaos;
+        if let Some(redis) = redis.as_mut().filter(|_| Instant::now() >= next_redis_restart && time_left) {
+            // Redis restarts halfway between hub restarts: wiped, so its history starts a new
+            // epoch, and publishes fail with 503 until it is back.
+            redis.restart().await;
+            restarts_redis += 1;
+            let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
+            generations.entry(probe_epoch(&hub).await).or_insert(generation);
+            next_redis_restart = Instant::now() + restart_every;
+        } else if Instant::now() >= next_restart && time_left {
             evictions += hub.metric("tidings_slow_consumer_evictions_total").await;
             let kill = restarts_term > restarts_kill;
             all_logs.push_str(&hub.restart(kill).await);
             if kill { restarts_kill += 1 } else { restarts_term += 1 }
             RESTARTS.fetch_add(1, Ordering::SeqCst);
-            let generation = restarts_term as usize + restarts_kill as usize;
+            let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
             generations.entry(probe_epoch(&hub).await).or_insert(generation);
             next_restart = Instant::now() + restart_every;
         } else {
@@ -283,7 +316,7 @@ async fn run(engine: &EngineCase, chaos: Duration) {
                 panic!("{}: {f}", c.name);
             }
         }
-        assert!(Instant::now() < deadline, "[{}] no sentinel after {SETTLE_TIMEOUT:?} for {waiting:?}", engine.name);
+        assert!(Instant::now() < deadline, "[{}] no sentinel after {SETTLE_TIMEOUT:?} for {waiting:?}", engine.name());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     evictions += hub.metric("tidings_slow_consumer_evictions_total").await;
@@ -294,8 +327,8 @@ async fn run(engine: &EngineCase, chaos: Duration) {
 
     // Count.
     let accepted = accepted.lock().unwrap().clone();
-    println!("chaos [{}] {:?}: {} events accepted, {} connections cut, {} SIGTERM and {} SIGKILL restarts, {} slow-consumer evictions",
-        engine.name, chaos, accepted.len(), proxy.cuts(), restarts_term, restarts_kill, evictions);
+    println!("chaos [{}] {:?}: {} events accepted, {} connections cut, {} SIGTERM and {} SIGKILL restarts, {} Redis restarts, {} slow-consumer evictions",
+        engine.name(), chaos, accepted.len(), proxy.cuts(), restarts_term, restarts_kill, restarts_redis, evictions);
     println!("{:<8} {:>6} {:>9} {:>8} {:>8} {:>6} {:>6} {:>10}", "client", "owed", "received", "resynced", "MISSED", "dups", "stalls", "reconnects");
     let mut total_missed = 0;
     let mut total_dups = 0;
@@ -333,12 +366,13 @@ async fn run(engine: &EngineCase, chaos: Duration) {
         total_missed += missed.len();
         total_dups += dups;
     }
-    println!("chaos [{}]: silently missed {total_missed}, duplicates {total_dups}", engine.name);
-    assert_eq!(total_missed, 0, "[{}] accepted events silently missed", engine.name);
-    assert_eq!(total_dups, 0, "[{}] events delivered twice", engine.name);
+    println!("chaos [{}]: silently missed {total_missed}, duplicates {total_dups}", engine.name());
+    assert_eq!(total_missed, 0, "[{}] accepted events silently missed", engine.name());
+    assert_eq!(total_dups, 0, "[{}] events delivered twice", engine.name());
     assert!(!accepted.is_empty() && proxy.cuts() > 0 && restarts_term > 0, "the chaos did not happen");
     if chaos >= Duration::from_secs(15) {
         assert!(restarts_kill > 0, "no SIGKILL restart");
+        assert!(redis.is_none() || restarts_redis > 0, "no Redis restart");
         assert!(evictions > 0.0, "no slow consumer was evicted");
     }
     for c in &clients {
@@ -346,25 +380,38 @@ async fn run(engine: &EngineCase, chaos: Duration) {
     }
 }
 
-/// The `connected` position of every stream on which the client got a `resync`.
+/// For every `resync` a client got, the position it covers: its stream's `connected`
+/// position, or the position the resync carries when that is later (a resync for a new epoch
+/// sent mid-stream covers everything of the older generations).
 fn resync_positions(obs: &[Obs], position: impl Fn(&str) -> (usize, u64)) -> Vec<(usize, u64)> {
     let mut at = None;
     let mut out = Vec::new();
     for o in obs {
         match o {
             Obs::Connected { id } => at = Some(position(id)),
-            Obs::Resync => out.push(at.expect("resync after connected")),
+            Obs::Resync { id } => {
+                let connected = at.expect("resync after connected");
+                out.push(id.as_deref().map_or(connected, |id| connected.max(position(id))));
+            }
             Obs::Activity { .. } => {}
         }
     }
     out
 }
 
-/// The epoch of the running hub's history, read from a `connected` frame's id.
+/// The epoch of the running hub's history, read from a `connected` frame's id; retried while
+/// the hub answers 503 (its engine is coming back).
 async fn probe_epoch(hub: &Hub) -> String {
-    let mut s = Sse::token(hub, "tok-probe").await;
-    let id = s.next_within(T).await.unwrap().id.unwrap();
-    id.split_once('-').unwrap().0.to_owned()
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = Sse::token(hub, "tok-probe").await;
+        if s.status == 200 {
+            let id = s.next_within(T).await.unwrap().id.unwrap();
+            return id.split_once('-').unwrap().0.to_owned();
+        }
+        assert!(Instant::now() < deadline, "the hub did not open a stream within 20 s (status {})", s.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Publishes batches to `accounts` in turn until told to stop, recording what was accepted.
@@ -429,7 +476,7 @@ async fn sdk_client(url: String, token: String, log: Arc<Log>, _stop: Arc<Atomic
                 let n = data["metadata"]["n"].as_u64().unwrap();
                 log.push(Obs::Activity { id: id.expect("activity id"), n });
             }
-            Ok(SdkEvent::Resync { .. }) => log.push(Obs::Resync),
+            Ok(SdkEvent::Resync { id, .. }) => log.push(Obs::Resync { id }),
             Ok(SdkEvent::Reconnecting { cause, .. }) => {
                 log.reconnects.fetch_add(1, Ordering::Relaxed);
                 last_cause = Some(cause);
@@ -521,7 +568,7 @@ async fn raw_stream(addr: SocketAddr, token: &str, stalls: bool, log: &Log, stop
             match data["type"].as_str() {
                 Some("connected") => log.push(Obs::Connected { id: id.expect("connected id") }),
                 Some("activity") => log.push(Obs::Activity { id: id.expect("activity id"), n: data["data"]["metadata"]["n"].as_u64().unwrap() }),
-                Some("resync") => log.push(Obs::Resync),
+                Some("resync") => log.push(Obs::Resync { id: id.clone() }),
                 Some("closed") => {
                     let reason = data["reason"].as_str().unwrap_or("");
                     if matches!(reason, "superseded" | "revoked") {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 pub mod proxy;
+pub mod redis;
 
 pub const PUBLISHER_KEY: &str = "pub-secret-key";
 
