@@ -193,7 +193,13 @@ pub fn encode_closed(reason: CloseReason, retry_ms: u64) -> String {
         retry_ms: Option<u64>,
     }
     let retry_ms = reason.allows_reconnect().then_some(retry_ms);
-    message(None, &Wire { kind: "closed", reason, retry_ms })
+    let frame = message(None, &Wire { kind: "closed", reason, retry_ms });
+    match retry_ms {
+        // Also as a `retry:` field, which a native `EventSource` obeys (it never reads the
+        // JSON): its reconnect then gets the same jitter as every other client's.
+        Some(ms) => format!("retry: {ms}\n{frame}"),
+        None => frame,
+    }
 }
 
 fn message(id: Option<EventId>, body: &impl Serialize) -> String {
@@ -277,7 +283,9 @@ mod tests {
     #[test]
     fn closed_drops_retry_for_final_reasons() {
         assert!(encode_closed(CloseReason::Shutdown, 1500).contains(r#"{"type":"closed","reason":"shutdown","retry_ms":1500}"#));
+        assert!(encode_closed(CloseReason::Shutdown, 1500).starts_with("retry: 1500\nevent: message\n"));
         assert!(encode_closed(CloseReason::Superseded, 1500).contains(r#"{"type":"closed","reason":"superseded"}"#));
+        assert!(!encode_closed(CloseReason::Revoked, 1500).contains("retry:"));
         assert!(encode_closed(CloseReason::Revoked, 1500).contains(r#"{"type":"closed","reason":"revoked"}"#));
     }
 
