@@ -67,7 +67,9 @@ struct QueueState {
 /// What the body finds when it polls its queue.
 #[derive(Debug)]
 pub enum Next {
-    /// Frames, in order (possibly several at once to save writes).
+    /// The one frame that was queued (the common case: no allocation).
+    One(Queued),
+    /// Frames, in order (several at once to save writes).
     Frames(Vec<Queued>),
     /// The queue is drained and the stream must close for this reason.
     Close(CloseReason),
@@ -105,9 +107,10 @@ impl StreamShared {
     /// Takes what is queued, or registers `waker` for later.
     pub fn poll_next(&self, waker: &Waker, batch_max: usize) -> Next {
         let mut s = self.queue.lock().expect("queue lock");
-        if !s.frames.is_empty() {
-            let n = s.frames.len().min(batch_max);
-            return Next::Frames(s.frames.drain(..n).collect());
+        match s.frames.len() {
+            0 => {}
+            1 => return Next::One(s.frames.pop_front().expect("one frame")),
+            n => return Next::Frames(s.frames.drain(..n.min(batch_max)).collect()),
         }
         if let Some((reason, _)) = s.close {
             return Next::Close(reason);

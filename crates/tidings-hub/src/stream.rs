@@ -17,7 +17,7 @@ use tidings_protocol::{CloseReason, EventId};
 use tidings_protocol::frame::encode_closed;
 
 use crate::HubState;
-use crate::fanout::{Next, SEQ_NONE, StreamShared};
+use crate::fanout::{Next, Queued, SEQ_NONE, StreamShared};
 use crate::metrics::ReasonLabel;
 
 /// Most queued frames written in one chunk; bounds the size of one write.
@@ -44,6 +44,29 @@ pub struct SseBody {
 impl SseBody {
     pub fn new(shared: Arc<StreamShared>, hub: Arc<HubState>, opening: Bytes, position: EventId) -> Self {
         Self { shared, hub, opening: Some(opening), last_seq: position.seq, epoch: position.epoch, ended: false }
+    }
+
+    /// Whether a queued frame is written: activities at or below the position already
+    /// written are the overlap between replay and live and are skipped; a new-epoch notice is
+    /// written once, by streams positioned in another epoch.
+    fn admit(&mut self, q: &Queued) -> bool {
+        if let Some(epoch) = q.new_epoch {
+            // Seqs restart in a new epoch: forget the old position, and tell the client once
+            // (streams opened in the new epoch know already).
+            if epoch == self.epoch {
+                return false;
+            }
+            self.epoch = epoch;
+            self.last_seq = 0;
+            self.hub.metrics.resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
+            return true;
+        }
+        if q.seq == SEQ_NONE {
+            return true;
+        }
+        let fresh = q.seq > self.last_seq;
+        self.last_seq = self.last_seq.max(q.seq);
+        fresh
     }
 
     fn closed_frame(&self, reason: CloseReason) -> Bytes {
@@ -77,29 +100,16 @@ impl http_body::Body for SseBody {
                     this.hub.metrics.close(reason.as_str());
                     return Poll::Ready(Some(Ok(Frame::data(this.closed_frame(reason)))));
                 }
+                Next::One(q) => {
+                    if this.admit(&q) {
+                        this.hub.metrics.observe_delivery_lag(q.at);
+                        return Poll::Ready(Some(Ok(Frame::data(q.bytes))));
+                    }
+                }
                 Next::Frames(frames) => {
                     let oldest = frames[0].at;
-                    let mut kept = frames.into_iter().filter(|q| {
-                        if let Some(epoch) = q.new_epoch {
-                            // Seqs restart in a new epoch: forget the old position, and tell
-                            // the client once (streams opened in the new epoch know already).
-                            if epoch == this.epoch {
-                                return false;
-                            }
-                            this.epoch = epoch;
-                            this.last_seq = 0;
-                            this.hub.metrics.resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
-                            return true;
-                        }
-                        if q.seq == SEQ_NONE {
-                            return true;
-                        }
-                        let fresh = q.seq > this.last_seq;
-                        this.last_seq = this.last_seq.max(q.seq);
-                        fresh
-                    });
+                    let mut kept = frames.into_iter().filter(|q| this.admit(q));
                     let Some(first) = kept.next() else { continue };
-                    this.hub.metrics.delivery_lag.observe(oldest.elapsed().as_secs_f64());
                     let bytes = match kept.next() {
                         None => first.bytes,
                         Some(second) => {
@@ -110,6 +120,7 @@ impl http_body::Body for SseBody {
                             buf.freeze()
                         }
                     };
+                    this.hub.metrics.observe_delivery_lag(oldest);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
