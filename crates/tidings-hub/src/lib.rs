@@ -45,6 +45,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Distinct unresolved activity types logged; past this, only the counter grows.
 const UNRESOLVED_TYPES_LOGGED_MAX: usize = 1_000;
+/// Pending connections the kernel may hold for the accept loop (see [`Hub::bind`]).
+pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Everything a request handler needs, shared by all of them.
 #[derive(Debug)]
@@ -134,6 +136,17 @@ impl Hub {
 
     pub fn state(&self) -> &Arc<HubState> {
         &self.state
+    }
+
+    /// Binds a listener for [`Hub::run`]: `SO_REUSEADDR` (a restarted hub gets its port back
+    /// at once) and a backlog of [`LISTEN_BACKLOG`] (tokio's `bind` asks for 1,024, and a storm
+    /// of reconnects after a restart overflows that: dropped SYNs cost clients a second or
+    /// more each). The kernel caps the backlog at `net.core.somaxconn`.
+    pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
     }
 
     /// Serves until `shutdown` is cancelled, then closes every stream with `closed`

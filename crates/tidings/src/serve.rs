@@ -22,7 +22,7 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
         config.listen = listen;
     }
     let hub = Hub::new(config.clone()).context("cannot start the hub")?;
-    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+    let listener = Hub::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "tidings {} listening on http://{addr} (engine: {})", env!("CARGO_PKG_VERSION"), hub.state().engine.name())?;

@@ -67,7 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     }
     config.limits.shutdown_grace = Duration::from_secs(2);
     let hub = Hub::new(config).context("demo configuration")?;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener = Hub::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let accounts: Vec<&str> = users::TEAMMATES.iter().map(|t| t.0).collect();
     let demo = Demo { hub: hub.state().clone(), store: Arc::new(Mutex::new(Store::seeded(&accounts))), jwt_secret: DEMO_JWT_SECRET.into() };
