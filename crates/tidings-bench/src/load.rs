@@ -67,6 +67,8 @@ pub struct Counts {
     pub delivered: u64,
     /// Bench events a stream had already seen.
     pub duplicated: u64,
+    /// Sequence numbers below the highest one a stream has seen that it has not seen (yet).
+    pub skipped: u64,
     /// Connections that ended (for any reason) and were opened again.
     pub reconnects: u64,
     /// `closed` frames received (Tidings only).
@@ -79,6 +81,7 @@ impl Counts {
         self.ever_open += o.ever_open;
         self.delivered += o.delivered;
         self.duplicated += o.duplicated;
+        self.skipped += o.skipped;
         self.reconnects += o.reconnects;
         self.closed_frames += o.closed_frames;
     }
@@ -90,6 +93,7 @@ struct Shared {
     ever_open: AtomicU64,
     delivered: AtomicU64,
     duplicated: AtomicU64,
+    skipped: AtomicU64,
     reconnects: AtomicU64,
     closed_frames: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -133,6 +137,7 @@ impl LocalStreams {
             ever_open: s.ever_open.load(Relaxed),
             delivered: s.delivered.load(Relaxed),
             duplicated: s.duplicated.load(Relaxed),
+            skipped: s.skipped.load(Relaxed),
             reconnects: s.reconnects.load(Relaxed),
             closed_frames: s.closed_frames.load(Relaxed),
         }
@@ -188,7 +193,10 @@ enum Ended {
 /// The per-stream state that outlives one connection.
 struct StreamState {
     last_event_id: String,
-    last_seq: u64,
+    /// Bench sequence numbers seen (bit `seq`), so a reordered event is told from a
+    /// duplicate; and the highest one.
+    seen: Vec<u64>,
+    max_seq: u64,
     retry_ms: u64,
     was_open: bool,
 }
@@ -197,7 +205,7 @@ async fn run_stream(shared: Arc<Shared>, plan: Arc<StreamPlan>, idx: usize, at: 
     tokio::time::sleep_until(at).await;
     let account = plan.endpoint.account(idx % plan.accounts.max(1));
     let source = plan.source(idx);
-    let mut st = StreamState { last_event_id: String::new(), last_seq: 0, retry_ms: 1_000, was_open: false };
+    let mut st = StreamState { last_event_id: String::new(), seen: Vec::new(), max_seq: 0, retry_ms: 1_000, was_open: false };
     loop {
         let ended = match connection(&shared, &plan, idx, &account, source, &mut st).await {
             Ok(ended) => ended,
@@ -299,8 +307,19 @@ async fn connection(shared: &Shared, plan: &StreamPlan, idx: usize, account: &st
             while let Some(item) = parser.next() {
                 let Ok(ev) = item else { continue };
                 if let Some((seq, ts)) = wire::parse_marker(&ev.data) {
-                    if seq > st.last_seq {
-                        st.last_seq = seq;
+                    let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+                    if st.seen.len() <= word {
+                        st.seen.resize(word + 1, 0);
+                    }
+                    if st.seen[word] & bit == 0 {
+                        st.seen[word] |= bit;
+                        // `skipped` counts the holes below the highest number seen.
+                        if seq > st.max_seq {
+                            shared.skipped.fetch_add(seq - st.max_seq - 1, Relaxed);
+                            st.max_seq = seq;
+                        } else {
+                            shared.skipped.fetch_sub(1, Relaxed);
+                        }
                         shared.delivered.fetch_add(1, Relaxed);
                         if shared.timing.load(Relaxed) {
                             let us = (wire::now_ns().saturating_sub(ts) / 1_000).clamp(1, LATENCY_MAX_US);

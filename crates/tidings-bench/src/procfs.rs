@@ -47,6 +47,22 @@ pub fn tree_rss_kib(root: u32, exclude: &[u32]) -> u64 {
     tree(root).into_iter().filter(|p| !exclude.contains(p)).filter_map(rss_kib).sum()
 }
 
+/// User plus system CPU time of one process so far, in seconds (clock ticks of 10 ms).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime field 14 and stime field 15 (1-based).
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// Summed CPU time of a process tree, in seconds.
+pub fn tree_cpu_secs(root: u32) -> f64 {
+    tree(root).into_iter().filter_map(cpu_secs).sum()
+}
+
 /// Names of the processes in a tree, for the report.
 pub fn tree_names(root: u32) -> Vec<String> {
     tree(root)

@@ -124,7 +124,14 @@ pub struct Outcome {
     pub expected: u64,
     pub delivered: u64,
     pub duplicated: u64,
+    /// `expected - delivered` when the scenario ended: skipped plus not yet delivered.
     pub lost: u64,
+    /// Events a stream had not got when waiting ended although it got a later one of the
+    /// same account.
+    pub skipped: u64,
+    /// Deliveries still outstanding when waiting ended (lost minus skipped): a backlog that
+    /// had not drained within the wait, or events lost at the end of the run.
+    pub undelivered: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deliveries_per_sec: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -138,6 +145,15 @@ pub struct Outcome {
     pub publish_errors: BTreeMap<String, u64>,
     pub reconnects: u64,
     pub closed_frames: u64,
+    /// CPU seconds used by the target's processes while publishing and delivering.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_cpu_secs: Option<f64>,
+    /// CPU seconds used by the load generator (this process and its workers) meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_cpu_secs: Option<f64>,
+    /// Wall-clock seconds those CPU times were measured over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_window_secs: Option<f64>,
     /// Resume storm: seconds the target took to stop and listen again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restart_secs: Option<f64>,
@@ -170,9 +186,26 @@ pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts:
             let mut sent = 0u64;
             let mut next_account = 0usize;
             let start = Instant::now();
+            // Requests overlap (up to IN_FLIGHT), as a fleet of backend services would publish:
+            // a target that answers a publish slowly is not also starved of publishes.
+            const IN_FLIGHT: usize = 32;
+            let mut inflight = tokio::task::JoinSet::new();
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            while sent < total && !stop.load(Ordering::Relaxed) {
+            // Stop issuing when far behind: the achieved rate tells the story.
+            let deadline = duration + Duration::from_secs(5);
+            let record = |out: &mut Published, results: Vec<((usize, u64), Option<String>)>| {
+                for ((a, _), r) in results {
+                    match r {
+                        None => {
+                            out.per_account[a] += 1;
+                            out.acked += 1;
+                        }
+                        Some(e) => *out.failures.entry(e).or_default() += 1,
+                    }
+                }
+            };
+            while sent < total && !stop.load(Ordering::Relaxed) && start.elapsed() < deadline {
                 tick.tick().await;
                 let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
                 while sent < due {
@@ -186,15 +219,24 @@ pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts:
                         })
                         .collect();
                     sent += n;
-                    for ((a, _), r) in batch.iter().zip(api.publish(&http, &batch).await) {
-                        match r {
-                            None => {
-                                out.per_account[*a] += 1;
-                                out.acked += 1;
-                            }
-                            Some(e) => *out.failures.entry(e).or_default() += 1,
+                    while inflight.len() >= IN_FLIGHT {
+                        if let Some(Ok(r)) = inflight.join_next().await {
+                            record(&mut out, r);
                         }
                     }
+                    let (api, http) = (api.clone(), http.clone());
+                    inflight.spawn(async move {
+                        let results = api.publish(&http, &batch).await;
+                        batch.into_iter().zip(results).collect::<Vec<_>>()
+                    });
+                }
+                while let Some(Ok(r)) = inflight.try_join_next() {
+                    record(&mut out, r);
+                }
+            }
+            while let Some(r) = inflight.join_next().await {
+                if let Ok(r) = r {
+                    record(&mut out, r);
                 }
             }
             out.elapsed = start.elapsed();
@@ -262,7 +304,7 @@ impl Harness {
         let plan = self.plan(&target, n, accounts, if storm { 0 } else { sizes.connect_rate }, true);
         let t0 = Instant::now();
         let mut streams = Streams::start(&plan, self.per_process, &self.exe).await?;
-        let open_timeout = if storm { Duration::from_secs(90) } else { Duration::from_secs(60) };
+        let open_timeout = Duration::from_secs(60);
         let opened = wait_until(open_timeout, || streams.counts().open >= n as u64).await;
         out.all_open = opened.is_some();
         out.connect_secs = opened.map(|_| t0.elapsed().as_secs_f64());
@@ -288,12 +330,19 @@ impl Harness {
                 streams.reset_latency().await?;
                 let base = streams.counts();
                 let stop = Arc::new(AtomicBool::new(false));
+                let cpu0 = (target.cpu_secs(), procfs::tree_cpu_secs(std::process::id()));
                 let t_pub = Instant::now();
                 let publisher = spawn_publisher(target.publish_api(), rate, sizes.duration, accounts, stop);
                 let published = tokio::task::spawn_blocking(move || publisher.join()).await?.map_err(|_| anyhow::anyhow!("publisher panicked"))?;
                 let expected = expected(&published, n, accounts);
-                let (counts, last) = drain(&streams, base.delivered + expected, Duration::from_secs(5), Duration::from_secs(60)).await;
+                let (counts, last) = drain(&streams, base.delivered + expected, Duration::from_secs(5), Duration::from_secs(20)).await;
+                out.skipped = counts.skipped - base.skipped;
                 let delivered = counts.delivered - base.delivered;
+                let target_cpu = target.cpu_secs() - cpu0.0;
+                out.target_cpu_secs = Some(target_cpu);
+                // The targets are children of this process: take them out of its tree.
+                out.loadgen_cpu_secs = Some(procfs::tree_cpu_secs(std::process::id()) - cpu0.1 - target_cpu);
+                out.cpu_window_secs = Some(t_pub.elapsed().as_secs_f64());
                 out.publish_rate_asked = Some(rate);
                 out.publish_rate_achieved = Some(published.acked as f64 / published.elapsed.as_secs_f64());
                 out.published = published.acked;
@@ -317,16 +366,17 @@ impl Harness {
                     Ok(d) => out.restart_secs = Some(d.as_secs_f64()),
                     Err(e) => out.notes.push(format!("restart failed: {e:#}")),
                 }
-                let back = wait_until(Duration::from_secs(90), || streams.counts().open >= n as u64).await;
+                let back = wait_until(Duration::from_secs(60), || streams.counts().open >= n as u64).await;
                 out.back_secs = back.map(|_| t_stop.elapsed().as_secs_f64());
                 if back.is_none() {
-                    out.notes.push(format!("only {} of {n} streams back after 90 s", streams.counts().open));
+                    out.notes.push(format!("only {} of {n} streams back after 60 s", streams.counts().open));
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 stop.store(true, Ordering::Relaxed);
                 let published = tokio::task::spawn_blocking(move || publisher.join()).await?.map_err(|_| anyhow::anyhow!("publisher panicked"))?;
                 let expected = expected(&published, n, accounts);
-                let (counts, _) = drain(&streams, base.delivered + expected, Duration::from_secs(5), Duration::from_secs(60)).await;
+                let (counts, _) = drain(&streams, base.delivered + expected, Duration::from_secs(5), Duration::from_secs(20)).await;
+                out.skipped = counts.skipped - base.skipped;
                 let delivered = counts.delivered - base.delivered;
                 out.publish_rate_asked = Some(sizes.resume_rate);
                 out.published = published.acked;
@@ -339,6 +389,7 @@ impl Harness {
                 }
             }
         }
+        out.undelivered = out.lost.saturating_sub(out.skipped);
         let (counts, errors, latency) = streams.finish().await?;
         out.duplicated = counts.duplicated;
         out.reconnects = counts.reconnects;

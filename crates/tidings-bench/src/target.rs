@@ -241,6 +241,11 @@ impl Target {
         self.pid().map(|p| procfs::tree_rss_kib(p, &[])).unwrap_or(0)
     }
 
+    /// CPU seconds used so far by the target's processes.
+    pub fn cpu_secs(&self) -> f64 {
+        self.pid().map(procfs::tree_cpu_secs).unwrap_or(0.0)
+    }
+
     /// Names of the target's processes.
     pub fn processes(&self) -> Vec<String> {
         self.pid().map(procfs::tree_names).unwrap_or_default()
