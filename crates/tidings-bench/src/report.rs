@@ -91,8 +91,6 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             m("latency max (ms)", |o| o.max_ms, 1, true),
             m("expected deliveries", |o| Some(o.expected as f64), 0, false),
             m("lost (expected − delivered)", |o| Some(o.lost as f64), 0, false),
-            m("↳ missing below a later event", |o| Some(o.skipped as f64), 0, false),
-            m("↳ not delivered when waiting ended", |o| Some(o.undelivered as f64), 0, false),
             m("duplicated", |o| Some(o.duplicated as f64), 0, false),
             m("reconnects", |o| Some(o.reconnects as f64), 0, false),
             m("publish errors", |o| Some(o.publish_errors.values().sum::<u64>() as f64), 0, false),
