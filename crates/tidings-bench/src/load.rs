@@ -352,10 +352,7 @@ async fn connection(shared: &Shared, plan: &StreamPlan, idx: usize, account: &st
     }
     match result {
         // A reset of an open stream is a stream end like any other, not a connect error.
-        Err(e) if guard.1 => {
-            let _ = e;
-            Ok(Ended::Closed { retry_ms: st.retry_ms })
-        }
+        Err(_) if guard.1 => Ok(Ended::Closed { retry_ms: st.retry_ms }),
         other => other,
     }
 }

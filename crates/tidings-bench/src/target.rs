@@ -98,7 +98,8 @@ pub struct Target {
     publish_url: String,
     /// The port that must accept before the target counts as ready to publish to.
     control: SocketAddr,
-    grip: Option<crate::grip::Backend>,
+    /// Pushpin's GRIP backend; lives as long as the target.
+    _grip: Option<crate::grip::Backend>,
 }
 
 fn free_port() -> Result<u16> {
@@ -186,7 +187,7 @@ impl Target {
                 (cmd, format!("http://{control}/publish/"), control, "none (no history)".to_owned())
             }
         };
-        let mut target = Target { kind, endpoint: Endpoint { kind, addr }, engine, dir, child: None, command, publish_url, control, grip };
+        let mut target = Target { kind, endpoint: Endpoint { kind, addr }, engine, dir, child: None, command, publish_url, control, _grip: grip };
         target.spawn().await?;
         Ok(target)
     }
@@ -292,10 +293,6 @@ impl Target {
     /// Directory holding the generated configuration and logs.
     pub fn dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn grip_port(&self) -> Option<u16> {
-        self.grip.as_ref().map(|g| g.addr.port())
     }
 }
 
