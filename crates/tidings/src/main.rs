@@ -38,6 +38,8 @@ enum Command {
     Tail(tail::TailArgs),
     /// Show which query keys an activity invalidates, and which resolver tier said so.
     Resolve(resolve::ResolveArgs),
+    /// Benchmark the hub side by side with Nchan and Pushpin (see BENCHMARKS.md).
+    Bench(tidings_bench::BenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,6 +61,7 @@ fn main() -> Result<()> {
         Command::Publish(args) => block_on(publish::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
         Command::Resolve(args) => resolve::run(args),
+        Command::Bench(args) => block_on(tidings_bench::run(args)),
     }
 }
 

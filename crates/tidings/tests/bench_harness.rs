@@ -1,0 +1,59 @@
+//! The benchmark harness end to end against the real `tidings serve`: small sizes, no timing
+//! assertions, only that every stream opens and every published event is counted exactly once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tidings_bench::{Harness, Kind, Scenario, Sizes};
+
+fn harness(per_process: usize) -> Harness {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tidings"));
+    Harness { tidings_bin: bin.clone(), exe: bin, per_process, sources: 4, nofile: 4_096 }
+}
+
+fn sizes() -> Sizes {
+    Sizes {
+        streams: 200,
+        accounts: 20,
+        fanout_rate: 50.0,
+        many_rate: 200.0,
+        resume_rate: 50.0,
+        duration: Duration::from_secs(1),
+        settle: Duration::from_millis(200),
+        connect_rate: 2_000,
+    }
+}
+
+fn assert_exact(o: &tidings_bench::Outcome) {
+    assert!(o.all_open, "{o:?}");
+    assert!(o.published > 0, "{o:?}");
+    assert!(o.publish_errors.is_empty() && o.errors.is_empty(), "{o:?}");
+    assert_eq!((o.lost, o.duplicated), (0, 0), "{o:?}");
+    assert_eq!(o.delivered, o.expected, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_counts_every_delivery_once() {
+    let o = harness(10_000).run(Kind::Tidings, Scenario::Fanout, &sizes()).await.unwrap();
+    // One account: every acknowledged event reaches all 200 streams.
+    assert_eq!(o.expected, o.published * 200, "{o:?}");
+    assert_exact(&o);
+    assert!(o.p50_ms.is_some() && o.max_ms >= o.p99_ms, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_accounts_split_over_worker_processes_add_up() {
+    // 200 streams at 80 per process: three `tidings bench worker` processes carry them.
+    let o = harness(80).run(Kind::Tidings, Scenario::ManyAccounts, &sizes()).await.unwrap();
+    // 20 accounts of 10 streams each: every event reaches the 10 streams of its account.
+    assert_eq!(o.expected, o.published * 10, "{o:?}");
+    assert_exact(&o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_memory_is_measured() {
+    let o = harness(10_000).run(Kind::Tidings, Scenario::Idle, &sizes()).await.unwrap();
+    assert!(o.all_open, "{o:?}");
+    assert!(o.rss_after_kib.unwrap() > 0 && o.rss_per_stream_kib.is_some(), "{o:?}");
+    assert_eq!(o.processes, vec!["tidings".to_owned()], "{o:?}");
+}
