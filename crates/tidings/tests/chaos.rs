@@ -89,8 +89,9 @@ const STALLING: usize = 3;
 /// so a stalled reader's socket buffers (megabytes on loopback) and queue fill within seconds.
 const STALL_ACCOUNT: &str = "acc-stall";
 const STALL_PADDING_BYTES: usize = 256 * 1024;
-/// How long all clients get to receive the sentinel after chaos stops.
-const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long all clients get to receive the sentinel after chaos stops: more than [`STALL_MAX`],
+/// since a stall that began just before chaos stopped may last that long on a starved machine.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn chaos_secs() -> u64 {
     std::env::var("TIDINGS_CHAOS_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
