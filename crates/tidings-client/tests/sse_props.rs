@@ -62,11 +62,11 @@ proptest! {
     /// Chunk boundaries never change what is parsed (CR/LF, BOM and UTF-8 split anywhere).
     #[test]
     fn chunking_never_changes_the_result(bytes in stream_bytes(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..16)) {
-        let whole = run(&mut SseParser::new(), &[bytes.clone()]);
+        let whole = run(&mut SseParser::new(), std::slice::from_ref(&bytes));
         let cut = run(&mut SseParser::new(), &chunks(&bytes, &cuts));
         prop_assert_eq!(whole, cut);
         let bytewise: Vec<Vec<u8>> = bytes.iter().map(|b| vec![*b]).collect();
-        prop_assert_eq!(run(&mut SseParser::new(), &[bytes.clone()]), run(&mut SseParser::new(), &bytewise));
+        prop_assert_eq!(run(&mut SseParser::new(), std::slice::from_ref(&bytes)), run(&mut SseParser::new(), &bytewise));
     }
 
     /// Nothing dispatched exceeds the limit, and ids never carry CR, LF or NUL.

@@ -206,11 +206,16 @@ pub struct HistoryConfig {
     /// Oldest event kept.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
+    /// Most bytes of retained events replayed to one resuming stream (events counted by their
+    /// encoded size). A client further behind gets `resync` `replay_too_large` instead:
+    /// refetching is cheaper than replaying megabytes, and neither the hub nor Redis has to
+    /// hold or ship the whole gap at once.
+    pub replay_max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { max_events: 1_000, max_age: Duration::from_secs(3_600) }
+        Self { max_events: 1_000, max_age: Duration::from_secs(3_600), replay_max_bytes: 8 * 1024 * 1024 }
     }
 }
 
@@ -419,6 +424,9 @@ impl Config {
         }
         if self.history.max_events == 0 {
             return invalid("history.max_events must be > 0".into());
+        }
+        if self.history.replay_max_bytes == 0 {
+            return invalid("history.replay_max_bytes must be > 0".into());
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.auth.tokens {

@@ -76,11 +76,14 @@ pub enum ResyncReason {
     InvalidId,
     /// The engine lost events or could not be reached; continuity is unknown.
     EngineOutage,
+    /// The events after the id are retained but add up to more than the hub replays to one
+    /// stream (`history.replay_max_bytes`); refetching is cheaper than replaying them.
+    ReplayTooLarge,
 }
 
 impl ResyncReason {
-    pub const ALL: [ResyncReason; 5] =
-        [Self::HistoryTrimmed, Self::EpochChanged, Self::UnknownId, Self::InvalidId, Self::EngineOutage];
+    pub const ALL: [ResyncReason; 6] =
+        [Self::HistoryTrimmed, Self::EpochChanged, Self::UnknownId, Self::InvalidId, Self::EngineOutage, Self::ReplayTooLarge];
 
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -89,6 +92,7 @@ impl ResyncReason {
             Self::UnknownId => "unknown_id",
             Self::InvalidId => "invalid_id",
             Self::EngineOutage => "engine_outage",
+            Self::ReplayTooLarge => "replay_too_large",
         }
     }
 }

@@ -214,3 +214,9 @@ async fn a_damaged_data_file_stops_start_up_and_names_the_file() {
     let text = failed_start(&dir).await;
     assert!(text.contains(&file.display().to_string()) && text.contains("damaged"), "{text}");
 }
+
+#[tokio::test]
+async fn a_gap_past_the_replay_budget_answers_resync() {
+    let hub = Hub::start(&durable(&format!("[history]\n{REPLAY_BUDGET_TOML}"))).await;
+    replay_budget_holds(&hub).await;
+}

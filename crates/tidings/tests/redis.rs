@@ -413,3 +413,13 @@ async fn history_older_than_max_age_answers_resync() {
     assert_eq!(r.activities(1, T).await, vec![3]);
     assert_eq!(seq(&fresh[0]), seq(&ids[1]) + 1);
 }
+
+/// The budget is applied inside Redis, page by page: a far-behind client costs one small
+/// reply, not the whole gap.
+#[tokio::test]
+async fn a_gap_past_the_replay_budget_answers_resync() {
+    let redis = Redis::start().await;
+    let hub = node(&redis, &format!("[history]\n{REPLAY_BUDGET_TOML}")).await;
+    replay_budget_holds(&hub).await;
+    assert!(ready(&hub).await, "the engine stays up");
+}

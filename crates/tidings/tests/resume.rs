@@ -222,3 +222,9 @@ async fn shutdown_closes_every_stream_and_exits_promptly() {
     assert!(status.success(), "{status:?}\n{}", hub.logs());
     assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_gap_past_the_replay_budget_answers_resync() {
+    let hub = Hub::start(&config("", &format!("[history]\n{REPLAY_BUDGET_TOML}"))).await;
+    replay_budget_holds(&hub).await;
+}

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tidings_protocol::resume::{HistoryWindow, decide};
 
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
@@ -25,6 +25,7 @@ pub struct MemoryEngine {
     epoch: u64,
     max_events: usize,
     max_age: Duration,
+    replay_max_bytes: usize,
     fanout: Arc<Fanout>,
     state: Mutex<State>,
 }
@@ -61,7 +62,7 @@ impl MemoryEngine {
     }
 
     pub fn with_epoch(epoch: u64, history: &HistoryConfig, fanout: Arc<Fanout>) -> Self {
-        Self { epoch, max_events: history.max_events, max_age: history.max_age, fanout, state: Mutex::default() }
+        Self { epoch, max_events: history.max_events, max_age: history.max_age, replay_max_bytes: history.replay_max_bytes, fanout, state: Mutex::default() }
     }
 
     fn oldest_kept(&self, now: Instant) -> Option<Instant> {
@@ -100,19 +101,10 @@ impl Engine for MemoryEngine {
         });
         let window = HistoryWindow { epoch: self.epoch, head, trimmed_through };
         let decision = decide(last_event_id, &window);
-        let (position, replay) = match decision {
-            ResumeDecision::Replay { after } => {
-                let replay = state
-                    .accounts
-                    .get(account)
-                    .map(|l| l.events.iter().filter(|(_, f)| f.seq > after).map(|(_, f)| f.clone()).collect())
-                    .unwrap_or_default();
-                (EventId::new(self.epoch, after), replay)
-            }
-            ResumeDecision::Fresh | ResumeDecision::Resync(_) => (EventId::new(self.epoch, head), Vec::new()),
-        };
+        let retained = state.accounts.get(account).into_iter().flat_map(|l| l.events.iter().map(|(_, f)| f));
+        let opening = Opening::from_retained(self.epoch, head, decision, retained, self.replay_max_bytes);
         drop(state);
-        async move { Ok(Opening { position, decision, replay }) }.boxed()
+        async move { Ok(opening) }.boxed()
     }
 
     fn is_ready(&self) -> bool {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tidings_protocol::EventId;
+use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::ResumeDecision;
 
 pub mod durable;
@@ -40,6 +41,39 @@ pub struct Opening {
     pub decision: ResumeDecision,
     /// With [`ResumeDecision::Replay`], every retained event after the client's id, in order.
     pub replay: Vec<StoredFrame>,
+}
+
+impl Opening {
+    /// How a stream starts in a history whose epoch is `epoch` and head `head`, given the
+    /// decision and, for a replay, the retained frames of the account in order (read lazily:
+    /// reading stops once the replay is known to exceed `replay_max_bytes`, which turns it
+    /// into `resync` `replay_too_large`).
+    pub(crate) fn from_retained<'f>(
+        epoch: u64,
+        head: u64,
+        decision: ResumeDecision,
+        retained: impl IntoIterator<Item = &'f StoredFrame>,
+        replay_max_bytes: usize,
+    ) -> Self {
+        let ResumeDecision::Replay { after } = decision else {
+            return Self { position: EventId::new(epoch, head), decision, replay: Vec::new() };
+        };
+        let mut replay = Vec::new();
+        let mut bytes = 0usize;
+        for f in retained.into_iter().filter(|f| f.seq > after) {
+            bytes += f.bytes.len();
+            if bytes > replay_max_bytes {
+                return Self::too_large(epoch, head);
+            }
+            replay.push(f.clone());
+        }
+        Self { position: EventId::new(epoch, after), decision, replay }
+    }
+
+    /// The answer for a gap larger than the replay budget: `resync`, then live from `head`.
+    pub(crate) fn too_large(epoch: u64, head: u64) -> Self {
+        Self { position: EventId::new(epoch, head), decision: ResumeDecision::Resync(ResyncReason::ReplayTooLarge), replay: Vec::new() }
+    }
 }
 
 /// An engine could not do what was asked.

@@ -398,3 +398,38 @@ pub async fn resume_while_publishing(hub: &Hub, start: &str, published: u64, las
     publisher.await.unwrap();
     resumes.last_mut().unwrap().activities(last as usize, T).await
 }
+
+/// `[history]` setting for [`replay_budget_holds`]: a 64 KiB replay budget.
+pub const REPLAY_BUDGET_TOML: &str = "replay_max_bytes = 65536\n";
+
+/// With `replay_max_bytes` at 64 KiB ([`REPLAY_BUDGET_TOML`]): a resume whose gap fits is
+/// replayed exactly; one whose gap is larger gets `connected` at the head, `resync`
+/// `replay_too_large` and then live events, and the hub counts that resync by reason.
+pub async fn replay_budget_holds(hub: &Hub) {
+    let padded = |n: u64| {
+        let mut a = activity(n);
+        a["padding"] = "p".repeat(8 * 1024).into();
+        a
+    };
+    // 16 events of a little over 8 KiB: about 128 KiB retained, twice the budget.
+    let ids = hub.publish("acme", &(1..=16).map(padded).collect::<Vec<_>>()).await;
+
+    // After the 12th: 4 events, about 32 KiB, within the budget.
+    let mut near = Sse::resume(hub, "tok-alice", &ids[11]).await;
+    let connected = near.next_within(T).await.unwrap();
+    assert_eq!((connected.kind(), connected.data["resumed"].as_bool()), ("connected", Some(true)));
+    assert_eq!(near.activities(4, T).await, vec![13, 14, 15, 16]);
+    drop(near);
+
+    // After the 1st: 15 events, about 120 KiB, past the budget.
+    let resyncs_before = hub.metric("tidings_resyncs_total{reason=\"replay_too_large\"}").await;
+    let mut far = Sse::resume(hub, "tok-alice", &ids[0]).await;
+    assert_eq!(far.status, 200);
+    let connected = far.next_within(T).await.unwrap();
+    assert_eq!((connected.kind(), connected.id.as_deref(), connected.data["resumed"].as_bool()), ("connected", Some(ids[15].as_str()), Some(false)));
+    let resync = far.next_within(T).await.unwrap();
+    assert_eq!((resync.kind(), resync.data["reason"].as_str()), ("resync", Some("replay_too_large")));
+    hub.publish("acme", &[activity(17)]).await;
+    assert_eq!(far.activities(1, T).await, vec![17], "after the resync the stream is live from the head");
+    assert_eq!(hub.metric("tidings_resyncs_total{reason=\"replay_too_large\"}").await, resyncs_before + 1.0);
+}

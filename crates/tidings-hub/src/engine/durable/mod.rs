@@ -38,7 +38,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tidings_protocol::resume::{HistoryWindow, decide};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::store::{DATA_FILE_NAME, StoreError};
@@ -59,6 +59,7 @@ const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 pub struct DurableEngine {
     path: PathBuf,
     max_age: Duration,
+    replay_max_bytes: usize,
     /// Changed only by the writer thread, after a commit.
     history: Arc<Mutex<History>>,
     /// To the writer thread. The engine holds the only sender: when it is dropped (or
@@ -147,7 +148,7 @@ impl DurableEngine {
             .map_err(|e| StoreError::Open { path: path.clone(), detail: format!("cannot start the writer thread: {e}") })?;
         // Apply the configured bounds at once: they may be tighter than the last run's.
         let _ = commands.try_send(Command::Maintain);
-        Ok(Self { path, max_age: bounds.max_age, history, commands, healthy })
+        Ok(Self { path, max_age: bounds.max_age, replay_max_bytes: bounds.replay_max_bytes, history, commands, healthy })
     }
 }
 
@@ -187,15 +188,10 @@ impl Engine for DurableEngine {
         });
         let window = HistoryWindow { epoch: h.epoch, head: h.head, trimmed_through };
         let decision = decide(last_event_id, &window);
-        let (position, replay) = match decision {
-            ResumeDecision::Replay { after } => {
-                let replay = log.map(|l| l.events.iter().filter(|(_, f)| f.seq > after).map(|(_, f)| f.clone()).collect()).unwrap_or_default();
-                (EventId::new(h.epoch, after), replay)
-            }
-            ResumeDecision::Fresh | ResumeDecision::Resync(_) => (EventId::new(h.epoch, h.head), Vec::new()),
-        };
+        let retained = log.into_iter().flat_map(|l| l.events.iter().map(|(_, f)| f));
+        let opening = Opening::from_retained(h.epoch, h.head, decision, retained, self.replay_max_bytes);
         drop(h);
-        async move { Ok(Opening { position, decision, replay }) }.boxed()
+        async move { Ok(opening) }.boxed()
     }
 
     fn is_ready(&self) -> bool {

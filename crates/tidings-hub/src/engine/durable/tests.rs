@@ -10,7 +10,7 @@ use crate::metrics::Metrics;
 
 fn engine(dir: &Path, max_events: usize) -> DurableEngine {
     let fanout = Arc::new(Fanout::new(10, 10, 16, Arc::new(Metrics::new())));
-    let bounds = HistoryConfig { max_events, max_age: Duration::from_secs(3_600) };
+    let bounds = HistoryConfig { max_events, max_age: Duration::from_secs(3_600), ..HistoryConfig::default() };
     DurableEngine::open(dir, FsyncPolicy::Always, &bounds, fanout).unwrap()
 }
 

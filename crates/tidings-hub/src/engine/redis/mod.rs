@@ -184,8 +184,8 @@ impl Inner {
         let followed = self.epoch.load(Ordering::Acquire);
         let after = last_event_id.and_then(|t| t.parse::<EventId>().ok()).filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
-        type Reply = (String, u64, u64, Vec<(String, Vec<String>)>);
-        let (epoch, head, trimmed_through, entries): Reply = self
+        type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8);
+        let (epoch, head, trimmed_through, entries, too_large): Reply = self
             .open_script
             .key(&k.epoch)
             .key(&k.seq)
@@ -196,6 +196,7 @@ impl Inner {
             .arg(self.history.max_events)
             .arg(self.age_cutoff_ms())
             .arg(after.map(|s| s.to_string()).unwrap_or_default())
+            .arg(self.history.replay_max_bytes)
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed(&link, &e))?;
@@ -205,14 +206,11 @@ impl Inner {
         })?;
         self.saw(head);
         let decision = decide(last_event_id, &HistoryWindow { epoch, head, trimmed_through });
-        let (position, replay) = match decision {
-            ResumeDecision::Replay { after } => {
-                let replay = entries.iter().filter_map(|(id, fields)| account_frame(epoch, id, fields)).collect();
-                (EventId::new(epoch, after), replay)
-            }
-            ResumeDecision::Fresh | ResumeDecision::Resync(_) => (EventId::new(epoch, head), Vec::new()),
-        };
-        Ok(Opening { position, decision, replay })
+        if matches!(decision, ResumeDecision::Replay { .. }) && too_large == 1 {
+            return Ok(Opening::too_large(epoch, head));
+        }
+        let frames: Vec<_> = entries.iter().filter_map(|(id, fields)| account_frame(epoch, id, fields)).collect();
+        Ok(Opening::from_retained(epoch, head, decision, &frames, usize::MAX))
     }
 
     async fn maintain(&self) {

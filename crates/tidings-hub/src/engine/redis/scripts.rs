@@ -130,9 +130,12 @@ return last
 }
 
 /// Reads how a stream of one account starts: trims it, then returns the epoch (or "" when
-/// missing), the head, the account's `trimmed_through` and, when asked, the entries after a seq.
+/// missing), the head, the account's `trimmed_through`, and, when asked, the entries after a
+/// seq, read in pages and only while their payloads add up to at most the replay budget; past
+/// it, no entries and a 1 in the last field (the stream gets `resync` `replay_too_large`), so
+/// a far-behind client never makes Redis build, or the hub wait for, a huge reply.
 /// KEYS: epoch, seq, trimmed, oldest, account stream.
-/// ARGV: account, max events, age cutoff (ms), seq to replay after (or "").
+/// ARGV: account, max events, age cutoff (ms), seq to replay after (or ""), replay budget (bytes).
 pub(super) fn open() -> Script {
     Script::new(concat!(
         trim_fn!(),
@@ -142,10 +145,29 @@ local epoch = redis.call('GET', KEYS[1]) or ''
 local head = redis.call('GET', KEYS[2]) or '0'
 local trimmed = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
 local replay = {}
+local too_large = 0
 if ARGV[4] ~= '' then
-  replay = redis.call('XRANGE', KEYS[5], '(' .. ARGV[4] .. '-0', '+')
+  local from = '(' .. ARGV[4] .. '-0'
+  local budget = tonumber(ARGV[5])
+  local bytes = 0
+  repeat
+    local page = redis.call('XRANGE', KEYS[5], from, '+', 'COUNT', 64)
+    for _, entry in ipairs(page) do
+      local fields = entry[2]
+      for i = 1, #fields, 2 do
+        if fields[i] == 'p' then bytes = bytes + #fields[i + 1] end
+      end
+      if bytes > budget then
+        too_large = 1
+        break
+      end
+      replay[#replay + 1] = entry
+    end
+    if #page > 0 then from = '(' .. page[#page][1] end
+  until too_large == 1 or #page < 64
+  if too_large == 1 then replay = {} end
 end
-return {epoch, head, trimmed, replay}
+return {epoch, head, trimmed, replay, too_large}
 "#
     ))
 }
