@@ -95,6 +95,34 @@ impl HubState {
     }
 }
 
+/// File descriptors a node keeps for what is not an event stream (publishers, health checks
+/// and scrapes, engine connections, the data file) out of `open_files`: a node holding its
+/// maximum of streams must still accept a publish and answer `503` to the next stream.
+pub fn open_files_reserve(open_files: u64) -> u64 {
+    (open_files / 16).clamp(64, 1024)
+}
+
+/// `limits.streams_per_node`, lowered when the process may not open that many files (each
+/// stream holds one socket) plus [`open_files_reserve`]. Without this, a node at its file
+/// limit can accept nothing at all: new streams, publishes and health checks all hang.
+fn streams_within_open_files(configured: usize) -> usize {
+    let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return configured };
+    if soft == rlimit::INFINITY {
+        return configured;
+    }
+    let fit = usize::try_from(soft.saturating_sub(open_files_reserve(soft))).unwrap_or(usize::MAX).max(1);
+    if fit < configured {
+        tracing::warn!(
+            configured,
+            streams_per_node = fit,
+            open_files_limit = soft,
+            reserved = open_files_reserve(soft),
+            "limits.streams_per_node lowered to fit the open files limit; raise the limit (ulimit -n, LimitNOFILE=) to hold more streams"
+        );
+    }
+    fit.min(configured)
+}
+
 /// A configured hub, ready to run on a listener.
 #[derive(Debug)]
 pub struct Hub {
@@ -107,7 +135,8 @@ impl Hub {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let l = &config.limits;
-        let fanout = Arc::new(Fanout::new(l.streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
+        let streams_per_node = streams_within_open_files(l.streams_per_node);
+        let fanout = Arc::new(Fanout::new(streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
         let auth = Authenticator::new(&config.auth)?;
         let resolver = config.mapping.resolver()?;
         // Last: everything that only reads configuration has been checked before the engine

@@ -55,6 +55,11 @@ struct ServeArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_json)?;
+    // Every stream (and every load-generating connection of `bench`) holds a socket: use the
+    // open files limit the system allows this process, not the shell's default soft limit.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::debug!(error = %e, "could not raise the open files limit");
+    }
     match cli.command {
         Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
         Command::Demo(args) => block_on(demo::run(args)),

@@ -285,3 +285,49 @@ async fn streams_end_at_their_lifetime_with_jitter() {
     let lived = started.elapsed();
     assert!(lived >= Duration::from_millis(1700) && lived < Duration::from_secs(4), "lived {lived:?}");
 }
+
+/// A node whose process may open only 256 files holds fewer streams than that: the next one
+/// gets 503 `node_full` with `Retry-After`, and publishes, health checks and delivery to the
+/// open streams go on. Without the reserve the hub would run out of descriptors and accept
+/// nothing at all.
+#[tokio::test]
+async fn the_open_files_limit_caps_streams_and_keeps_room_for_publishes() {
+    const OPEN_FILES: usize = 256;
+    let tokens: String = (0..OPEN_FILES)
+        .map(|i| format!("[[tokens]]\ntoken = \"tok-many-{i:04}\"\naccount = \"acme\"\nuser = \"u{i}\"\nsession = \"s-many-{i}\"\n"))
+        .collect();
+    let cfg = config("", "").replace("[auth]\n", "[auth]\ntokens_file = \"tokens.toml\"\n");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tokens.toml"), tokens).unwrap();
+    // The tokens file must sit next to the configuration: start in that directory.
+    let hub = Hub::start_with_open_files_in(dir, &cfg, OPEN_FILES as u64).await;
+
+    let mut open = Vec::new();
+    let refused = loop {
+        assert!(open.len() < OPEN_FILES, "every stream was accepted: the open files limit did not cap the node");
+        let resp = tokio::time::timeout(T, reqwest::Client::new().get(hub.url("/events/stream")).bearer_auth(format!("tok-many-{:04}", open.len())).send())
+            .await
+            .expect("the hub answers a stream request at its cap instead of hanging")
+            .unwrap();
+        if resp.status() != 200 {
+            break resp;
+        }
+        let mut s = Sse::from_response(resp);
+        assert_eq!(s.next_within(T).await.unwrap().kind(), "connected");
+        open.push(s);
+    };
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "node_full");
+    assert!(open.len() >= OPEN_FILES / 2, "the cap keeps a reserve, not most of the limit: {} streams", open.len());
+    assert!(hub.logs().contains("limits.streams_per_node lowered"), "the lowered cap is logged");
+
+    // Room is left for everything else.
+    assert_eq!(reqwest::get(hub.url("/healthz")).await.unwrap().status(), 200);
+    hub.publish("acme", &[activity(1)]).await;
+    for s in &mut open {
+        assert_eq!(s.activities(1, T).await, vec![1]);
+    }
+    assert_eq!(hub.metric("tidings_streams_open").await, open.len() as f64);
+}

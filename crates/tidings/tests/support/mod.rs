@@ -90,9 +90,31 @@ impl Hub {
     }
 
     pub async fn try_start_logged(dir: tempfile::TempDir, config_toml: &str, listen: &str, log_filter: &str) -> Result<Hub, tempfile::TempDir> {
+        Self::launch(dir, config_toml, listen, log_filter, None).await
+    }
+
+    /// Starts a hub whose process may open at most `open_files` files (soft and hard limit).
+    pub async fn start_with_open_files_in(dir: tempfile::TempDir, config_toml: &str, open_files: u64) -> Hub {
+        match Self::launch(dir, config_toml, "127.0.0.1:0", "info", Some(open_files)).await {
+            Ok(hub) => hub,
+            Err(_) => panic!("hub exited before listening"),
+        }
+    }
+
+    async fn launch(dir: tempfile::TempDir, config_toml: &str, listen: &str, log_filter: &str, open_files: Option<u64>) -> Result<Hub, tempfile::TempDir> {
         let config_path = dir.path().join("hub.toml");
         std::fs::write(&config_path, config_toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tidings"))
+        let bin = env!("CARGO_BIN_EXE_tidings");
+        let mut command = match open_files {
+            None => Command::new(bin),
+            Some(n) => {
+                // The shell's `ulimit -n` sets the soft and the hard limit, then execs the hub.
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+                c
+            }
+        };
+        let mut child = command
             .args(["serve", "--listen", listen, "--config"])
             .arg(&config_path)
             .env("TIDINGS_LOG", log_filter)
