@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::WAIT;
 use support::hub::{ACCOUNT, ALICE, ALICE_AGAIN, BOB, Hub, PUBLISHER_KEY};
-use support::proxy::Proxy;
+use tidings_testkit::proxy::Proxy;
 use tidings_client::{
     Backoff, Cache, Client, CloseReason, Disconnect, Error, Event, Key, PublishError, PublishItem, Publisher,
     Subscription,

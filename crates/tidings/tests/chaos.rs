@@ -48,7 +48,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use support::proxy::Proxy;
+use tidings_testkit::proxy::Proxy;
 use support::redis::Redis;
 use support::*;
 use tidings_client::{Backoff, Client, Event as SdkEvent};

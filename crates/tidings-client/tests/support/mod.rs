@@ -166,4 +166,3 @@ pub fn connected(heartbeat_ms: u64) -> String {
 }
 
 pub mod hub;
-pub mod proxy;

@@ -12,7 +12,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub mod proxy;
 pub mod redis;
 
 pub const PUBLISHER_KEY: &str = "pub-secret-key";

@@ -1,14 +1,17 @@
-//! A TCP proxy in front of the hub that can fail the way networks do: cut every connection,
-//! refuse new ones, or keep connections open while forwarding nothing (half-open).
+//! A TCP proxy in front of the hub that fails the way networks do: it cuts every open
+//! connection at once, refuses new ones for a while, or keeps connections open while
+//! forwarding nothing more (half-open). Its upstream address stays fixed, so a hub restarted
+//! on the same port is reached again without the clients knowing.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+#[derive(Debug)]
 struct Link {
     /// Set: bytes from the hub are read and thrown away instead of forwarded.
     stalled: Arc<AtomicBool>,
@@ -16,13 +19,15 @@ struct Link {
     pumps: [JoinHandle<()>; 2],
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Shared {
     links: Mutex<Vec<Link>>,
     /// Set: new connections are accepted and dropped at once.
     down: AtomicBool,
+    cuts: AtomicU64,
 }
 
+#[derive(Debug)]
 pub struct Proxy {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
@@ -38,16 +43,18 @@ impl Proxy {
         let accept = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if s.down.load(Ordering::SeqCst) {
-                    drop(client);
                     continue;
                 }
                 let Ok(hub) = TcpStream::connect(upstream).await else { continue };
-                let stalled = Arc::new(AtomicBool::new(false));
+                let _ = (client.set_nodelay(true), hub.set_nodelay(true));
                 let (client_r, client_w) = client.into_split();
                 let (hub_r, hub_w) = hub.into_split();
+                let stalled = Arc::new(AtomicBool::new(false));
                 let up = tokio::spawn(pump(client_r, hub_w, Arc::new(AtomicBool::new(false))));
                 let down = tokio::spawn(pump(hub_r, client_w, stalled.clone()));
-                s.links.lock().unwrap().push(Link { stalled, pumps: [up, down] });
+                let mut links = s.links.lock().unwrap();
+                links.retain(|l| !l.pumps.iter().all(JoinHandle::is_finished));
+                links.push(Link { stalled, pumps: [up, down] });
             }
         });
         Self { addr, shared, accept }
@@ -64,11 +71,19 @@ impl Proxy {
         }
     }
 
-    /// Drops every open connection.
-    pub fn cut_all(&self) {
-        for link in self.shared.links.lock().unwrap().drain(..) {
-            link.pumps.iter().for_each(JoinHandle::abort);
+    /// Drops every open connection; returns how many there were.
+    pub fn cut_all(&self) -> usize {
+        let links: Vec<_> = self.shared.links.lock().unwrap().drain(..).collect();
+        for l in &links {
+            l.pumps.iter().for_each(JoinHandle::abort);
         }
+        self.shared.cuts.fetch_add(links.len() as u64, Ordering::Relaxed);
+        links.len()
+    }
+
+    /// Connections cut so far.
+    pub fn cuts(&self) -> u64 {
+        self.shared.cuts.load(Ordering::Relaxed)
     }
 
     /// While down, new connections are dropped on accept.
