@@ -98,7 +98,7 @@ impl HubState {
 /// File descriptors a node keeps for what is not an event stream (publishers, health checks
 /// and scrapes, engine connections, the data file) out of `open_files`: a node holding its
 /// maximum of streams must still accept a publish and answer `503` to the next stream.
-pub fn open_files_reserve(open_files: u64) -> u64 {
+fn open_files_reserve(open_files: u64) -> u64 {
     (open_files / 16).clamp(64, 1024)
 }
 

@@ -51,6 +51,7 @@ use rand::Rng;
 use tidings_testkit::proxy::Proxy;
 use support::redis::Redis;
 use support::*;
+use tidings_bench::wire::Chunked;
 use tidings_client::{Backoff, Client, Event as SdkEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
@@ -515,8 +516,10 @@ async fn raw_stream(addr: SocketAddr, token: &str, stalls: bool, log: &Log, stop
     let mut chunk = vec![0u8; 4096];
     let mut body_start = None;
     let mut next_stall = Instant::now() + Duration::from_millis(rand::random_range(1000..3000));
-    let mut dechunk = Dechunk::default();
-    let mut frames = String::new();
+    let mut dechunk = Chunked::default();
+    let mut frames: Vec<u8> = Vec::new();
+    // Bytes of `frames` already searched for a frame end (a padded frame arrives in many reads).
+    let mut searched = 0;
     loop {
         if stalls && !stop.load(Ordering::SeqCst) && (Instant::now() >= next_stall || FORCE_STALL.load(Ordering::SeqCst)) {
             log.stalls.fetch_add(1, Ordering::Relaxed);
@@ -547,12 +550,13 @@ async fn raw_stream(addr: SocketAddr, token: &str, stalls: bool, log: &Log, stop
             assert!(head.to_ascii_lowercase().contains("transfer-encoding: chunked"), "{head}");
             body_start = Some(());
             let rest = buf.split_off(end + 4);
-            dechunk.feed(&rest, &mut frames);
+            dechunk.decode(&rest, |b| frames.extend_from_slice(b)).expect("valid chunked framing");
         } else {
-            dechunk.feed(&chunk[..n], &mut frames);
+            dechunk.decode(&chunk[..n], |b| frames.extend_from_slice(b)).expect("valid chunked framing");
         }
-        while let Some(end) = frames.find("\n\n") {
-            let block: String = frames.drain(..end + 2).collect();
+        while let Some(end) = frames[searched.min(frames.len())..].windows(2).position(|w| w == b"\n\n").map(|i| i + searched) {
+            searched = 0;
+            let block = String::from_utf8(frames.drain(..end + 2).collect()).expect("frames are UTF-8");
             let mut id = None;
             let mut data = None;
             for line in block.lines() {
@@ -579,49 +583,7 @@ async fn raw_stream(addr: SocketAddr, token: &str, stalls: bool, log: &Log, stop
                 _ => {}
             }
         }
-    }
-}
-
-/// HTTP/1.1 chunked transfer decoding, just enough for a streamed body.
-#[derive(Default)]
-struct Dechunk {
-    pending: Vec<u8>,
-    /// Body bytes left in the current chunk, then its CRLF.
-    left: usize,
-}
-
-impl Dechunk {
-    fn feed(&mut self, bytes: &[u8], out: &mut String) {
-        self.pending.extend_from_slice(bytes);
-        loop {
-            if self.left > 0 {
-                let take = self.left.min(self.pending.len());
-                if take == 0 {
-                    return;
-                }
-                let data: Vec<u8> = self.pending.drain(..take).collect();
-                out.push_str(std::str::from_utf8(&data).expect("frames are UTF-8 and chunks end on frame boundaries"));
-                self.left -= take;
-                if self.left == 0 {
-                    self.left = usize::MAX; // expect the CRLF after the chunk
-                }
-                continue;
-            }
-            if self.left == usize::MAX {
-                if self.pending.len() < 2 {
-                    return;
-                }
-                self.pending.drain(..2);
-                self.left = 0;
-                continue;
-            }
-            let Some(end) = self.pending.windows(2).position(|w| w == b"\r\n") else { return };
-            let size = usize::from_str_radix(std::str::from_utf8(&self.pending[..end]).unwrap().trim(), 16).unwrap();
-            self.pending.drain(..end + 2);
-            if size == 0 {
-                return;
-            }
-            self.left = size;
-        }
+        // The last byte may be the first of a frame end still to come.
+        searched = frames.len().saturating_sub(1);
     }
 }
