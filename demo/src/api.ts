@@ -59,7 +59,7 @@ export const api = {
   users: () => call<{ users: User[] }>('GET', '/users').then((r) => r.users),
   me: () => call<Me>('GET', '/me'),
   login: (user: string) => call<Me>('POST', '/login', { user }),
-  logout: () => call<void>('POST', '/logout'),
+  logout: () => call<void>('POST', '/logout', {}),
   activity: () => call<{ activity: ActivityItem[] }>('GET', '/activity').then((r) => r.activity),
   list: () => call<{ applications: Application[] }>('GET', '/applications').then((r) => r.applications),
   get: (id: number) => call<Application>('GET', `/applications/${id}`),

@@ -61,6 +61,10 @@ pub struct AuthConfig {
     pub cookie: String,
     /// Accept `?access_token=` on the stream URL. Off by default: query strings end up in logs.
     pub query_token: bool,
+    /// Refuse cookie-authenticated requests that a browser says come from another origin
+    /// (`Origin` other than the hub's own or `cors.allowed_origins`, or `Sec-Fetch-Site:
+    /// cross-site`) with 403 before they touch the session. On by default; see SECURITY.md.
+    pub cookie_origin_check: bool,
     /// Static user tokens.
     pub tokens: Vec<StaticToken>,
     /// A TOML file with more `[[tokens]]` entries, read at start-up.
@@ -76,6 +80,7 @@ impl Default for AuthConfig {
         Self {
             cookie: "tidings_session".into(),
             query_token: false,
+            cookie_origin_check: true,
             tokens: Vec::new(),
             tokens_file: None,
             publishers: Vec::new(),
@@ -465,6 +470,9 @@ impl Config {
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
+        }
+        if let Some(o) = self.cors.allowed_origins.iter().find(|o| crate::origin::normalise(o).is_none()) {
+            return invalid(format!("cors.allowed_origins: {o:?} is not an origin (scheme://host[:port], http or https, no path)"));
         }
         Ok(())
     }

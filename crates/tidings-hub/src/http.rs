@@ -81,7 +81,7 @@ async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuer
     let arrived = hub.fanout.ticket();
     let query = Some(query);
     let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
-    match open_stream(&hub, req.headers(), query, conn, arrived).await {
+    match open_stream(&hub, req.uri(), req.headers(), query, conn, arrived).await {
         Ok(resp) => resp,
         Err(e) => {
             hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
@@ -92,6 +92,7 @@ async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuer
 
 async fn open_stream(
     hub: &Arc<HubState>,
+    uri: &http::Uri,
     headers: &HeaderMap,
     query: Option<StreamQuery>,
     conn: CancellationToken,
@@ -101,8 +102,7 @@ async fn open_stream(
         return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
     }
     let query_token = query.as_ref().and_then(|q| q.access_token.as_deref());
-    let (token, source) = hub.auth.stream_credential(headers, query_token).ok_or(crate::auth::AuthError::Missing)?;
-    let identity = hub.auth.identify(token, source).await?;
+    let identity = hub.identify_request(uri, headers, query_token).await?;
     if !accepts_event_stream(headers) {
         return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", "this endpoint only serves text/event-stream"));
     }

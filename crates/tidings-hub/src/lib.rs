@@ -24,13 +24,15 @@ pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod metrics;
+pub mod origin;
 mod h1;
 mod serve;
 pub mod stream;
 
 pub use config::Config;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator, CredentialSource, Identity};
+use crate::error::ApiError;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::durable::DurableEngine;
 use crate::engine::{Engine, EngineError, NewEvent};
@@ -38,6 +40,7 @@ use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::origin::OriginPolicy;
 
 /// How often deadlines (token expiry, lifetime) and stuck closing streams are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -59,12 +62,25 @@ pub struct HubState {
     /// The mapping in its JSON form, served at `GET /mapping` for browser-side resolution.
     pub mapping_json: Arc<str>,
     pub metrics: Arc<Metrics>,
+    /// Which origins may use the session cookie (`auth.cookie_origin_check`, `cors.allowed_origins`).
+    pub origin: OriginPolicy,
     /// Set once shutdown starts: new streams get 503 and `/readyz` turns unready.
     pub draining: AtomicBool,
     unresolved_logged: Mutex<HashSet<String>>,
 }
 
 impl HubState {
+    /// The identity behind a request's credential (`Authorization` header, session cookie or,
+    /// when enabled, `access_token`). A cookie from a request that a browser says comes from
+    /// another site is refused (`403` `cross_site`) before any provider or the session sees it.
+    pub async fn identify_request(&self, uri: &::http::Uri, headers: &::http::HeaderMap, query_token: Option<&str>) -> Result<Identity, ApiError> {
+        let (token, source) = self.auth.stream_credential(headers, query_token).ok_or(AuthError::Missing)?;
+        if source == CredentialSource::Cookie {
+            self.origin.check(headers, origin::request_authority(uri, headers))?;
+        }
+        Ok(self.auth.identify(token, source).await?)
+    }
+
     /// Resolves an activity's keys, logging each unresolved type once and counting it.
     pub fn resolve(&self, activity: &serde_json::Value) -> Resolution {
         let r = self.resolver.resolve(activity);
@@ -149,6 +165,7 @@ impl Hub {
             EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
         };
         let mapping_json = resolver.mapping().to_json_pretty().into();
+        let origin = OriginPolicy::new(config.auth.cookie_origin_check, &config.cors.allowed_origins);
         let state = HubState {
             auth,
             config,
@@ -157,6 +174,7 @@ impl Hub {
             resolver,
             mapping_json,
             metrics,
+            origin,
             draining: AtomicBool::new(false),
             unresolved_logged: Mutex::default(),
         };

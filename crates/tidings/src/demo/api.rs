@@ -3,16 +3,20 @@
 //!
 //! Requests are authenticated exactly like streams, by the hub's own authenticator (session
 //! cookie or `Authorization` header), so the page and its stream always agree on who is signed
-//! in. Every change is published through the hub in-process. Not a template for a real API:
-//! there is no CSRF token beyond `SameSite=Strict` and the sign-in needs no password.
+//! in, and a cookie sent from another site is refused the same way (`403` `cross_site`). Every
+//! request that changes something must be a JSON request (`Content-Type: application/json`,
+//! or a method a form cannot send), so a plain cross-site form post cannot reach it. Every
+//! change is published through the hub in-process. Not a template for a real API: the sign-in
+//! needs no password.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
@@ -43,7 +47,33 @@ pub fn router(demo: Demo) -> Router {
         .route("/demo/api/activity", get(activity))
         .route("/demo/api/applications", get(list).post(create))
         .route("/demo/api/applications/{id}", get(detail).patch(edit).delete(delete))
+        .route_layer(axum::middleware::from_fn_with_state(demo.clone(), guard))
         .with_state(demo)
+}
+
+/// Refuses, before any handler runs, what a page on another site could make a signed-in
+/// browser send: a request without an `Authorization` header (so sent with the ambient cookie,
+/// or a sign-in) from another origin, and a `POST` or `PATCH` that is not JSON (a form post is
+/// a "simple" request that browsers send cross-site without asking).
+async fn guard(State(demo): State<Demo>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    if !headers.contains_key(header::AUTHORIZATION) {
+        if let Err(e) = demo.hub.origin.check(headers, tidings_hub::origin::request_authority(req.uri(), headers)) {
+            return ApiError::from(e).into_response();
+        }
+    }
+    if matches!(*req.method(), Method::POST | Method::PATCH | Method::PUT) && !is_json(headers) {
+        return ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send Content-Type: application/json")
+            .field("Content-Type")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let value = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    media == "application/json" || media.ends_with("+json")
 }
 
 /// The signed-in caller, as the hub's authenticator sees the request.
@@ -54,9 +84,8 @@ struct Caller {
     editor: Editor,
 }
 
-async fn caller(demo: &Demo, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let (token, source) = demo.hub.auth.stream_credential(headers, None).ok_or(tidings_hub::auth::AuthError::Missing)?;
-    let identity = demo.hub.auth.identify(token, source).await?;
+async fn caller(demo: &Demo, uri: &Uri, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let identity = demo.hub.identify_request(uri, headers, None).await?;
     let user = USERS.iter().find(|u| u.email == &*identity.user);
     let name = user.map_or_else(|| identity.user.to_string(), |u| u.name.to_owned());
     Ok(Caller {
@@ -108,46 +137,46 @@ fn with_cookie(mut resp: Response, cookie: &str) -> Response {
     resp
 }
 
-async fn me(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn me(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     let user = USERS.iter().find(|u| u.email == c.editor.email).map(DemoUser::public);
     Ok(Json(json!({ "user": user, "account": c.account, "session": c.session })))
 }
 
-async fn activity(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn activity(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     Ok(Json(json!({ "activity": demo.store.lock().expect("store lock").feed(&c.account) })))
 }
 
-async fn list(State(demo): State<Demo>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn list(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     Ok(Json(json!({ "applications": demo.store.lock().expect("store lock").list(&c.account) })))
 }
 
-async fn detail(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn detail(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Path(id): Path<u64>) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     let app = demo.store.lock().expect("store lock").get(&c.account, id).map_err(store_error)?;
     Ok(Json(json!(app)))
 }
 
-async fn create(State(demo): State<Demo>, headers: HeaderMap, Json(changes): Json<Changes>) -> Result<Response, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn create(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Json(changes): Json<Changes>) -> Result<Response, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     let result = demo.store.lock().expect("store lock").create(&c.account, &c.editor, changes);
     let (app, activity) = result.map_err(store_error)?;
     publish(&demo, &c.account, &activity).await;
     Ok((StatusCode::CREATED, Json(json!(app))).into_response())
 }
 
-async fn edit(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>, Json(changes): Json<Changes>) -> Result<Json<Value>, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn edit(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Path(id): Path<u64>, Json(changes): Json<Changes>) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     let result = demo.store.lock().expect("store lock").edit(&c.account, id, &c.editor, changes);
     let (app, activity) = result.map_err(store_error)?;
     publish(&demo, &c.account, &activity).await;
     Ok(Json(json!(app)))
 }
 
-async fn delete(State(demo): State<Demo>, headers: HeaderMap, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
-    let c = caller(&demo, &headers).await?;
+async fn delete(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Path(id): Path<u64>) -> Result<StatusCode, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
     let result = demo.store.lock().expect("store lock").delete(&c.account, id, &c.editor);
     let activity = result.map_err(store_error)?;
     publish(&demo, &c.account, &activity).await;
