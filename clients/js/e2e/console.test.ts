@@ -105,10 +105,10 @@ describe('demo console', () => {
     const context = await newContext();
     await signInContext(context, env.demo, 'alice');
     const page = await context.newPage();
-    const started = Date.now();
+    // Signed out as soon as the button exists, before the console has necessarily connected.
+    // (How soon that is depends on the machine's load; the SDK runs below hit exact moments.)
     await page.goto(env.demo.url);
     await page.getByTestId('logout').click();
-    expect(Date.now() - started).toBeLessThan(1_000);
     await page.getByTestId('signin-alice').waitFor();
 
     // And through the SDK directly, stopping at moments spread over the first second. Each
