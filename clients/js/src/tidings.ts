@@ -3,7 +3,7 @@
  * and relays every frame to the others; without them, each tab runs its own stream. Either
  * way, subscribers see the same events: activities (de-duplicated by id, with keys resolved
  * locally when the hub sent none), resyncs, and why the stream stopped. */
-import { consoleLogger, systemClock, Timer, type Clock, type EventTargetLike, type Logger } from './env.js';
+import { consoleLogger, isServer, systemClock, Timer, type Clock, type EventTargetLike, type Logger } from './env.js';
 import { plainKeys, type QueryKey } from './keys.js';
 import { decodeFrame, type Activity, type ConnectedFrame, type Frame } from './protocol.js';
 import {
@@ -58,6 +58,23 @@ export interface TidingsStatus {
   /** The last `connected` or `activity` event of the session (a tab opened later gets it from
    * the leader). */
   lastEvent?: LastEvent;
+  /** Why the SDK stopped (role `stopped`): `stop()`, an auth refusal or a final `closed`. */
+  stopReason?: StopReason;
+}
+
+/** The status of an instance that has not started (and of no instance at all). */
+export const IDLE_STATUS: TidingsStatus = Object.freeze({ role: 'idle', connected: false }) as TidingsStatus;
+
+/** One word for the connection, for a badge: `connected`; `connecting` (first attempt, or a
+ * tab that has not heard its leader yet); `reconnecting` (after a failure, `stream.retryAt`
+ * says when); `suspended` (page in the back/forward cache); `stopped`; `idle` (not started). */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'suspended' | 'stopped';
+
+export function connectionState(status: TidingsStatus): ConnectionState {
+  if (status.role === 'idle' || status.role === 'stopped' || status.role === 'suspended') return status.role;
+  if (status.connected) return 'connected';
+  const stream = status.stream;
+  return stream && (stream.state === 'waiting' || stream.attempt > 0) ? 'reconnecting' : 'connecting';
 }
 
 export type LastEvent = Extract<TidingsEvent, { type: 'activity' | 'connected' }>;
@@ -132,7 +149,7 @@ export class Tidings {
   /** The latest stream position this tab knows, from its own stream or from relays. */
   #lastId: string | undefined;
   #heartbeatMs = HEARTBEAT_MS_DEFAULT;
-  #status: TidingsStatus = { role: 'idle', connected: false };
+  #status: TidingsStatus = IDLE_STATUS;
   /** The hub's `client_id` of this tab's own open stream (solo, leader). */
   #clientId: string | undefined;
   /** Follower only: the leader's connection as last relayed. */
@@ -568,6 +585,7 @@ export class Tidings {
     const error = role === 'stopped' ? stopError(this.#stopReason) : !connected && stream?.lastError ? { message: stream.lastError } : undefined;
     if (error) status.error = error;
     if (this.#lastEvent) status.lastEvent = this.#lastEvent;
+    if (role === 'stopped' && this.#stopReason) status.stopReason = this.#stopReason;
     const prev = this.#status;
     if (
       prev.role === status.role &&
@@ -575,7 +593,8 @@ export class Tidings {
       prev.connected === status.connected &&
       prev.clientId === status.clientId &&
       prev.error?.message === status.error?.message &&
-      prev.lastEvent === status.lastEvent
+      prev.lastEvent === status.lastEvent &&
+      prev.stopReason === status.stopReason
     ) {
       return;
     }
@@ -612,11 +631,6 @@ function stopError(reason: StopReason | undefined): TidingsError | undefined {
   if (!reason || reason.kind === 'user') return undefined;
   if (reason.kind === 'auth') return { message: `the hub refused the stream (HTTP ${reason.status})`, status: reason.status };
   return { message: `the hub closed the stream (${reason.reason})`, reason: reason.reason };
-}
-
-/** No `window` and no `self`: a server rendering a page, not a browser tab or worker. */
-function isServer(): boolean {
-  return typeof window === 'undefined' && typeof self === 'undefined';
 }
 
 function isAbort(error: unknown): boolean {

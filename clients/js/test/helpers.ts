@@ -44,46 +44,9 @@ export class FakeClock implements Clock {
   }
 }
 
-/** One streamed response the test writes to. */
-export class FakeConnection {
-  #controller!: ReadableStreamDefaultController<Uint8Array>;
-  #encoder = new TextEncoder();
-  ended = false;
-  aborted = false;
-  cancelled = false;
-  readonly body: ReadableStream<Uint8Array>;
-
-  constructor(signal: AbortSignal | undefined) {
-    this.body = new ReadableStream<Uint8Array>({
-      start: (c) => {
-        this.#controller = c;
-      },
-      cancel: () => {
-        this.cancelled = true;
-      },
-    });
-    signal?.addEventListener('abort', () => {
-      this.aborted = true;
-      if (!this.ended && !this.cancelled) {
-        try {
-          this.#controller.error(new DOMException('The operation was aborted.', 'AbortError'));
-        } catch {
-          /* already closed */
-        }
-      }
-    });
-  }
-  get open(): boolean {
-    return !this.ended && !this.aborted && !this.cancelled;
-  }
-  send(text: string): void {
-    this.#controller.enqueue(this.#encoder.encode(text));
-  }
-  end(): void {
-    this.ended = true;
-    this.#controller.close();
-  }
-}
+/** One streamed response the test writes to (the same one `tidings/testing` uses). */
+export { FakeStream as FakeConnection } from '../src/testing.js';
+import { FakeStream as FakeConnection } from '../src/testing.js';
 
 export interface RecordedRequest {
   url: string;
