@@ -16,7 +16,7 @@ const SPACING_MS = 200;
 /** A tab with a query client connected to the SDK and active queries whose fetch start times
  * (performance.timeOrigin + performance.now(), comparable across processes on this machine)
  * are recorded per key. */
-async function open(page: Page, sessionKey: string, keys: string[][]): Promise<void> {
+async function open(page: Page, sessionKey: string, keys: Array<Array<string | number>>): Promise<void> {
   await page.evaluate(
     ({ key, queryKeys }) => {
       const w = window as unknown as { TidingsSDK: typeof import('./support.js') & Record<string, any>; starts: Record<string, number[]>; role: () => string };
@@ -47,7 +47,7 @@ async function open(page: Page, sessionKey: string, keys: string[][]): Promise<v
 const starts = (page: Page) => page.evaluate(() => (window as unknown as { starts: Record<string, number[]> }).starts);
 const role = (page: Page) => page.evaluate(() => (window as unknown as { role: () => string }).role());
 
-async function twoTabs(keys: string[][]): Promise<{ leader: Page; follower: Page }> {
+async function twoTabs(keys: Array<Array<string | number>>): Promise<{ leader: Page; follower: Page }> {
   const context = await env.newContext();
   const session = await sessionOf(context, env.demo, 'alice');
   const pages = [await sdkPage(context, env.demo, true), await sdkPage(context, env.demo, true)];
