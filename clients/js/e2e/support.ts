@@ -185,50 +185,39 @@ export async function feed(page: Page): Promise<string[]> {
   return page.locator('[data-testid="feed"] li[data-event-id]').evaluateAll((lis) => lis.map((li) => li.textContent ?? ''));
 }
 
-let sdkBundle: string | undefined;
+const bundles = new Map<string, Promise<string>>();
+
+/** Bundles `contents` (resolved from clients/js) for a plain page as `window.TidingsSDK`. */
+function pageBundle(contents: string): Promise<string> {
+  let bundle = bundles.get(contents);
+  if (!bundle) {
+    bundle = import('esbuild').then(async (esbuild) => {
+      const out = await esbuild.build({
+        stdin: { contents, resolveDir: join(REPO, 'clients/js'), loader: 'ts' },
+        bundle: true,
+        format: 'iife',
+        globalName: 'TidingsSDK',
+        target: 'es2022',
+        write: false,
+        logLevel: 'silent',
+      });
+      return out.outputFiles[0]!.text;
+    });
+    bundles.set(contents, bundle);
+  }
+  return bundle;
+}
 
 /** The SDK's core bundled for a plain page (`window.TidingsSDK`), for scenarios that drive the
  * SDK directly rather than through the demo console. */
-export async function sdkScript(): Promise<string> {
-  if (sdkBundle === undefined) {
-    const esbuild = await import('esbuild');
-    const out = await esbuild.build({
-      entryPoints: [join(REPO, 'clients/js/src/index.ts')],
-      bundle: true,
-      format: 'iife',
-      globalName: 'TidingsSDK',
-      target: 'es2022',
-      write: false,
-      logLevel: 'silent',
-    });
-    sdkBundle = out.outputFiles[0]!.text;
-  }
-  return sdkBundle;
+export function sdkScript(): Promise<string> {
+  return pageBundle(`export * from './src/index.ts';`);
 }
-
-let sdkQueryBundle: string | undefined;
 
 /** The core, the TanStack adapter and query-core bundled for a plain page
  * (`window.TidingsSDK` with `connectQueryClient`, `QueryClient` and `QueryObserver`). */
-export async function sdkQueryScript(): Promise<string> {
-  if (sdkQueryBundle === undefined) {
-    const esbuild = await import('esbuild');
-    const out = await esbuild.build({
-      stdin: {
-        contents: `export * from './src/index.ts'; export { connectQueryClient } from './src/query.ts'; export { QueryClient, QueryObserver } from '@tanstack/query-core';`,
-        resolveDir: join(REPO, 'clients/js'),
-        loader: 'ts',
-      },
-      bundle: true,
-      format: 'iife',
-      globalName: 'TidingsSDK',
-      target: 'es2022',
-      write: false,
-      logLevel: 'silent',
-    });
-    sdkQueryBundle = out.outputFiles[0]!.text;
-  }
-  return sdkQueryBundle;
+export function sdkQueryScript(): Promise<string> {
+  return pageBundle(`export * from './src/index.ts'; export { connectQueryClient } from './src/query.ts'; export { QueryClient, QueryObserver } from '@tanstack/query-core';`);
 }
 
 /** Signs a context in through the API and returns the session id (the SDK's `sessionKey`). */

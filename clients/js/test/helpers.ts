@@ -1,7 +1,8 @@
 /** Test doubles for the SDK's injected edges: a manual clock that counts pending timers, a
  * scripted hub behind a fetch function that counts open connections, and an event target that
  * counts listeners. */
-import type { Clock, EventTargetLike, Logger } from '../src/env.js';
+import { silentLogger, type Clock, type EventTargetLike, type Logger } from '../src/env.js';
+import { Tidings } from '../src/tidings.js';
 
 /** Lets pending promise callbacks and stream reads run. */
 export async function settle(rounds = 5): Promise<void> {
@@ -227,4 +228,19 @@ export class FakeLocks {
     for (const q of this.queues.values()) n += q.length;
     return n;
   }
+}
+
+/** One tab on its own (no cross-tab), against a fake hub, on a fake clock. */
+export function solo(sessionKey: string, hub = new FakeHub(), clock = new FakeClock()) {
+  const tidings = new Tidings({
+    url: 'http://hub.test/events/stream',
+    sessionKey,
+    fetch: hub.fetch,
+    clock,
+    locks: null,
+    onlineTarget: null,
+    pageTarget: null,
+    logger: silentLogger,
+  });
+  return { tidings, hub, clock };
 }

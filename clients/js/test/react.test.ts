@@ -3,28 +3,11 @@ import { QueryClient, QueryClientProvider, useQuery } from '@tanstack/react-quer
 import { act, createElement, useEffect, useState, type ReactNode } from 'react';
 import { createRoot } from 'react-dom/client';
 import { describe, expect, it } from 'vitest';
-import { silentLogger } from '../src/env.js';
 import { useTidings } from '../src/react.js';
 import { Tidings, type Role } from '../src/tidings.js';
-import { activity, connected, FakeClock, FakeHub, frame, settle } from './helpers.js';
+import { activity, connected, frame, settle, solo } from './helpers.js';
 
 (globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = true;
-
-function solo(sessionKey: string) {
-  const hub = new FakeHub();
-  const clock = new FakeClock();
-  const tidings = new Tidings({
-    url: 'http://hub.test/events/stream',
-    sessionKey,
-    fetch: hub.fetch,
-    clock,
-    locks: null,
-    onlineTarget: null,
-    pageTarget: null,
-    logger: silentLogger,
-  });
-  return { tidings, hub, clock };
-}
 
 const pause = (ms = 20) => new Promise((r) => setTimeout(r, ms));
 

@@ -5,8 +5,7 @@ import { defineComponent, effectScope, h, createApp, nextTick, shallowRef } from
 import { connectQueryClient } from '../src/query.js';
 import { Tidings } from '../src/tidings.js';
 import { useTidings } from '../src/vue.js';
-import { activity, connected, FakeClock, FakeHub, frame, settle } from './helpers.js';
-import { silentLogger } from '../src/env.js';
+import { activity, connected, frame, settle, solo } from './helpers.js';
 
 async function until(check: () => boolean): Promise<void> {
   const end = Date.now() + 2_000;
@@ -14,20 +13,6 @@ async function until(check: () => boolean): Promise<void> {
     if (Date.now() > end) throw new Error('condition not reached');
     await new Promise((r) => setTimeout(r, 2));
   }
-}
-
-function solo(sessionKey: string, hub = new FakeHub(), clock = new FakeClock()) {
-  const tidings = new Tidings({
-    url: 'http://hub.test/events/stream',
-    sessionKey,
-    fetch: hub.fetch,
-    clock,
-    locks: null,
-    onlineTarget: null,
-    pageTarget: null,
-    logger: silentLogger,
-  });
-  return { tidings, hub, clock };
 }
 
 async function activeQuery(client: QueryClient, key: unknown[]) {
