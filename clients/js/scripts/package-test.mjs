@@ -19,7 +19,7 @@ const ENTRIES = ['index', 'query', 'vue', 'react', 'testing'];
 
 /** The environment of a user's shell: none of the npm_config_* this script inherits from
  * `npm run` (a flag like legacy-peer-deps would hide the very failures looked for here). */
-const plainEnv = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k)));
+const plainEnv = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^npm_/i.test(k))), NO_COLOR: '1' };
 
 function run(cmd, args, cwd, label) {
   const started = Date.now();
