@@ -15,6 +15,7 @@ import {
   onMounted,
   onScopeDispose,
   shallowRef,
+  toRaw,
   toValue,
   watch,
   type ComputedRef,
@@ -68,7 +69,12 @@ interface Subscription {
 export function useTidings(source: MaybeRefOrGetter<Tidings | null | undefined>, options: UseTidingsOptions = {}): UseTidingsResult {
   const { queryClient, ...adapterOptions } = options;
   const client = queryClient ?? (useQueryClient() as unknown as QueryClient);
-  const status = shallowRef<TidingsStatus>(toValue(source)?.status ?? IDLE_STATUS);
+  // toRaw: a deep `ref(instance)` hands out a reactive proxy, which private fields refuse.
+  const read = (): Tidings | null | undefined => {
+    const value = toValue(source);
+    return value ? toRaw(value) : value;
+  };
+  const status = shallowRef<TidingsStatus>(read()?.status ?? IDLE_STATUS);
   const subscriptions = new Set<Subscription>();
   let current: Tidings | null | undefined;
   let detach: (() => void) | undefined;
@@ -95,12 +101,12 @@ export function useTidings(source: MaybeRefOrGetter<Tidings | null | undefined>,
   };
   const activate = (): void => {
     active = true;
-    attach(toValue(source));
+    attach(read());
   };
 
   // Not immediate: during server rendering Vue never runs it.
   watch(
-    () => toValue(source),
+    read,
     (tidings) => {
       if (active) attach(tidings);
     },

@@ -1,7 +1,7 @@
 // @vitest-environment happy-dom
 import { QueryClient, QueryObserver } from '@tanstack/query-core';
 import { describe, expect, it } from 'vitest';
-import { defineComponent, effectScope, h, createApp, nextTick, shallowRef } from 'vue';
+import { defineComponent, effectScope, h, createApp, nextTick, ref, type Ref } from 'vue';
 import { connectQueryClient } from '../src/query.js';
 import { Tidings } from '../src/tidings.js';
 import { useTidings } from '../src/vue.js';
@@ -75,7 +75,9 @@ describe('Vue composable', () => {
     const bob = solo('bob');
     const client = new QueryClient({ defaultOptions: { queries: { staleTime: Infinity } } });
     const app = await activeQuery(client, ['app']);
-    const current = shallowRef<Tidings | null>(null);
+    // A deep ref, as plain JavaScript may pass it (TypeScript asks for a shallowRef): the
+    // composable unwraps the reactive proxy, whose private fields would throw.
+    const current = ref(null) as unknown as Ref<Tidings | null>;
     const heard: string[] = [];
     let setups = 0;
     const Probe = defineComponent({
