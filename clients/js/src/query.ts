@@ -38,6 +38,10 @@ export class QueryAdapter {
   readonly #timer: Timer;
   #pending: QueryKey[] = [];
   #firstPendingAt = 0;
+  /** When invalidations were last applied. The window is measured on the clock, not by a
+   * timer still being armed: on a busy main thread a timer fires late, and that must not turn
+   * the next lone event into a gathered one. */
+  #appliedAt = Number.NEGATIVE_INFINITY;
   /** Query hashes whose in-flight fetch started before an invalidation that matched them. */
   readonly #stale = new Set<string>();
   /** Query cache subscription, held only while `#stale` is not empty. */
@@ -67,13 +71,12 @@ export class QueryAdapter {
    * queues them for the next gathered invalidation. */
   invalidate(keys: readonly QueryKey[]): void {
     if (this.#disposed || keys.length === 0) return;
-    // The timer is armed exactly while a window is open: since the last apply, or gathering.
-    if (!this.#timer.armed) {
+    const now = this.#clock.now();
+    if (this.#pending.length === 0 && now - this.#appliedAt >= this.#windowMs) {
+      this.#timer.cancel();
       this.#apply(matcher(dedupePrefixes(keys)));
-      this.#timer.arm(this.#windowMs);
       return;
     }
-    const now = this.#clock.now();
     if (this.#pending.length === 0) this.#firstPendingAt = now;
     this.#pending.push(...keys);
     const deadline = this.#firstPendingAt + this.#maxWaitMs;
@@ -91,19 +94,17 @@ export class QueryAdapter {
   resync(): void {
     if (this.#disposed) return;
     this.#pending = [];
+    this.#timer.cancel();
     this.#apply(() => true);
-    this.#timer.arm(this.#windowMs);
   }
 
-  /** Applies the queued invalidations now (a window then starts again); with nothing queued,
-   * ends the window, so the next invalidation applies at once. */
+  /** Applies the queued invalidations now (a window then starts again). */
   flush(): void {
     this.#timer.cancel();
     if (this.#disposed || this.#pending.length === 0) return;
     const keys = dedupePrefixes(this.#pending);
     this.#pending = [];
     this.#apply(matcher(keys));
-    this.#timer.arm(this.#windowMs);
   }
 
   dispose(): void {
@@ -116,6 +117,7 @@ export class QueryAdapter {
   }
 
   #apply(predicate: QueryPredicate): void {
+    this.#appliedAt = this.#clock.now();
     for (const query of this.#client.getQueryCache().findAll({ predicate })) {
       // query-core joins a refetch to an in-flight fetch when the query has no data yet, and
       // an inactive query is only marked invalid, a mark that fetch's success then clears.

@@ -140,6 +140,25 @@ describe('TanStack Query adapter', () => {
     await until(() => s.count(['app']) === 5);
   });
 
+  it('a busy main thread (a late timer) does not delay the next lone event', async () => {
+    const s = setup();
+    await s.active(['app']);
+    s.adapter.invalidate([['app']]);
+    await until(() => s.count(['app']) === 2);
+    // 200 ms pass without any timer running (the tab was busy): the window is over by the
+    // clock, so the next event is applied at once.
+    s.clock.t += 200;
+    s.adapter.invalidate([['app']]);
+    await until(() => s.count(['app']) === 3);
+    // Within the window by the clock: gathered.
+    s.clock.t += 100;
+    s.adapter.invalidate([['app']]);
+    await quiet();
+    expect(s.count(['app'])).toBe(3);
+    await s.clock.advance(150);
+    await until(() => s.count(['app']) === 4);
+  });
+
   it('numbers and strings are strict when matching keys', async () => {
     const s = setup();
     await s.active(['app', 42]);
