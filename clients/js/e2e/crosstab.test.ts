@@ -52,6 +52,10 @@ describe('one stream per session across tabs', () => {
     await expect.poll(() => roles(pages)).toEqual(['follower', 'follower', 'leader']);
     await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
     expect(await openDuring(1_000)).toEqual([1]);
+    // Every tab's badge shows the one stream: connected, with the hub's client id.
+    const clientIds = await Promise.all(pages.map((p) => p.getByTestId('connection').getAttribute('data-client-id')));
+    expect(clientIds[0]).toMatch(/^c_/);
+    expect(new Set(clientIds).size).toBe(1);
 
     // Bob (same account, another session) keeps changing things through the hand-over.
     const bob = await apiAs(env.demo, 'bob');

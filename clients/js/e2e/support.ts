@@ -185,34 +185,72 @@ export async function feed(page: Page): Promise<string[]> {
   return page.locator('[data-testid="feed"] li[data-event-id]').evaluateAll((lis) => lis.map((li) => li.textContent ?? ''));
 }
 
-let sdkBundle: string | undefined;
+const bundles = new Map<string, Promise<string>>();
+
+/** Bundles `contents` (resolved from clients/js) for a plain page as `window.TidingsSDK`. */
+function pageBundle(contents: string): Promise<string> {
+  let bundle = bundles.get(contents);
+  if (!bundle) {
+    bundle = import('esbuild').then(async (esbuild) => {
+      const out = await esbuild.build({
+        stdin: { contents, resolveDir: join(REPO, 'clients/js'), loader: 'ts' },
+        bundle: true,
+        format: 'iife',
+        globalName: 'TidingsSDK',
+        target: 'es2022',
+        write: false,
+        logLevel: 'silent',
+      });
+      return out.outputFiles[0]!.text;
+    });
+    bundles.set(contents, bundle);
+  }
+  return bundle;
+}
 
 /** The SDK's core bundled for a plain page (`window.TidingsSDK`), for scenarios that drive the
  * SDK directly rather than through the demo console. */
-export async function sdkScript(): Promise<string> {
-  if (sdkBundle === undefined) {
-    const esbuild = await import('esbuild');
-    const out = await esbuild.build({
-      entryPoints: [join(REPO, 'clients/js/src/index.ts')],
-      bundle: true,
-      format: 'iife',
-      globalName: 'TidingsSDK',
-      target: 'es2022',
-      write: false,
-      logLevel: 'silent',
-    });
-    sdkBundle = out.outputFiles[0]!.text;
-  }
-  return sdkBundle;
+export function sdkScript(): Promise<string> {
+  return pageBundle(`export * from './src/index.ts';`);
+}
+
+/** The core, the TanStack adapter and query-core bundled for a plain page
+ * (`window.TidingsSDK` with `connectQueryClient`, `QueryClient` and `QueryObserver`). */
+export function sdkQueryScript(): Promise<string> {
+  return pageBundle(`export * from './src/index.ts'; export { connectQueryClient } from './src/query.ts'; export { QueryClient, QueryObserver } from '@tanstack/query-core';`);
+}
+
+/** Signs a context in through the API and returns the session id (the SDK's `sessionKey`). */
+export async function sessionOf(context: BrowserContext, demo: Demo, user: string): Promise<string> {
+  const login = await context.request.post(`${demo.url}/demo/api/login`, { data: { user } });
+  if (!login.ok()) throw new Error(`login ${user}: HTTP ${login.status()}`);
+  return ((await login.json()) as { session: string }).session;
 }
 
 /** A page on the demo's origin (so the session cookie and Web Locks apply) with the SDK
  * loaded and nothing else running. */
-export async function sdkPage(context: BrowserContext, demo: Demo): Promise<Page> {
+export async function sdkPage(context: BrowserContext, demo: Demo, withQuery = false): Promise<Page> {
   const page = await context.newPage();
   await page.goto(`${demo.url}/demo/api/users`);
-  await page.addScriptTag({ content: await sdkScript() });
+  await page.addScriptTag({ content: await (withQuery ? sdkQueryScript() : sdkScript()) });
   return page;
+}
+
+/** Publishes a batch (up to 1,000 items) in one request. */
+export async function publishBatch(demo: Demo, items: Array<{ account: string; data: unknown }>): Promise<string[]> {
+  const r = await fetch(`${demo.url}/events`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${PUBLISHER_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify(items),
+  });
+  if (r.status !== 202) throw new Error(`publish: HTTP ${r.status} ${await r.text()}`);
+  return ((await r.json()) as { ids: string[] }).ids;
+}
+
+/** The p-th percentile (0–100) of `values`, nearest rank. */
+export function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!;
 }
 
 /** One browser per file and a fresh demo hub per test, with the contexts a test opened closed

@@ -1,14 +1,27 @@
-// Reports the minified and gzipped size of each entry point as an application bundler would
-// ship it: the SDK's own code plus eventsource-parser, with the peer dependencies left out.
+// Reports the minified and gzipped size of the SDK as an application bundler ships it: the SDK's
+// own code plus eventsource-parser, with the peer dependencies (TanStack, Vue, React) left out.
+// Each entry point is measured whole (everything it exports), and so is what a typical console
+// imports. Fails when a figure exceeds its budget: README.md quotes these numbers.
+//   node scripts/size.mjs   (after `npm run build`; `npm run size` does both)
 import { build } from 'esbuild';
 import { gzipSync } from 'node:zlib';
 
-const entries = ['index', 'query', 'vue', 'react'];
+const KIB = 1024;
 const external = ['@tanstack/query-core', '@tanstack/vue-query', '@tanstack/react-query', 'vue', 'react'];
+/** name, what it imports, gzip budget in KiB. */
+const cases = [
+  ['tidings (all of it)', `export * from './dist/index.js';`, 11],
+  ['tidings/query', `export * from './dist/query.js';`, 1.6],
+  ['tidings/vue', `export * from './dist/vue.js';`, 2.2],
+  ['tidings/react', `export * from './dist/react.js';`, 2.2],
+  ['Vue console: createTidings + useTidings', `export { createTidings } from './dist/index.js'; export { useTidings } from './dist/vue.js';`, 10.5],
+  ['React console: createTidings + useTidings', `export { createTidings } from './dist/index.js'; export { useTidings } from './dist/react.js';`, 10.5],
+];
 
-for (const name of entries) {
+let over = 0;
+for (const [name, contents, budgetKiB] of cases) {
   const result = await build({
-    entryPoints: [`dist/${name}.js`],
+    stdin: { contents, resolveDir: new URL('..', import.meta.url).pathname, loader: 'js' },
     bundle: true,
     minify: true,
     format: 'esm',
@@ -17,5 +30,12 @@ for (const name of entries) {
     logLevel: 'silent',
   });
   const code = result.outputFiles[0].contents;
-  console.log(`${name.padEnd(6)} ${(code.length / 1024).toFixed(1)} KiB min, ${(gzipSync(code).length / 1024).toFixed(1)} KiB gzip`);
+  const gzip = gzipSync(code, { level: 9 }).length / KIB;
+  const ok = gzip <= budgetKiB;
+  if (!ok) over++;
+  console.log(`${name.padEnd(44)} ${(code.length / KIB).toFixed(1).padStart(5)} KiB min ${gzip.toFixed(1).padStart(5)} KiB gzip  (budget ${budgetKiB} KiB)${ok ? '' : '  OVER BUDGET'}`);
+}
+if (over > 0) {
+  console.error(`${over} size budget(s) exceeded: shrink the code, or raise the budget in scripts/size.mjs and the figures in README.md together.`);
+  process.exit(1);
 }

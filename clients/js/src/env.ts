@@ -68,3 +68,8 @@ export class Timer {
     return this.#armed;
   }
 }
+
+/** No `window` and no `self`: a server rendering a page, not a browser tab or a worker. */
+export function isServer(): boolean {
+  return typeof window === 'undefined' && typeof self === 'undefined';
+}

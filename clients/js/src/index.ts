@@ -1,7 +1,18 @@
 /** Tidings browser SDK, framework-free core. TanStack Query, Vue and React integrations live
  * in `tidings/query`, `tidings/vue` and `tidings/react`, so this entry imports none of them. */
-export { createTidings, Tidings, DEDUPE_IDS_MAX } from './tidings.js';
-export type { Role, TidingsEvent, TidingsListener, TidingsOptions, TidingsStatus } from './tidings.js';
+export { connectionState, createTidings, IDLE_STATUS, Tidings, DEDUPE_IDS_MAX } from './tidings.js';
+export type {
+  ConnectionState,
+  LastEvent,
+  Role,
+  TidingsError,
+  TidingsEvent,
+  TidingsEventOf,
+  TidingsEventType,
+  TidingsListener,
+  TidingsOptions,
+  TidingsStatus,
+} from './tidings.js';
 export { StreamClient, HEARTBEAT_MS_DEFAULT, WATCHDOG_HEARTBEATS, STREAM_STABLE_MS } from './stream.js';
 export type { StopReason, StreamClientOptions, StreamState, StreamStatus, TokenResult } from './stream.js';
 export { BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, fullJitter, reconnectDelay } from './backoff.js';

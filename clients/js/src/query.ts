@@ -1,18 +1,23 @@
 /** TanStack Query adapter: turns Tidings events into cache operations on a `QueryClient`.
- * Invalidations are coalesced over a short window and de-duplicated (a key covered by a shorter
- * one is dropped), then applied in one `invalidateQueries` call, so a burst of events refetches
- * each active query at most once. `remove` keys are removed at once; `resync` invalidates
- * everything. A query whose first fetch is in flight when its key is invalidated would settle
- * with data older than the event; it is invalidated again once that fetch settles. */
+ * Fresh first: the first invalidation after a quiet spell is applied at once (leading edge);
+ * what follows within the window is gathered, de-duplicated (a key covered by a shorter one is
+ * dropped) and applied in one `invalidateQueries` call when the events pause (at most
+ * `maxWaitMs` after the first of them), so each active query refetches at most once per
+ * window and a burst costs it two refetches. `remove` keys are removed at once; `resync`
+ * invalidates everything. A query whose first fetch is in flight when its key is invalidated
+ * would settle with data older than the event; it is invalidated again once that fetch
+ * settles. */
 import { partialMatchKey, type Query, type QueryClient } from '@tanstack/query-core';
 import { consoleLogger, systemClock, Timer, type Clock, type Logger } from './env.js';
 import { dedupePrefixes, type QueryKey } from './keys.js';
 import type { Tidings, TidingsEvent } from './tidings.js';
 
-/** Invalidations arriving within this window of each other are applied together. Long enough
- * to gather a burst of publishes (a batch import, a cascade delete), short enough to feel live. */
+/** After an invalidation is applied, the next ones wait until the events pause this long, and
+ * are then applied together: long enough to gather a burst of publishes (a batch import, a
+ * cascade delete) into one refetch, short enough that a second edit still shows promptly. The
+ * first invalidation after a quiet spell does not wait at all. */
 export const COALESCE_WINDOW_MS = 150;
-/** A steady trickle never postpones a refetch longer than this. */
+/** A steady trickle never postpones a gathered refetch longer than this. */
 export const COALESCE_MAX_WAIT_MS = 1_000;
 
 export interface QueryAdapterOptions {
@@ -33,6 +38,10 @@ export class QueryAdapter {
   readonly #timer: Timer;
   #pending: QueryKey[] = [];
   #firstPendingAt = 0;
+  /** When invalidations were last applied. The window is measured on the clock, not by a
+   * timer still being armed: on a busy main thread a timer fires late, and that must not turn
+   * the next lone event into a gathered one. */
+  #appliedAt = Number.NEGATIVE_INFINITY;
   /** Query hashes whose in-flight fetch started before an invalidation that matched them. */
   readonly #stale = new Set<string>();
   /** Query cache subscription, held only while `#stale` is not empty. */
@@ -58,10 +67,16 @@ export class QueryAdapter {
     }
   }
 
-  /** Queues keys for the next coalesced invalidation. */
+  /** Applies keys now when nothing was applied within the window (leading edge); otherwise
+   * queues them for the next gathered invalidation. */
   invalidate(keys: readonly QueryKey[]): void {
     if (this.#disposed || keys.length === 0) return;
     const now = this.#clock.now();
+    if (this.#pending.length === 0 && now - this.#appliedAt >= this.#windowMs) {
+      this.#timer.cancel();
+      this.#apply(matcher(dedupePrefixes(keys)));
+      return;
+    }
     if (this.#pending.length === 0) this.#firstPendingAt = now;
     this.#pending.push(...keys);
     const deadline = this.#firstPendingAt + this.#maxWaitMs;
@@ -83,7 +98,7 @@ export class QueryAdapter {
     this.#apply(() => true);
   }
 
-  /** Applies the queued invalidations now. */
+  /** Applies the queued invalidations now (a window then starts again). */
   flush(): void {
     this.#timer.cancel();
     if (this.#disposed || this.#pending.length === 0) return;
@@ -102,6 +117,7 @@ export class QueryAdapter {
   }
 
   #apply(predicate: QueryPredicate): void {
+    this.#appliedAt = this.#clock.now();
     for (const query of this.#client.getQueryCache().findAll({ predicate })) {
       // query-core joins a refetch to an in-flight fetch when the query has no data yet, and
       // an inactive query is only marked invalid, a mark that fetch's success then clears.
@@ -144,12 +160,38 @@ function matcher(keys: readonly QueryKey[]): QueryPredicate {
   return (query) => keys.some((key) => partialMatchKey(query.queryKey, key as unknown[]));
 }
 
-/** Feeds a Tidings instance into a QueryClient until the returned function is called. */
+interface SharedAdapter {
+  adapter: QueryAdapter;
+  unsubscribe: () => void;
+  users: number;
+}
+
+/** One adapter per (instance, client) pair, however many components connect it: two adapters
+ * on one client would refetch every query twice per event. */
+const shared = new WeakMap<Tidings, WeakMap<QueryClient, SharedAdapter>>();
+
+/** Feeds a Tidings instance into a QueryClient until the returned function is called.
+ * Connecting the same pair again shares the first connection's adapter (and its options); it
+ * ends when the last of them disconnects. */
 export function connectQueryClient(tidings: Tidings, client: QueryClient, options?: QueryAdapterOptions): () => void {
-  const adapter = new QueryAdapter(client, options);
-  const unsubscribe = tidings.subscribe((event) => adapter.handle(event));
+  let byClient = shared.get(tidings);
+  if (!byClient) shared.set(tidings, (byClient = new WeakMap()));
+  let entry = byClient.get(client);
+  if (!entry) {
+    const adapter = new QueryAdapter(client, options);
+    entry = { adapter, unsubscribe: tidings.subscribe((event) => adapter.handle(event)), users: 0 };
+    byClient.set(client, entry);
+  }
+  const connection = entry;
+  connection.users += 1;
+  let connected = true;
   return () => {
-    unsubscribe();
-    adapter.dispose();
+    if (!connected) return;
+    connected = false;
+    connection.users -= 1;
+    if (connection.users > 0) return;
+    connection.unsubscribe();
+    connection.adapter.dispose();
+    if (byClient.get(client) === connection) byClient.delete(client);
   };
 }

@@ -1,6 +1,7 @@
 /** The cross-tab relay's vocabulary: lock and channel names, the messages tabs exchange, and
  * the minimal shapes of the Web Locks and BroadcastChannel APIs the SDK uses. Messages are plain
  * JSON-safe data: the SSE payload travels as the raw `data:` text, never as parsed objects. */
+import type { StreamStatus } from './stream.js';
 import { SDK_VERSION } from './version.js';
 
 /** Names shared by every tab of one session. They include the SDK version so tabs running
@@ -13,11 +14,21 @@ export function relayNames(sessionKey: string): { lock: string; channel: string 
 /** Why every tab of the group stops: an auth refusal or a final `closed` reason. */
 export type GroupStopReason = { kind: 'auth'; status: number; body?: unknown } | { kind: 'closed'; reason: string };
 
+/** The leader's connection as it tells the other tabs: its stream's status, the hub's
+ * `client_id` while connected, and (answering a new tab's hello) the last `connected` or
+ * `activity` frame as raw `data:` text with its `id:`. */
+export interface RelayedState {
+  stream: StreamStatus;
+  clientId?: string;
+  lastFrame?: { id?: string; data: string };
+}
+
 /** What travels over the BroadcastChannel. `from` is the sending tab; `last` is the leader's
  * stream position after this message; `hb` its heartbeat in milliseconds. */
 export type RelayMessage =
   | { t: 'frame'; from: string; id?: string; data: string; last?: string; hb: number }
   | { t: 'beat'; from: string; last?: string; hb: number }
+  | ({ t: 'state'; from: string } & RelayedState)
   | { t: 'hello'; from: string }
   | { t: 'leader'; from: string }
   | { t: 'stop'; from: string; reason: GroupStopReason };
@@ -36,6 +47,10 @@ export function readRelayMessage(value: unknown): RelayMessage | undefined {
         : undefined;
     case 'beat':
       return typeof m['hb'] === 'number' && optionalString('last') ? (m as RelayMessage) : undefined;
+    case 'state':
+      return isStreamStatus(m['stream']) && optionalString('clientId') && (m['lastFrame'] === undefined || isRawFrame(m['lastFrame']))
+        ? (m as RelayMessage)
+        : undefined;
     case 'hello':
     case 'leader':
       return m as RelayMessage;
@@ -44,6 +59,27 @@ export function readRelayMessage(value: unknown): RelayMessage | undefined {
     default:
       return undefined;
   }
+}
+
+const STREAM_STATES: ReadonlySet<unknown> = new Set(['idle', 'connecting', 'open', 'waiting', 'stopped']);
+
+function isStreamStatus(value: unknown): value is StreamStatus {
+  if (typeof value !== 'object' || value === null) return false;
+  const s = value as Record<string, unknown>;
+  const optionalNumber = (k: string) => s[k] === undefined || typeof s[k] === 'number';
+  return (
+    STREAM_STATES.has(s['state']) &&
+    typeof s['attempt'] === 'number' &&
+    optionalNumber('retryInMs') &&
+    optionalNumber('retryAt') &&
+    (s['lastError'] === undefined || typeof s['lastError'] === 'string')
+  );
+}
+
+function isRawFrame(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const f = value as Record<string, unknown>;
+  return typeof f['data'] === 'string' && (f['id'] === undefined || typeof f['id'] === 'string');
 }
 
 /** The part of `navigator.locks` the SDK uses. */

@@ -27,8 +27,12 @@ export interface StreamStatus {
   state: StreamState;
   /** Consecutive failed attempts. */
   attempt: number;
-  /** While `waiting`: milliseconds until the next attempt. */
+  /** While `waiting`: milliseconds until the next attempt, counted from when this status was
+   * set. */
   retryInMs?: number;
+  /** While `waiting`: when the next attempt starts, on the clock's time line (`Date.now()` by
+   * default), so a tab that hears of it later still knows when. */
+  retryAt?: number;
   /** Why the last connection ended, when it failed. */
   lastError?: string;
 }
@@ -242,7 +246,7 @@ export class StreamClient {
       this.#random,
     );
     this.#log.debug(`stream ${error}; reconnecting in ${delay} ms`);
-    this.#setStatus({ state: 'waiting', attempt: attempt + 1, retryInMs: delay, lastError: error });
+    this.#setStatus({ state: 'waiting', attempt: attempt + 1, retryInMs: delay, retryAt: this.#clock.now() + delay, lastError: error });
     this.#retryTimer.arm(delay);
   }
 

@@ -3,9 +3,9 @@
  * and relays every frame to the others; without them, each tab runs its own stream. Either
  * way, subscribers see the same events: activities (de-duplicated by id, with keys resolved
  * locally when the hub sent none), resyncs, and why the stream stopped. */
-import { consoleLogger, systemClock, Timer, type Clock, type EventTargetLike, type Logger } from './env.js';
+import { consoleLogger, isServer, systemClock, Timer, type Clock, type EventTargetLike, type Logger } from './env.js';
 import { plainKeys, type QueryKey } from './keys.js';
-import { decodeFrame, type Activity, type Frame } from './protocol.js';
+import { decodeFrame, type Activity, type ConnectedFrame, type Frame } from './protocol.js';
 import {
   readRelayMessage,
   RecentIds,
@@ -14,6 +14,7 @@ import {
   type ChannelLike,
   type GroupStopReason,
   type LockManagerLike,
+  type RelayedState,
   type RelayMessage,
 } from './relay.js';
 import { genericResolver, type Resolver } from './resolver.js';
@@ -32,11 +33,51 @@ export const DEDUPE_IDS_MAX = 512;
 
 export type Role = 'idle' | 'solo' | 'leader' | 'follower' | 'suspended' | 'stopped';
 
-export interface TidingsStatus {
-  role: Role;
-  /** The stream's status in the tab that runs it (solo or leader). */
-  stream?: StreamStatus;
+/** What went wrong last: a failed connection (while the SDK retries), or why it stopped for
+ * good (`status` for a 401/403, `reason` for a final `closed`). Plain data, so it crosses tabs. */
+export interface TidingsError {
+  message: string;
+  status?: number;
+  reason?: string;
 }
+
+/** The session's connection as every tab of it sees it. The leader relays its stream's state,
+ * the hub's `client_id` and the last event to the followers, so all tabs report the same. */
+export interface TidingsStatus {
+  /** This tab's part: running the stream (`solo`, `leader`), hearing it (`follower`), or not. */
+  role: Role;
+  /** The session's stream: this tab's own (solo, leader) or the leader's, relayed (follower).
+   * Absent while unknown (idle, stopped, a follower that has not heard the leader yet). */
+  stream?: StreamStatus;
+  /** The session's stream is open. */
+  connected: boolean;
+  /** The hub's `client_id` for the open stream; absent while not connected. */
+  clientId?: string;
+  /** Why the last connection failed (cleared once connected), or why the SDK stopped. */
+  error?: TidingsError;
+  /** The last `connected` or `activity` event of the session (a tab opened later gets it from
+   * the leader). */
+  lastEvent?: LastEvent;
+  /** Why the SDK stopped (role `stopped`): `stop()`, an auth refusal or a final `closed`. */
+  stopReason?: StopReason;
+}
+
+/** The status of an instance that has not started (and of no instance at all). */
+export const IDLE_STATUS: TidingsStatus = Object.freeze({ role: 'idle', connected: false }) as TidingsStatus;
+
+/** One word for the connection, for a badge: `connected`; `connecting` (first attempt, or a
+ * tab that has not heard its leader yet); `reconnecting` (after a failure, `stream.retryAt`
+ * says when); `suspended` (page in the back/forward cache); `stopped`; `idle` (not started). */
+export type ConnectionState = 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'suspended' | 'stopped';
+
+export function connectionState(status: TidingsStatus): ConnectionState {
+  if (status.role === 'idle' || status.role === 'stopped' || status.role === 'suspended') return status.role;
+  if (status.connected) return 'connected';
+  const stream = status.stream;
+  return stream && (stream.state === 'waiting' || stream.attempt > 0) ? 'reconnecting' : 'connecting';
+}
+
+export type LastEvent = Extract<TidingsEvent, { type: 'activity' | 'connected' }>;
 
 export type TidingsEvent =
   | {
@@ -49,13 +90,15 @@ export type TidingsEvent =
       keysFrom: 'hub' | 'local' | 'none';
     }
   | { type: 'resync'; reason: string }
-  | { type: 'connected'; resumed?: boolean; heartbeatMs?: number }
+  | { type: 'connected'; clientId?: string; resumed?: boolean; heartbeatMs?: number }
   | { type: 'closed'; reason: string; retryMs?: number }
   | { type: 'auth-error'; status: number; body?: unknown }
   | { type: 'stopped'; reason: StopReason }
   | { type: 'status'; status: TidingsStatus };
 
 export type TidingsListener = (event: TidingsEvent) => void;
+export type TidingsEventType = TidingsEvent['type'];
+export type TidingsEventOf<K extends TidingsEventType> = Extract<TidingsEvent, { type: K }>;
 
 export interface TidingsOptions
   extends Pick<StreamClientOptions, 'url' | 'token' | 'authScheme' | 'credentials' | 'lastEventId' | 'backoff' | 'fetch' | 'random' | 'onlineTarget'> {
@@ -106,7 +149,15 @@ export class Tidings {
   /** The latest stream position this tab knows, from its own stream or from relays. */
   #lastId: string | undefined;
   #heartbeatMs = HEARTBEAT_MS_DEFAULT;
-  #status: TidingsStatus = { role: 'idle' };
+  #status: TidingsStatus = IDLE_STATUS;
+  /** The hub's `client_id` of this tab's own open stream (solo, leader). */
+  #clientId: string | undefined;
+  /** Follower only: the leader's connection as last relayed. */
+  #relayed: RelayedState | undefined;
+  #lastEvent: LastEvent | undefined;
+  /** The raw frame behind `#lastEvent`, relayed to tabs that join later. */
+  #lastFrame: { id?: string; data: string } | undefined;
+  #stopReason: StopReason | undefined;
   /** Set when another tab announced itself leader after this one: a `superseded` close is
    * then the hub acknowledging the hand-over, not a reason to stop every tab. */
   #replaced = false;
@@ -153,9 +204,23 @@ export class Tidings {
     return () => this.#listeners.delete(listener);
   }
 
+  /** Listens to one type of event until the returned function is called. */
+  on<K extends TidingsEventType>(type: K, listener: (event: TidingsEventOf<K>) => void): () => void {
+    return this.subscribe((event) => {
+      if (event.type === type) listener(event as TidingsEventOf<K>);
+    });
+  }
+
+  /** Starts this tab's part in the session's stream. Outside a browser (server rendering) with
+   * no `fetch` given, it does nothing: a page rendered on a server must not hold a stream. */
   start(): void {
     if (this.#started) return;
+    if (isServer() && this.#opts.fetch === undefined) {
+      this.#log.debug('start() ignored outside a browser; pass `fetch` to run the stream here');
+      return;
+    }
     this.#started = true;
+    this.#stopReason = undefined;
     this.#pageTarget?.addEventListener('pagehide', this.#onPageHide);
     this.#pageTarget?.addEventListener('pageshow', this.#onPageShow);
     this.#join();
@@ -184,6 +249,7 @@ export class Tidings {
   /** Leaves the group without stopping for good (pagehide): the lock goes to another tab. */
   #leave(): void {
     this.#stopStream();
+    this.#relayed = undefined;
     this.#beatTimer.cancel();
     this.#leaderSilence.cancel();
     this.#lockRequest?.abort();
@@ -203,6 +269,8 @@ export class Tidings {
     this.#leave();
     this.#pageTarget?.removeEventListener('pagehide', this.#onPageHide);
     this.#pageTarget?.removeEventListener('pageshow', this.#onPageShow);
+    this.#stopReason = reason;
+    this.#relayed = undefined;
     this.#setRole('stopped');
     if (reason.kind === 'auth') this.#emit({ type: 'auth-error', status: reason.status, body: reason.body });
     this.#emit({ type: 'stopped', reason });
@@ -240,6 +308,7 @@ export class Tidings {
 
   #becomeLeader(): void {
     this.#leaderSilence.cancel();
+    this.#relayed = undefined;
     this.#replaced = false;
     this.#post({ t: 'leader', from: this.#tabId });
     this.#runStream('leader');
@@ -274,7 +343,13 @@ export class Tidings {
       onEvent: (event, frame) => {
         if (this.#stream !== stream) return;
         this.#lastId = stream.lastEventId;
-        if (frame.type === 'connected' && frame.heartbeatMs !== undefined) this.#heartbeatMs = frame.heartbeatMs;
+        if (frame.type === 'connected') {
+          if (frame.heartbeatMs !== undefined) this.#heartbeatMs = frame.heartbeatMs;
+          this.#clientId = frame.clientId;
+        }
+        if (frame.type === 'connected' || frame.type === 'activity') {
+          this.#lastFrame = event.id !== undefined ? { id: event.id, data: event.data } : { data: event.data };
+        }
         if (role === 'leader') {
           const message: RelayMessage = { t: 'frame', from: this.#tabId, data: event.data, hb: this.#heartbeatMs };
           if (event.id !== undefined) message.id = event.id;
@@ -284,7 +359,11 @@ export class Tidings {
         }
         this.#onFrame(event.id, frame);
       },
-      onStatus: () => this.#emitStatus(),
+      onStatus: (status) => {
+        if (this.#stream !== stream) return;
+        if (status.state !== 'open') this.#clientId = undefined;
+        this.#emitStatus();
+      },
       onStop: (reason) => {
         if (this.#stream !== stream || reason.kind === 'user') return;
         this.#onStreamStopped(reason);
@@ -300,6 +379,7 @@ export class Tidings {
     if (!stream) return;
     this.#lastId = stream.lastEventId ?? this.#lastId;
     this.#stream = undefined;
+    this.#clientId = undefined;
     stream.stop();
   }
 
@@ -324,8 +404,18 @@ export class Tidings {
         this.#leaderSilence.arm(this.#silenceMs());
         if (message.t === 'frame') this.#onRelayedFrame(message.id, message.data);
         return;
+      case 'state':
+        if (this.#role !== 'follower') return;
+        this.#relayed = { stream: message.stream, ...(message.clientId !== undefined ? { clientId: message.clientId } : {}) };
+        if (message.lastFrame && !this.#lastEvent) this.#adoptLastFrame(message.lastFrame);
+        this.#leaderSilence.arm(this.#silenceMs());
+        this.#emitStatus();
+        return;
       case 'hello':
-        if (this.#role === 'leader') this.#beat();
+        if (this.#role === 'leader') {
+          this.#beat();
+          this.#postState(true);
+        }
         return;
       case 'leader':
         if (this.#role === 'leader') this.#replaced = true;
@@ -337,6 +427,22 @@ export class Tidings {
         this.#shutdown(message.reason);
         return;
     }
+  }
+
+  /** A tab that joined after the last event learns it from the leader, without replaying it
+   * (its queries were fetched fresh). */
+  #adoptLastFrame(raw: { id?: string; data: string }): void {
+    const decoded = decodeFrame(raw.data);
+    if (decoded.kind !== 'frame') return;
+    const frame = decoded.frame;
+    if (frame.type === 'activity') {
+      const event: LastEvent = { type: 'activity', data: frame.data, invalidate: frame.invalidate, remove: frame.remove, keysFrom: 'hub' };
+      if (raw.id !== undefined) event.id = raw.id;
+      this.#lastEvent = event;
+    } else if (frame.type === 'connected') {
+      this.#lastEvent = connectedEvent(frame);
+    }
+    this.#lastFrame = raw;
   }
 
   #onRelayedFrame(id: string | undefined, data: string): void {
@@ -378,19 +484,21 @@ export class Tidings {
           keysFrom = invalidate.length + remove.length > 0 ? 'local' : 'none';
           if (keysFrom === 'none') this.#log.debug('activity resolved to no keys', frame.data.resource?.type);
         }
-        const event: TidingsEvent = { type: 'activity', data: frame.data, invalidate, remove, keysFrom };
+        const event: LastEvent = { type: 'activity', data: frame.data, invalidate, remove, keysFrom };
         if (id !== undefined) event.id = id;
+        this.#lastEvent = event;
         this.#emit(event);
+        this.#emitStatus();
         return;
       }
       case 'resync':
         this.#emit({ type: 'resync', reason: frame.reason });
         return;
       case 'connected': {
-        const event: TidingsEvent = { type: 'connected' };
-        if (frame.resumed !== undefined) event.resumed = frame.resumed;
-        if (frame.heartbeatMs !== undefined) event.heartbeatMs = frame.heartbeatMs;
+        const event = connectedEvent(frame);
+        this.#lastEvent = event;
         this.#emit(event);
+        this.#emitStatus();
         return;
       }
       case 'closed': {
@@ -402,6 +510,16 @@ export class Tidings {
       case 'ping':
         return;
     }
+  }
+
+  /** Tells the followers the leader's connection; with the last event when a tab joins. */
+  #postState(withLastFrame: boolean): void {
+    const stream = this.#stream;
+    if (this.#role !== 'leader' || !stream) return;
+    const message: RelayMessage = { t: 'state', from: this.#tabId, stream: stream.status };
+    if (this.#clientId !== undefined) message.clientId = this.#clientId;
+    if (withLastFrame && this.#lastFrame) message.lastFrame = this.#lastFrame;
+    this.#post(message);
   }
 
   #beat(): void {
@@ -453,10 +571,36 @@ export class Tidings {
     this.#emitStatus();
   }
 
+  /** Recomputes the status; emits it (and relays it, when leading) only if something changed,
+   * so the snapshot stays the same object until then. */
   #emitStatus(): void {
-    const status: TidingsStatus = { role: this.#role };
-    if (this.#stream) status.stream = this.#stream.status;
+    const role = this.#role;
+    const own = role === 'solo' || role === 'leader';
+    const stream = own ? this.#stream?.status : role === 'follower' ? this.#relayed?.stream : undefined;
+    const connected = stream?.state === 'open';
+    const status: TidingsStatus = { role, connected };
+    if (stream) status.stream = stream;
+    const clientId = own ? this.#clientId : this.#relayed?.clientId;
+    if (connected && clientId !== undefined) status.clientId = clientId;
+    const error = role === 'stopped' ? stopError(this.#stopReason) : !connected && stream?.lastError ? { message: stream.lastError } : undefined;
+    if (error) status.error = error;
+    if (this.#lastEvent) status.lastEvent = this.#lastEvent;
+    if (role === 'stopped' && this.#stopReason) status.stopReason = this.#stopReason;
+    const prev = this.#status;
+    if (
+      prev.role === status.role &&
+      prev.stream === status.stream &&
+      prev.connected === status.connected &&
+      prev.clientId === status.clientId &&
+      prev.error?.message === status.error?.message &&
+      prev.lastEvent === status.lastEvent &&
+      prev.stopReason === status.stopReason
+    ) {
+      return;
+    }
+    const streamChanged = prev.stream !== status.stream || prev.clientId !== status.clientId;
     this.#status = status;
+    if (role === 'leader' && streamChanged) this.#postState(false);
     this.#emit({ type: 'status', status });
   }
 
@@ -473,6 +617,20 @@ export class Tidings {
 
 export function createTidings(options: TidingsOptions): Tidings {
   return new Tidings(options);
+}
+
+function connectedEvent(frame: ConnectedFrame): LastEvent {
+  const event: LastEvent = { type: 'connected' };
+  if (frame.clientId !== undefined) event.clientId = frame.clientId;
+  if (frame.resumed !== undefined) event.resumed = frame.resumed;
+  if (frame.heartbeatMs !== undefined) event.heartbeatMs = frame.heartbeatMs;
+  return event;
+}
+
+function stopError(reason: StopReason | undefined): TidingsError | undefined {
+  if (!reason || reason.kind === 'user') return undefined;
+  if (reason.kind === 'auth') return { message: `the hub refused the stream (HTTP ${reason.status})`, status: reason.status };
+  return { message: `the hub closed the stream (${reason.reason})`, reason: reason.reason };
 }
 
 function isAbort(error: unknown): boolean {

@@ -1,7 +1,9 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { relayNames } from '../src/relay.js';
 import { Tidings, type TidingsEvent, type TidingsOptions } from '../src/tidings.js';
-import { activity, connected, CountingTarget, FakeClock, FakeHub, FakeLocks, jsonResponse, ping, RecordingLogger, settle } from './helpers.js';
+import { activity, connected, CountingTarget, FakeClock, FakeHub, FakeLocks, frame, jsonResponse, ping, RecordingLogger, settle } from './helpers.js';
+
+const frameConnected = (id: string, clientId: string) => frame({ type: 'connected', client_id: clientId, timestamp: 't', heartbeat_ms: 1_000 }, id);
 
 let sessionSeq = 0;
 const live: Tidings[] = [];
@@ -77,6 +79,83 @@ describe('one stream per session across tabs', () => {
     const relayed = b.events.find((e) => e.type === 'activity' && e.id === 'a-2');
     expect(relayed).toMatchObject({ data: { n: 2 }, invalidate: [['app', 2]], keysFrom: 'hub' });
     expect(b.tidings.lastEventId).toBe('a-2');
+  });
+
+  it('every tab reports the same connection: state, client id, last event, retry and error', async () => {
+    const hub = new FakeHub();
+    const g = group(hub);
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    expect(a.tidings.status.role).toBe('leader');
+    // The stream is open (the hub has not sent `connected` yet): the follower knows.
+    expect(b.tidings.status).toMatchObject({ role: 'follower', connected: true, stream: { state: 'open' } });
+    expect(b.tidings.status.clientId).toBeUndefined();
+    g.hub.conn.send(connected('a-0') + activity('a-1', { n: 1 }, [['app']]));
+    await settle();
+    for (const t of [a, b]) {
+      expect(t.tidings.status).toMatchObject({ connected: true, clientId: 'c1', stream: { state: 'open' } });
+      expect(t.tidings.status.error).toBeUndefined();
+      expect(t.tidings.status.lastEvent).toMatchObject({ type: 'activity', id: 'a-1', data: { n: 1 } });
+    }
+    // A tab opened after the event learns the connection and the last event from the leader,
+    // without the activity being replayed to it.
+    const c = g.tab();
+    c.tidings.start();
+    await settle();
+    expect(c.tidings.status).toMatchObject({ role: 'follower', connected: true, clientId: 'c1', lastEvent: { type: 'activity', id: 'a-1' } });
+    expect(c.activities()).toEqual([]);
+
+    // The leader's stream drops and the hub answers 503: every tab knows it is retrying, when,
+    // and why.
+    hub.then(() => jsonResponse(503, { error: 'busy' }, { 'retry-after': '3' }));
+    g.hub.conn.end();
+    await settle();
+    await g.clock.advance(a.tidings.status.stream!.retryInMs!);
+    const leaderStream = a.tidings.status.stream!;
+    expect(leaderStream).toMatchObject({ state: 'waiting', attempt: 2, lastError: 'HTTP 503' });
+    for (const t of [b, c]) {
+      expect(t.tidings.status).toMatchObject({ connected: false, stream: { state: 'waiting', attempt: 2, retryAt: leaderStream.retryAt }, error: { message: 'HTTP 503' } });
+      expect(t.tidings.status.clientId).toBeUndefined();
+    }
+    await g.clock.advance(leaderStream.retryInMs!);
+    g.hub.conn.send(frameConnected('a-1', 'c2'));
+    await settle();
+    for (const t of [a, b, c]) expect(t.tidings.status).toMatchObject({ connected: true, clientId: 'c2', lastEvent: { type: 'connected', clientId: 'c2' } });
+    expect(b.tidings.status.error).toBeUndefined();
+  });
+
+  it('a stop for good reaches every tab with its reason as the error', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + frame({ type: 'closed', reason: 'revoked' }));
+    await settle();
+    for (const t of [a, b]) {
+      expect(t.tidings.status).toMatchObject({ role: 'stopped', connected: false, error: { reason: 'revoked' } });
+    }
+  });
+
+  it('on(type) hears only that type and ends when told', async () => {
+    const g = group();
+    const a = g.tab();
+    const seen: string[] = [];
+    const off = a.tidings.on('activity', (e) => seen.push(e.id ?? '?'));
+    a.tidings.start();
+    await settle();
+    g.hub.conn.send(connected('a-0') + activity('a-1', {}) + ping() + activity('a-2', {}));
+    await settle();
+    off();
+    g.hub.conn.send(activity('a-3', {}));
+    await settle();
+    expect(seen).toEqual(['a-1', 'a-2']);
   });
 
   it('followers de-duplicate by id (a relay overlapping a hand-over)', async () => {

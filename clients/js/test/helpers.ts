@@ -1,7 +1,8 @@
 /** Test doubles for the SDK's injected edges: a manual clock that counts pending timers, a
  * scripted hub behind a fetch function that counts open connections, and an event target that
  * counts listeners. */
-import type { Clock, EventTargetLike, Logger } from '../src/env.js';
+import { silentLogger, type Clock, type EventTargetLike, type Logger } from '../src/env.js';
+import { Tidings } from '../src/tidings.js';
 
 /** Lets pending promise callbacks and stream reads run. */
 export async function settle(rounds = 5): Promise<void> {
@@ -44,46 +45,9 @@ export class FakeClock implements Clock {
   }
 }
 
-/** One streamed response the test writes to. */
-export class FakeConnection {
-  #controller!: ReadableStreamDefaultController<Uint8Array>;
-  #encoder = new TextEncoder();
-  ended = false;
-  aborted = false;
-  cancelled = false;
-  readonly body: ReadableStream<Uint8Array>;
-
-  constructor(signal: AbortSignal | undefined) {
-    this.body = new ReadableStream<Uint8Array>({
-      start: (c) => {
-        this.#controller = c;
-      },
-      cancel: () => {
-        this.cancelled = true;
-      },
-    });
-    signal?.addEventListener('abort', () => {
-      this.aborted = true;
-      if (!this.ended && !this.cancelled) {
-        try {
-          this.#controller.error(new DOMException('The operation was aborted.', 'AbortError'));
-        } catch {
-          /* already closed */
-        }
-      }
-    });
-  }
-  get open(): boolean {
-    return !this.ended && !this.aborted && !this.cancelled;
-  }
-  send(text: string): void {
-    this.#controller.enqueue(this.#encoder.encode(text));
-  }
-  end(): void {
-    this.ended = true;
-    this.#controller.close();
-  }
-}
+/** One streamed response the test writes to (the same one `tidings/testing` uses). */
+export { FakeStream as FakeConnection } from '../src/testing.js';
+import { FakeStream as FakeConnection } from '../src/testing.js';
 
 export interface RecordedRequest {
   url: string;
@@ -264,4 +228,19 @@ export class FakeLocks {
     for (const q of this.queues.values()) n += q.length;
     return n;
   }
+}
+
+/** One tab on its own (no cross-tab), against a fake hub, on a fake clock. */
+export function solo(sessionKey: string, hub = new FakeHub(), clock = new FakeClock()) {
+  const tidings = new Tidings({
+    url: 'http://hub.test/events/stream',
+    sessionKey,
+    fetch: hub.fetch,
+    clock,
+    locks: null,
+    onlineTarget: null,
+    pageTarget: null,
+    logger: silentLogger,
+  });
+  return { tidings, hub, clock };
 }

@@ -68,40 +68,95 @@ function setup() {
 }
 
 describe('TanStack Query adapter', () => {
-  it('a burst of 100 events refetches each active query exactly once', async () => {
+  it('fresh first: the first event refetches at once, a burst of 100 after it in one more refetch', async () => {
     const s = setup();
     const keys: TanKey[] = [['edge-application'], ['edge-application', 1], ['edge-application', 2, 'rules'], ['domain'], ['domain', 7], ['other']];
     for (const k of keys) await s.active(k);
     await s.inactive(['edge-application', 99]);
     for (let i = 0; i < 100; i++) {
       s.adapter.handle(s.activity(i % 3 === 0 ? [['domain', 7]] : [['edge-application'], ['edge-application', i]]));
+      // The first event (domain 7) was applied without waiting for anything.
+      if (i === 0) await until(() => s.count(['domain', 7]) === 2);
       await s.clock.advance(5);
     }
     expect(s.count(['edge-application'])).toBe(1);
-    await s.clock.advance(150);
+    // The rest is applied together once the events pause for the window: the last came at
+    // 495 ms, the clock is at 500.
+    await s.clock.advance(144);
+    await quiet();
+    expect(s.count(['edge-application'])).toBe(1);
+    await s.clock.advance(1);
     await until(() => s.count(['edge-application']) === 2);
     await quiet();
-    expect(keys.map((k) => s.count(k))).toEqual([2, 2, 2, 1, 2, 1]);
+    expect(keys.map((k) => s.count(k))).toEqual([2, 2, 2, 1, 3, 1]);
     expect(s.count(['edge-application', 99])).toBe(1);
     expect(s.client.getQueryState(['edge-application', 99])?.isInvalidated).toBe(true);
     expect(s.client.getQueryState(['other'])?.isInvalidated).toBe(false);
   });
 
-  it('a steady trickle still flushes within the max wait', async () => {
+  it('a 500-event import costs each active query two refetches; spread over 2.5 s, four', async () => {
+    for (const spacingMs of [0, 5]) {
+      const s = setup();
+      const keys: TanKey[] = [['edge-application'], ['edge-application', 3], ['domain']];
+      for (const k of keys) await s.active(k);
+      for (let i = 0; i < 500; i++) {
+        s.adapter.handle(s.activity([['edge-application'], ['edge-application', i], ['domain', i % 7]]));
+        if (spacingMs > 0) await s.clock.advance(spacingMs);
+      }
+      await s.clock.advance(5_000);
+      await quiet();
+      // Leading edge, then one gathered refetch per max wait (1 s) while the import lasts, and
+      // the rest when it ends: 1 + 1 for an import in one go, 1 + 3 over 2.5 s.
+      const refetches = keys.map((k) => s.count(k) - 1);
+      expect(refetches).toEqual(spacingMs === 0 ? [2, 2, 0] : [4, 4, 0]);
+      for (const c of cleanups.splice(0)) c();
+    }
+  });
+
+  it('a steady trickle is applied at least once per max wait, and never twice within a window', async () => {
     const s = setup();
     await s.active(['app']);
-    for (let i = 0; i < 10; i++) {
-      s.adapter.invalidate([['app']]);
-      await s.clock.advance(100);
-    }
+    s.adapter.invalidate([['app']]);
     await until(() => s.count(['app']) === 2);
-    expect(s.clock.t).toBeLessThanOrEqual(1_000);
+    for (let i = 0; i < 10; i++) {
+      await s.clock.advance(100);
+      s.adapter.invalidate([['app']]);
+    }
+    expect(s.count(['app'])).toBe(2);
+    // Gathered since 100 ms, postponed by every new event, applied at the max wait.
+    await s.clock.advance(100);
+    await until(() => s.count(['app']) === 3);
+    expect(s.clock.t).toBe(1_100);
+    // Just applied: the next one waits for the window.
     s.adapter.invalidate([['app']]);
     await s.clock.advance(149);
     await quiet();
-    expect(s.count(['app'])).toBe(2);
+    expect(s.count(['app'])).toBe(3);
     await s.clock.advance(1);
+    await until(() => s.count(['app']) === 4);
+    // Quiet for a window: the next one is applied at once again.
+    await s.clock.advance(150);
+    s.adapter.invalidate([['app']]);
+    await until(() => s.count(['app']) === 5);
+  });
+
+  it('a busy main thread (a late timer) does not delay the next lone event', async () => {
+    const s = setup();
+    await s.active(['app']);
+    s.adapter.invalidate([['app']]);
+    await until(() => s.count(['app']) === 2);
+    // 200 ms pass without any timer running (the tab was busy): the window is over by the
+    // clock, so the next event is applied at once.
+    s.clock.t += 200;
+    s.adapter.invalidate([['app']]);
     await until(() => s.count(['app']) === 3);
+    // Within the window by the clock: gathered.
+    s.clock.t += 100;
+    s.adapter.invalidate([['app']]);
+    await quiet();
+    expect(s.count(['app'])).toBe(3);
+    await s.clock.advance(150);
+    await until(() => s.count(['app']) === 4);
   });
 
   it('numbers and strings are strict when matching keys', async () => {
@@ -136,12 +191,16 @@ describe('TanStack Query adapter', () => {
     await s.active(['a']);
     await s.active(['b', 1]);
     await s.inactive(['c']);
-    s.adapter.invalidate([['a']]);
+    s.adapter.invalidate([['b', 1]]); // applied at once
+    s.adapter.invalidate([['a']]); // gathered
+    await until(() => s.count(['b', 1]) === 2);
+    expect(s.count(['a'])).toBe(1);
     s.adapter.handle({ type: 'resync', reason: 'history_trimmed' });
-    await until(() => s.count(['a']) === 2 && s.count(['b', 1]) === 2);
+    await until(() => s.count(['a']) === 2 && s.count(['b', 1]) === 3);
     expect(s.client.getQueryState(['c'])?.isInvalidated).toBe(true);
     await s.clock.advance(1_000);
     await quiet();
+    // What was gathered before the resync is not applied again after it.
     expect(s.count(['a'])).toBe(2);
     expect(s.clock.pending).toBe(0);
   });
@@ -187,11 +246,13 @@ describe('TanStack Query adapter', () => {
     const s = setup();
     await s.active(['app']);
     s.adapter.invalidate([['app']]);
+    await until(() => s.count(['app']) === 2);
+    s.adapter.invalidate([['app']]);
     expect(s.clock.pending).toBe(1);
     s.adapter.dispose();
     expect(s.clock.pending).toBe(0);
     await s.clock.advance(1_000);
     await quiet();
-    expect(s.count(['app'])).toBe(1);
+    expect(s.count(['app'])).toBe(2);
   });
 });
