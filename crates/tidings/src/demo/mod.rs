@@ -72,16 +72,15 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let accounts: Vec<&str> = users::TEAMMATES.iter().map(|t| t.0).collect();
     let demo = Demo { hub: hub.state().clone(), store: Arc::new(Mutex::new(Store::seeded(&accounts))), jwt_secret: DEMO_JWT_SECRET.into() };
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::serve::signal_to_token(shutdown.clone()));
+    crate::signals::spawn(shutdown.clone());
     if !args.no_teammate {
         tokio::spawn(teammate(demo.clone(), args.teammate_every, shutdown.clone()));
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
-    writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
-    writeln!(out, "alice and bob share the account acme; carol is in globex.")?;
-    out.flush()?;
-    drop(out);
+    crate::serve::print_banner(|out| {
+        writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
+        writeln!(out, "alice and bob share the account acme; carol is in globex.")
+    });
     let extra = api::router(demo).merge(assets::router());
     hub.run_with_routes(listener, shutdown, extra).await.context("serving")?;
     tracing::info!("stopped");
