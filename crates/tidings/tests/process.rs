@@ -4,7 +4,8 @@
 //! gone before the first line (`… 2>&1 | true`), leaves after the first lines
 //! (`… 2>&1 | head -2`), or stays but never reads (a stalled log shipper). Whatever happens to
 //! their output, they serve, ignore SIGHUP, and on SIGTERM or SIGINT close their streams with
-//! `closed` and exit within `limits.shutdown_grace`.
+//! `closed` and exit within `limits.shutdown_grace`. And `tidings demo` refuses a non-loopback
+//! address unless told it is unsafe.
 
 mod support;
 
@@ -253,4 +254,55 @@ async fn sighup_is_logged_and_changes_nothing() {
         assert!(Instant::now() < deadline, "no SIGHUP line in the logs: {}", hub.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn demo_refuses_a_non_loopback_address_unless_told_it_is_unsafe() {
+    let bin = env!("CARGO_BIN_EXE_tidings");
+    let refused = Command::new(bin).args(["demo", "--no-teammate", "--listen", "0.0.0.0:0"]).env("RUST_BACKTRACE", "0").output();
+    let refused = tokio::time::timeout(T, refused).await.expect("refused at once").unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "started on 0.0.0.0: {stderr}");
+    assert!(refused.stdout.is_empty(), "nothing listened: {}", String::from_utf8_lossy(&refused.stdout));
+    for why in ["refusing to listen on 0.0.0.0:0", "public secret", "--unsafe-expose"] {
+        assert!(stderr.contains(why), "{why:?} not in {stderr}");
+    }
+
+    // Loopback addresses other than 127.0.0.1 are loopback too.
+    let mut loopback = Command::new(bin)
+        .args(["demo", "--no-teammate", "--listen", "127.0.0.2:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    first_line_says_listening(&mut loopback).await;
+
+    // Told explicitly: it listens, and says what that exposes.
+    let mut exposed = Command::new(bin)
+        .args(["demo", "--no-teammate", "--listen", "0.0.0.0:0", "--unsafe-expose"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    first_line_says_listening(&mut exposed).await;
+    let mut stderr = BufReader::new(exposed.stderr.take().unwrap()).lines();
+    let warning = tokio::time::timeout(T, async {
+        while let Some(line) = stderr.next_line().await.unwrap() {
+            if line.contains("--unsafe-expose") {
+                return line;
+            }
+        }
+        panic!("no warning about --unsafe-expose");
+    })
+    .await
+    .unwrap();
+    assert!(warning.contains("WARN") && warning.contains("anyone"), "{warning}");
+}
+
+async fn first_line_says_listening(child: &mut Child) {
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(T, lines.next_line()).await.expect("a listening line").unwrap().unwrap_or_default();
+    assert!(line.contains("demo listening on http://"), "{line}");
 }
