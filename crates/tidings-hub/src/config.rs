@@ -182,7 +182,24 @@ pub struct Limits {
     /// How long shutdown waits for streams to flush their `closed` frame.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Longest time to receive a whole request body (publish, revoke, any route that takes
+    /// one), counted from its request head; beyond it: 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest time a client may take to read a response other than an event stream (streams
+    /// have their own bound: a full queue closes them as `slow_consumer`); beyond it the
+    /// connection is closed. On connections served by hyper (requests with bodies, HTTP/1.0,
+    /// h2c) it bounds each wait for the client to take more bytes.
+    #[serde(with = "humantime_serde")]
+    pub response_write_timeout: Duration,
 }
+
+/// Default `limits.body_timeout`. Publishers are backend services next to the hub: a 1 MiB
+/// body (the default `publish_body_bytes`) arrives within it at 100 KiB/s.
+pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default `limits.response_write_timeout`: the largest answers (the mapping, the demo's
+/// script) are a few hundred KiB, seconds even on a slow link.
+pub const RESPONSE_WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -193,6 +210,8 @@ impl Default for Limits {
             publish_body_bytes: 1024 * 1024,
             stream_lifetime: None,
             shutdown_grace: Duration::from_secs(10),
+            body_timeout: BODY_TIMEOUT_DEFAULT,
+            response_write_timeout: RESPONSE_WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -422,6 +441,9 @@ impl Config {
         if l.streams_per_node == 0 || l.streams_per_account == 0 || l.stream_queue_frames < 2 || l.publish_body_bytes < 256 {
             return invalid("limits: streams_per_node and streams_per_account must be > 0, stream_queue_frames >= 2, publish_body_bytes >= 256".into());
         }
+        if l.body_timeout.is_zero() || l.response_write_timeout.is_zero() {
+            return invalid("limits: body_timeout and response_write_timeout must be > 0".into());
+        }
         if self.history.max_events == 0 {
             return invalid("history.max_events must be > 0".into());
         }
@@ -504,6 +526,17 @@ key = "pub-secret"
         assert!(e.contains("urll"), "{e}");
         let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"http://x\"\n", Path::new("t.toml")).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("engine.url"));
+    }
+
+    #[test]
+    fn time_bounds_parse_default_and_refuse_zero() {
+        let c = Config::default();
+        assert_eq!((c.limits.body_timeout, c.limits.response_write_timeout), (BODY_TIMEOUT_DEFAULT, RESPONSE_WRITE_TIMEOUT_DEFAULT));
+        let c = Config::from_toml_str("[limits]\nbody_timeout = \"2s\"\nresponse_write_timeout = \"750ms\"\n", Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.limits.body_timeout, c.limits.response_write_timeout), (Duration::from_secs(2), Duration::from_millis(750)));
+        let c = Config::from_toml_str("[limits]\nbody_timeout = \"0s\"\n", Path::new("t.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("body_timeout"));
     }
 
     #[test]

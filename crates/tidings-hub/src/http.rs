@@ -313,6 +313,7 @@ async fn mapping(State(hub): State<Arc<HubState>>) -> Response {
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
+    hub.metrics.engine_ready.set(i64::from(hub.engine.is_ready()));
     let mut resp = hub.metrics.render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
