@@ -40,8 +40,10 @@ pub fn init(filter: &str, json: bool) -> Result<Logs> {
         .buffered_lines_limit(LOG_LINES_QUEUED_MAX)
         .thread_name("tidings-log")
         .finish(std::io::stderr());
+    // Colours only for a terminal: in files, journals and log shippers they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     // Off: on a failed write the subscriber would `eprintln!`, which panics on a closed stderr.
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).log_internal_errors(false);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi).log_internal_errors(false);
     if json {
         builder.json().init();
     } else {
