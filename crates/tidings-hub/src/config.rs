@@ -35,6 +35,31 @@ pub struct Config {
     pub engine: EngineConfig,
     pub mapping: MappingConfig,
     pub cors: CorsConfig,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses (`"10.0.0.7"`) or networks
+    /// (`"10.0.0.0/8"`). A request whose peer is one of them is logged with the address the
+    /// proxies recorded, read right to left past every trusted hop; from anyone else the header
+    /// is ignored. Empty (the default): the socket's peer is the client.
+    pub trusted_proxies: Vec<TrustedProxy>,
+}
+
+/// One entry of `trusted_proxies`: an address or a network, in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TryFrom<String> for TrustedProxy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let net = match text.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => ipnet::IpNet::from(
+                text.parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("trusted_proxies: {text:?} is neither an IP address nor a network like 10.0.0.0/8"))?,
+            ),
+        };
+        Ok(Self(net))
+    }
 }
 
 impl Default for Config {
@@ -49,6 +74,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             mapping: MappingConfig::default(),
             cors: CorsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -537,6 +563,15 @@ key = "pub-secret"
         assert_eq!((c.limits.body_timeout, c.limits.response_write_timeout), (Duration::from_secs(2), Duration::from_millis(750)));
         let c = Config::from_toml_str("[limits]\nbody_timeout = \"0s\"\n", Path::new("t.toml")).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("body_timeout"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let c = Config::from_toml_str("trusted_proxies = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\", \"fd00::/8\"]\n", Path::new("t.toml")).unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(|p| p.0.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]);
+        let e = Config::from_toml_str("trusted_proxies = [\"10.0.0.0/33\"]\n", Path::new("hub.toml")).unwrap_err().to_string();
+        assert!(e.contains("hub.toml") && e.contains("10.0.0.0/33") && e.contains("line 1"), "{e}");
     }
 
     #[test]

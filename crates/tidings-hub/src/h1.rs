@@ -16,6 +16,7 @@
 //! (400, 431) exactly as before.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::client_addr::PeerAddr;
 use crate::http::ConnectionHandle;
 use crate::metrics::Metrics;
 use crate::timeouts::WriteStall;
@@ -67,7 +69,7 @@ pub(crate) struct Shared {
 /// Serves one accepted connection until it ends. `conn` is the connection's own token: the
 /// fan-out cancels it to drop a stream that does not flush, and shutdown cancels it after the
 /// grace period (the caller selects on it).
-pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
+pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Each phase is boxed while it runs: the task itself stays a few hundred bytes for as
@@ -91,7 +93,7 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, con
         };
         let (mut req, consumed) = match request {
             Head::Closed => return,
-            Head::HandOff => return Box::pin(hand_off(socket, buf, &shared, conn, watcher)).await,
+            Head::HandOff => return Box::pin(hand_off(socket, peer, buf, &shared, conn, watcher)).await,
             Head::Parsed(req, consumed) => (req, consumed),
         };
         buf.drain(..consumed);
@@ -101,6 +103,7 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, con
         }
         let mut keep_alive = !wants_close(req.headers());
         req.extensions_mut().insert(ConnectionHandle(conn.clone()));
+        req.extensions_mut().insert(PeerAddr(peer));
         // Boxed: the router's future is large and is only needed until the response head.
         // A client that goes away meanwhile cancels its request (as hyper does): a request
         // whose client is gone must not open a stream, nor supersede the session's live one.
@@ -351,11 +354,12 @@ async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Re
 }
 
 /// Gives the connection to hyper for the rest of its life, the bytes already read first.
-async fn hand_off(socket: TcpStream, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
+async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
     let router = shared.router.clone();
     let handle = ConnectionHandle(conn);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(handle.clone());
+        req.extensions_mut().insert(PeerAddr(peer));
         router.clone().call(req)
     });
     let stall = WriteStall::new(shared.response_write_timeout, shared.metrics.clone());

@@ -85,6 +85,7 @@ async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuer
         Ok(resp) => resp,
         Err(e) => {
             hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            tracing::debug!(code = e.code, "stream refused");
             e.into_response()
         }
     }
@@ -216,6 +217,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
         }
         Err(e) => {
             hub.metrics.publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            tracing::debug!(code = e.code, "publish refused");
             e.into_response()
         }
     }

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -195,9 +196,11 @@ impl Hub {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
         let body_deadline = timeouts::BodyDeadline { timeout: self.state.config.limits.body_timeout, metrics: self.state.metrics.clone() };
+        let trusted_proxies: Arc<[config::TrustedProxy]> = self.state.config.trusted_proxies.clone().into();
         let router = http::router(self.state.clone())
             .merge(extra)
-            .layer(axum::middleware::from_fn_with_state(body_deadline, timeouts::bound_request_body));
+            .layer(axum::middleware::from_fn_with_state(body_deadline, timeouts::bound_request_body))
+            .layer(axum::middleware::from_fn_with_state(trusted_proxies, client_addr::record_client));
         let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;

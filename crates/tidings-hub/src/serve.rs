@@ -36,7 +36,7 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
     // Cancelled after the grace period: drops every connection still open.
     let hard_stop = CancellationToken::new();
     loop {
-        let (socket, _peer) = tokio::select! {
+        let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -49,7 +49,7 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         };
         let _ = socket.set_nodelay(true);
         let conn = hard_stop.child_token();
-        let serving = h1::serve_connection(socket, shared.clone(), conn.clone(), graceful.watcher());
+        let serving = h1::serve_connection(socket, peer, shared.clone(), conn.clone(), graceful.watcher());
         let metrics = hub.metrics.clone();
         metrics.connections_open.inc();
         connections.spawn(async move {
