@@ -44,12 +44,13 @@ fn publish_head(path: &str, length: usize) -> String {
     )
 }
 
-/// Reads until the hub closes the connection; returns what it sent and when it closed.
-async fn read_to_close(sock: &mut TcpStream) -> (String, Instant) {
+/// Reads until the hub closes the connection, at most `within` a bound of `bound`; returns what
+/// it sent and when it closed.
+async fn read_to_close(sock: &mut TcpStream, bound: Duration) -> (String, Instant) {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        match tokio::time::timeout(BOUND + SLACK + SLACK, sock.read(&mut buf)).await.expect("the hub closes the connection") {
+        match tokio::time::timeout(bound + SLACK + SLACK, sock.read(&mut buf)).await.expect("the hub closes the connection") {
             Ok(0) | Err(_) => return (String::from_utf8_lossy(&out).into_owned(), Instant::now()),
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
@@ -78,7 +79,7 @@ async fn a_body_that_stops_or_crawls_gets_408_and_its_connection_closed() {
         let mut sock = TcpStream::connect(&hub.addr).await.unwrap();
         let started = Instant::now();
         sock.write_all(format!("{}{{", publish_head(path, 100)).as_bytes()).await.unwrap();
-        let (answer, closed) = read_to_close(&mut sock).await;
+        let (answer, closed) = read_to_close(&mut sock, BOUND).await;
         assert_408(&answer);
         assert_within_bound(started, closed, &format!("{path}: a body that stops"));
 
@@ -245,4 +246,28 @@ async fn hundreds_of_stalled_clients_leave_nothing_behind() {
     // would show far above this margin.
     assert!(rss_after < rss + 8 * 1024, "VmRSS {rss} KiB after the first wave, {rss_after} KiB after the second");
     drop(second);
+}
+
+/// The bound covers the host's own routes too: `tidings demo`'s sign-in, whose body stops,
+/// gets the same 408 at the default `limits.body_timeout` (10 s).
+#[tokio::test]
+async fn a_hosts_own_route_gets_the_same_body_bound() {
+    use tokio::io::AsyncBufReadExt;
+    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+        .args(["demo", "--no-teammate", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(T, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let addr = first.split("listening on http://").nth(1).expect("a listening line").trim().to_owned();
+    let mut sock = TcpStream::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    sock.write_all(b"POST /demo/api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n{\"us").await.unwrap();
+    let (answer, closed) = read_to_close(&mut sock, Duration::from_secs(10)).await;
+    assert_408(&answer);
+    let took = closed - started;
+    assert!(took >= Duration::from_secs(10) - Duration::from_millis(50) && took <= Duration::from_secs(10) + SLACK, "closed after {took:?}");
 }
