@@ -229,23 +229,25 @@ async fn hundreds_of_stalled_clients_leave_nothing_behind() {
     let rss = hub.rss_kib();
     assert!(open_fds(&hub) <= fds, "file descriptors back to the baseline after the first wave");
 
-    let second = stalled_wave(&hub, STALLED).await;
-    let peak = hub.metric("tidings_connections_open").await;
-    let rss_peak = hub.rss_kib();
-    assert!(peak > baseline + (STALLED / 2) as f64, "only {peak} connections open at the peak");
-    let took = connections_become(&hub, baseline, BOUND + SLACK + SLACK).await;
+    // Two more waves: the memory they leave must stay near the baseline. What the allocator
+    // keeps wanders by a few MiB from wave to wave; a leak of a wave's unread answers would add
+    // about what the first wave did (50 MiB and more) each time.
+    let (mut peak, mut took) = (0.0, Duration::ZERO);
+    for _ in 0..2 {
+        let wave = stalled_wave(&hub, STALLED).await;
+        peak = hub.metric("tidings_connections_open").await;
+        assert!(peak > baseline + (STALLED / 2) as f64, "only {peak} connections open at the peak");
+        took = connections_become(&hub, baseline, BOUND + SLACK + SLACK).await;
+        drop(wave);
+    }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (fds_after, rss_after) = (open_fds(&hub), hub.rss_kib());
     eprintln!(
-        "{STALLED} stalled clients: {peak} connections at the peak, back to {baseline} after {took:?}; \
-         fds {fds} -> {fds_after}; VmRSS idle {rss_idle} KiB, after a first wave {rss} KiB, at the second's peak \
-         {rss_peak} KiB, after it {rss_after} KiB"
+        "{STALLED} stalled clients a wave: {peak} connections at the last peak, back to {baseline} after {took:?}; \
+         fds {fds} -> {fds_after}; VmRSS idle {rss_idle} KiB, after the first wave {rss} KiB, after two more {rss_after} KiB"
     );
     assert!(fds_after <= fds, "file descriptors: {fds} before, {fds_after} after");
-    // The second wave's unread answers alone are tens of MiB at its peak: a leak of them
-    // would show far above this margin.
-    assert!(rss_after < rss + 8 * 1024, "VmRSS {rss} KiB after the first wave, {rss_after} KiB after the second");
-    drop(second);
+    assert!(rss_after < rss + 16 * 1024, "VmRSS {rss} KiB after the first wave, {rss_after} KiB after two more");
 }
 
 /// The bound covers the host's own routes too: `tidings demo`'s sign-in, whose body stops,
