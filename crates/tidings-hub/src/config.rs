@@ -35,6 +35,31 @@ pub struct Config {
     pub engine: EngineConfig,
     pub mapping: MappingConfig,
     pub cors: CorsConfig,
+    /// Proxies whose `X-Forwarded-For` is believed: addresses (`"10.0.0.7"`) or networks
+    /// (`"10.0.0.0/8"`). A request whose peer is one of them is logged with the address the
+    /// proxies recorded, read right to left past every trusted hop; from anyone else the header
+    /// is ignored. Empty (the default): the socket's peer is the client.
+    pub trusted_proxies: Vec<TrustedProxy>,
+}
+
+/// One entry of `trusted_proxies`: an address or a network, in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TrustedProxy(pub ipnet::IpNet);
+
+impl TryFrom<String> for TrustedProxy {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        let net = match text.parse::<ipnet::IpNet>() {
+            Ok(net) => net.trunc(),
+            Err(_) => ipnet::IpNet::from(
+                text.parse::<std::net::IpAddr>()
+                    .map_err(|_| format!("trusted_proxies: {text:?} is neither an IP address nor a network like 10.0.0.0/8"))?,
+            ),
+        };
+        Ok(Self(net))
+    }
 }
 
 impl Default for Config {
@@ -49,6 +74,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             mapping: MappingConfig::default(),
             cors: CorsConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -187,7 +213,24 @@ pub struct Limits {
     /// How long shutdown waits for streams to flush their `closed` frame.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Longest time to receive a whole request body (publish, revoke, any route that takes
+    /// one), counted from its request head; beyond it: 408 and the connection closed.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Longest time a client may take to read a response other than an event stream (streams
+    /// have their own bound: a full queue closes them as `slow_consumer`); beyond it the
+    /// connection is closed. On connections served by hyper (requests with bodies, HTTP/1.0,
+    /// h2c) it bounds each wait for the client to take more bytes.
+    #[serde(with = "humantime_serde")]
+    pub response_write_timeout: Duration,
 }
+
+/// Default `limits.body_timeout`. Publishers are backend services next to the hub: a 1 MiB
+/// body (the default `publish_body_bytes`) arrives within it at 100 KiB/s.
+pub const BODY_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+/// Default `limits.response_write_timeout`: the largest answers (the mapping, the demo's
+/// script) are a few hundred KiB, seconds even on a slow link.
+pub const RESPONSE_WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 
 impl Default for Limits {
     fn default() -> Self {
@@ -198,6 +241,8 @@ impl Default for Limits {
             publish_body_bytes: 1024 * 1024,
             stream_lifetime: None,
             shutdown_grace: Duration::from_secs(10),
+            body_timeout: BODY_TIMEOUT_DEFAULT,
+            response_write_timeout: RESPONSE_WRITE_TIMEOUT_DEFAULT,
         }
     }
 }
@@ -427,6 +472,9 @@ impl Config {
         if l.streams_per_node == 0 || l.streams_per_account == 0 || l.stream_queue_frames < 2 || l.publish_body_bytes < 256 {
             return invalid("limits: streams_per_node and streams_per_account must be > 0, stream_queue_frames >= 2, publish_body_bytes >= 256".into());
         }
+        if l.body_timeout.is_zero() || l.response_write_timeout.is_zero() {
+            return invalid("limits: body_timeout and response_write_timeout must be > 0".into());
+        }
         if self.history.max_events == 0 {
             return invalid("history.max_events must be > 0".into());
         }
@@ -512,6 +560,26 @@ key = "pub-secret"
         assert!(e.contains("urll"), "{e}");
         let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"http://x\"\n", Path::new("t.toml")).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("engine.url"));
+    }
+
+    #[test]
+    fn time_bounds_parse_default_and_refuse_zero() {
+        let c = Config::default();
+        assert_eq!((c.limits.body_timeout, c.limits.response_write_timeout), (BODY_TIMEOUT_DEFAULT, RESPONSE_WRITE_TIMEOUT_DEFAULT));
+        let c = Config::from_toml_str("[limits]\nbody_timeout = \"2s\"\nresponse_write_timeout = \"750ms\"\n", Path::new("t.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.limits.body_timeout, c.limits.response_write_timeout), (Duration::from_secs(2), Duration::from_millis(750)));
+        let c = Config::from_toml_str("[limits]\nbody_timeout = \"0s\"\n", Path::new("t.toml")).unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("body_timeout"));
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let c = Config::from_toml_str("trusted_proxies = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\", \"fd00::/8\"]\n", Path::new("t.toml")).unwrap();
+        let shown: Vec<String> = c.trusted_proxies.iter().map(|p| p.0.to_string()).collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]);
+        let e = Config::from_toml_str("trusted_proxies = [\"10.0.0.0/33\"]\n", Path::new("hub.toml")).unwrap_err().to_string();
+        assert!(e.contains("hub.toml") && e.contains("10.0.0.0/33") && e.contains("line 1"), "{e}");
     }
 
     #[test]

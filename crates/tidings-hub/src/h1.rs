@@ -16,6 +16,7 @@
 //! (400, 431) exactly as before.
 
 use std::io::{self, IoSlice};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,7 +35,10 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::client_addr::PeerAddr;
 use crate::http::ConnectionHandle;
+use crate::metrics::Metrics;
+use crate::timeouts::WriteStall;
 
 /// Largest request head served here; larger heads go to hyper, which applies its own limit.
 pub(crate) const HEAD_BYTES_MAX: usize = 16 * 1024;
@@ -57,12 +61,15 @@ pub(crate) struct Shared {
     /// Set when the hub starts shutting down: kept-alive connections end after their
     /// current response.
     pub draining: CancellationToken,
+    /// `limits.response_write_timeout`.
+    pub response_write_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves one accepted connection until it ends. `conn` is the connection's own token: the
 /// fan-out cancels it to drop a stream that does not flush, and shutdown cancels it after the
 /// grace period (the caller selects on it).
-pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
+pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         // Each phase is boxed while it runs: the task itself stays a few hundred bytes for as
@@ -74,13 +81,19 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, con
                     tracing::debug!(error = %e, "connection ended while reading a request");
                     return;
                 }
-                Err(_) => return,
+                Err(_) => {
+                    // An idle kept-alive connection ending is routine; a partial head is not.
+                    if !buf.is_empty() {
+                        shared.metrics.timed_out("head");
+                    }
+                    return;
+                }
             },
             () = shared.draining.cancelled(), if buf.is_empty() => return,
         };
         let (mut req, consumed) = match request {
             Head::Closed => return,
-            Head::HandOff => return Box::pin(hand_off(socket, buf, &shared, conn, watcher)).await,
+            Head::HandOff => return Box::pin(hand_off(socket, peer, buf, &shared, conn, watcher)).await,
             Head::Parsed(req, consumed) => (req, consumed),
         };
         buf.drain(..consumed);
@@ -90,6 +103,7 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, con
         }
         let mut keep_alive = !wants_close(req.headers());
         req.extensions_mut().insert(ConnectionHandle(conn.clone()));
+        req.extensions_mut().insert(PeerAddr(peer));
         // Boxed: the router's future is large and is only needed until the response head.
         // A client that goes away meanwhile cancels its request (as hyper does): a request
         // whose client is gone must not open a stream, nor supersede the session's live one.
@@ -99,7 +113,20 @@ pub(crate) async fn serve_connection(socket: TcpStream, shared: Arc<Shared>, con
         };
         let Ok(response) = response;
         keep_alive &= !wants_close(response.headers());
-        match Box::pin(write_response(&socket, response, &mut buf)).await {
+        // An event stream is bounded by its queue instead (slow_consumer); any other answer
+        // must be taken by the client within the bound.
+        let written = if is_event_stream(response.headers()) {
+            Box::pin(write_response(&socket, response, &mut buf)).await
+        } else {
+            match tokio::time::timeout(shared.response_write_timeout, Box::pin(write_response(&socket, response, &mut buf))).await {
+                Ok(written) => written,
+                Err(_) => {
+                    shared.metrics.timed_out("response");
+                    return;
+                }
+            }
+        };
+        match written {
             Ok(Written::Complete) => {}
             Ok(Written::ClientGone) => return,
             Err(e) => {
@@ -186,6 +213,10 @@ fn parse_head(buf: &[u8]) -> Parse {
         map.append(name, value);
     }
     Parse::Complete(req, n)
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 fn wants_close(headers: &http::HeaderMap) -> bool {
@@ -323,25 +354,29 @@ async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Re
 }
 
 /// Gives the connection to hyper for the rest of its life, the bytes already read first.
-async fn hand_off(socket: TcpStream, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
+async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
     let router = shared.router.clone();
     let handle = ConnectionHandle(conn);
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(handle.clone());
+        req.extensions_mut().insert(PeerAddr(peer));
         router.clone().call(req)
     });
-    let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket });
+    let stall = WriteStall::new(shared.response_write_timeout, shared.metrics.clone());
+    let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket, stall });
     let connection = watcher.watch(shared.hyper.serve_connection(io, svc).into_owned());
     if let Err(e) = Box::pin(connection).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// A socket with bytes already read from it put back in front.
+/// A socket with bytes already read from it put back in front, whose writes may wait for the
+/// client at most `limits.response_write_timeout` each.
 #[derive(Debug)]
 struct Rewind {
     read: Bytes,
     inner: TcpStream,
+    stall: WriteStall,
 }
 
 impl AsyncRead for Rewind {
@@ -358,11 +393,15 @@ impl AsyncRead for Rewind {
 
 impl AsyncWrite for Rewind {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stall.check(cx, outcome)
     }
 
     fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let outcome = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.stall.check(cx, outcome)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -85,6 +85,7 @@ async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuer
         Ok(resp) => resp,
         Err(e) => {
             hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            tracing::debug!(code = e.code, "stream refused");
             e.into_response()
         }
     }
@@ -216,6 +217,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
         }
         Err(e) => {
             hub.metrics.publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            tracing::debug!(code = e.code, "publish refused");
             e.into_response()
         }
     }
@@ -313,6 +315,7 @@ async fn mapping(State(hub): State<Arc<HubState>>) -> Response {
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
+    hub.metrics.engine_ready.set(i64::from(hub.engine.is_ready()));
     let mut resp = hub.metrics.render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp

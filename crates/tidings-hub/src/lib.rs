@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod origin;
 mod h1;
 mod serve;
 pub mod stream;
+mod timeouts;
 
 pub use config::Config;
 
@@ -152,6 +154,7 @@ impl Hub {
         let metrics = Arc::new(Metrics::new());
         let l = &config.limits;
         let streams_per_node = streams_within_open_files(l.streams_per_node);
+        metrics.streams_max.set(i64::try_from(streams_per_node).unwrap_or(i64::MAX));
         let fanout = Arc::new(Fanout::new(streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
         let auth = Authenticator::new(&config.auth)?;
         let resolver = config.mapping.resolver()?;
@@ -210,7 +213,12 @@ impl Hub {
     pub async fn run_with_routes(self, listener: TcpListener, shutdown: CancellationToken, extra: axum::Router) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
-        let router = http::router(self.state.clone()).merge(extra);
+        let body_deadline = timeouts::BodyDeadline { timeout: self.state.config.limits.body_timeout, metrics: self.state.metrics.clone() };
+        let trusted_proxies: Arc<[config::TrustedProxy]> = self.state.config.trusted_proxies.clone().into();
+        let router = http::router(self.state.clone())
+            .merge(extra)
+            .layer(axum::middleware::from_fn_with_state(body_deadline, timeouts::bound_request_body))
+            .layer(axum::middleware::from_fn_with_state(trusted_proxies, client_addr::record_client));
         let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;

@@ -21,11 +21,26 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    /// `head`, `body` or `response`: which phase of a request ran out of time.
+    pub phase: &'static str,
+}
+
 /// Every metric of the node.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub streams_open: Gauge,
+    /// The most streams this node accepts (`limits.streams_per_node` after fitting it to the
+    /// open files limit); set once at start.
+    pub streams_max: Gauge,
+    /// Client connections open, streams or not.
+    pub connections_open: Gauge,
+    /// Requests cut off by a time bound, by phase (see [`PhaseLabel`]).
+    pub request_timeouts: Family<PhaseLabel, Counter>,
+    /// 1 while the engine answers, 0 while it does not; refreshed on each scrape.
+    pub engine_ready: Gauge,
     pub streams_opened: Counter,
     /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
     pub stream_closes: Family<ReasonLabel, Counter>,
@@ -63,6 +78,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tidings");
         let m = Self {
             streams_open: Gauge::default(),
+            streams_max: Gauge::default(),
+            connections_open: Gauge::default(),
+            request_timeouts: Family::default(),
+            engine_ready: Gauge::default(),
             streams_opened: Counter::default(),
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
@@ -81,6 +100,10 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("streams_open", "Streams open on this node", m.streams_open.clone());
+        r.register("streams_max", "Most streams this node accepts (limits.streams_per_node, fitted to the open files limit)", m.streams_max.clone());
+        r.register("connections_open", "Client connections open, streams or not", m.connections_open.clone());
+        r.register("request_timeouts", "Requests cut off by a time bound, by phase (head, body, response)", m.request_timeouts.clone());
+        r.register("engine_ready", "1 while the engine answers, 0 while it does not", m.engine_ready.clone());
         r.register("streams_opened", "Streams opened", m.streams_opened.clone());
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());
@@ -116,6 +139,11 @@ impl Metrics {
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encoding into a String");
         out
+    }
+
+    /// Counts a request cut off by a time bound in `phase`.
+    pub fn timed_out(&self, phase: &'static str) {
+        self.request_timeouts.get_or_create(&PhaseLabel { phase }).inc();
     }
 
     pub fn close(&self, reason: &'static str) {

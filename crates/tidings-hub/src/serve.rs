@@ -24,13 +24,19 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(h1::HEAD_READ_TIMEOUT);
-    let shared = Arc::new(h1::Shared { router, hyper, draining: CancellationToken::new() });
+    let shared = Arc::new(h1::Shared {
+        router,
+        hyper,
+        draining: CancellationToken::new(),
+        response_write_timeout: hub.config.limits.response_write_timeout,
+        metrics: hub.metrics.clone(),
+    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = TaskTracker::new();
     // Cancelled after the grace period: drops every connection still open.
     let hard_stop = CancellationToken::new();
     loop {
-        let (socket, _peer) = tokio::select! {
+        let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -43,12 +49,15 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         };
         let _ = socket.set_nodelay(true);
         let conn = hard_stop.child_token();
-        let serving = h1::serve_connection(socket, shared.clone(), conn.clone(), graceful.watcher());
+        let serving = h1::serve_connection(socket, peer, shared.clone(), conn.clone(), graceful.watcher());
+        let metrics = hub.metrics.clone();
+        metrics.connections_open.inc();
         connections.spawn(async move {
             tokio::select! {
                 () = serving => {}
                 () = conn.cancelled() => {}
             }
+            metrics.connections_open.dec();
         });
     }
     drop(listener);

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -10,7 +11,9 @@ use clap::{Parser, Subcommand};
 mod demo;
 mod publish;
 mod resolve;
+mod logging;
 mod serve;
+mod signals;
 mod tail;
 
 #[derive(Debug, Parser)]
@@ -54,34 +57,32 @@ struct ServeArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log, cli.log_json)?;
+    let logs = logging::init(&cli.log, cli.log_json)?;
     // Every stream (and every load-generating connection of `bench`) holds a socket: use the
     // open files limit the system allows this process, not the shell's default soft limit.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::debug!(error = %e, "could not raise the open files limit");
     }
-    match cli.command {
+    let result = match cli.command {
         Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Publish(args) => block_on(publish::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
         Command::Resolve(args) => resolve::run(args),
         Command::Bench(args) => block_on(tidings_bench::run(args)),
-    }
+    };
+    logs.flush();
+    result
 }
+
+/// Longest wait, once a command is done, for tasks of the runtime that are still running
+/// (a blocking DNS lookup, a file read): the process exits rather than waiting on them.
+const RUNTIME_SHUTDOWN_MAX: Duration = Duration::from_millis(500);
 
 /// Runs an async command on a multi-threaded runtime; commands that need none skip it.
 fn block_on(command: impl std::future::Future<Output = Result<()>>) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?.block_on(command)
-}
-
-fn init_logging(filter: &str, json: bool) -> Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).with_context(|| format!("invalid log filter {filter:?}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the runtime")?;
+    let result = runtime.block_on(command);
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_MAX);
+    result
 }

@@ -24,15 +24,16 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     let hub = Hub::new(config.clone()).context("cannot start the hub")?;
     let listener = Hub::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "tidings {} listening on http://{addr} (engine: {})", env!("CARGO_PKG_VERSION"), hub.state().engine.name())?;
-    if let Some(dev) = dev {
-        print_dev_banner(&mut out, addr, &dev)?;
-    }
-    out.flush()?;
-    drop(out);
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_to_token(shutdown.clone()));
+    crate::signals::spawn(shutdown.clone());
+    let engine = hub.state().engine.name();
+    print_banner(|out| {
+        writeln!(out, "tidings {} listening on http://{addr} (engine: {engine})", env!("CARGO_PKG_VERSION"))?;
+        match &dev {
+            Some(dev) => print_dev_banner(out, addr, dev),
+            None => Ok(()),
+        }
+    });
     hub.run(listener, shutdown).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
@@ -82,22 +83,11 @@ Publish (in another terminal):
     )
 }
 
-pub(crate) async fn signal_to_token(token: CancellationToken) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+/// Writes the start-up lines to stdout. A failure (stdout closed, `tidings serve | head -1`
+/// after `head` left) is logged and changes nothing else: the hub serves all the same.
+pub(crate) fn print_banner(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = write(&mut out).and_then(|()| out.flush()) {
+        tracing::warn!(error = %e, "could not write the start-up lines to stdout; serving anyway");
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    token.cancel();
 }

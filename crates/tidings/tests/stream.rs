@@ -249,7 +249,12 @@ async fn the_hub_attaches_keys_from_the_configured_profile() {
     let ev = s.next_non_ping(T).await.unwrap();
     assert_eq!(ev.data["invalidate"], serde_json::json!([]));
     assert_eq!(hub.metric("tidings_unresolved_events_total").await, 1.0);
-    assert!(hub.logs().contains("no such type"), "an unresolved type is logged");
+    // Log lines reach the output through the hub's log writer thread, a moment later.
+    let deadline = tokio::time::Instant::now() + T;
+    while !hub.logs().contains("no such type") {
+        assert!(tokio::time::Instant::now() < deadline, "an unresolved type is logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

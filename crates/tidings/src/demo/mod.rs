@@ -30,9 +30,15 @@ const DEMO_JWT_SECRET: &str = "tidings-demo-secret-not-for-production";
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
-    /// Address to bind (`127.0.0.1:0` picks a free port).
+    /// Address to bind (`127.0.0.1:0` picks a free port). Loopback only, unless
+    /// `--unsafe-expose` is given.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Listen on a non-loopback address anyway. Unsafe: demo sessions are signed with a fixed
+    /// secret that is public (it is in the source), so anyone who can reach the port can sign
+    /// in as anyone, read every account's events and change its data.
+    #[arg(long)]
+    unsafe_expose: bool,
     /// How often the teammate edits an application in each account.
     #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
     teammate_every: Duration,
@@ -49,6 +55,7 @@ pub struct DemoArgs {
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
+    check_exposure(args.listen, args.unsafe_expose)?;
     let mut config = Config { listen: args.listen, heartbeat: args.heartbeat, ..Config::default() };
     config.auth.jwt = Some(JwtConfig {
         algorithm: "HS256".into(),
@@ -72,19 +79,35 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     let accounts: Vec<&str> = users::TEAMMATES.iter().map(|t| t.0).collect();
     let demo = Demo { hub: hub.state().clone(), store: Arc::new(Mutex::new(Store::seeded(&accounts))), jwt_secret: DEMO_JWT_SECRET.into() };
     let shutdown = CancellationToken::new();
-    tokio::spawn(crate::serve::signal_to_token(shutdown.clone()));
+    crate::signals::spawn(shutdown.clone());
     if !args.no_teammate {
         tokio::spawn(teammate(demo.clone(), args.teammate_every, shutdown.clone()));
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
-    writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
-    writeln!(out, "alice and bob share the account acme; carol is in globex.")?;
-    out.flush()?;
-    drop(out);
+    crate::serve::print_banner(|out| {
+        writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
+        writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
+        writeln!(out, "alice and bob share the account acme; carol is in globex.")
+    });
     let extra = api::router(demo).merge(assets::router());
     hub.run_with_routes(listener, shutdown, extra).await.context("serving")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Refuses a non-loopback address unless `--unsafe-expose` says the exposure is intended.
+fn check_exposure(listen: SocketAddr, unsafe_expose: bool) -> Result<()> {
+    if listen.ip().to_canonical().is_loopback() {
+        return Ok(());
+    }
+    if !unsafe_expose {
+        anyhow::bail!(
+            "refusing to listen on {listen}: it is not a loopback address, and the demo signs its sessions with a fixed, \
+             public secret, so anyone who can reach it could sign in as any user, read every account's events and \
+             change its data. Use 127.0.0.1 or [::1], or pass --unsafe-expose to listen there anyway on a network \
+             you control. For anything real, run `tidings serve` with your own configuration."
+        );
+    }
+    tracing::warn!(%listen, "--unsafe-expose: the demo listens on a non-loopback address; anyone who can reach it can sign in as anyone");
     Ok(())
 }
 
