@@ -3,7 +3,6 @@
 //! Handlers here translate; the rules live elsewhere (auth, protocol, engine, fan-out).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -24,6 +23,7 @@ use crate::HubState;
 use crate::engine::NewEvent;
 use crate::error::ApiError;
 use crate::fanout::{NewStream, RegisterError};
+use crate::h1::ConnectionHandle;
 use crate::stream::SseBody;
 
 /// Seconds a client is asked to wait when the node or account is full or the hub drains.
@@ -31,12 +31,8 @@ const RETRY_AFTER_BUSY_SECS: u64 = 5;
 /// Seconds a publisher is asked to wait when the engine is unavailable.
 const RETRY_AFTER_ENGINE_SECS: u64 = 2;
 
-/// Handle to the connection a request came on; lets the hub drop a stuck connection.
-#[derive(Debug, Clone)]
-pub struct ConnectionHandle(pub CancellationToken);
-
 pub fn router(state: Arc<HubState>) -> Router {
-    let cors = cors(&state.config.cors.allowed_origins);
+    let cors = cors(&state.config().cors.allowed_origins);
     let router = Router::new()
         .route("/events/stream", get(stream))
         .route("/events", post(publish))
@@ -78,13 +74,13 @@ struct StreamQuery {
 }
 
 async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuery>, req: Request) -> Response {
-    let arrived = hub.fanout.ticket();
+    let arrived = hub.fanout().ticket();
     let query = Some(query);
     let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
     match open_stream(&hub, req.headers(), query, conn, arrived).await {
         Ok(resp) => resp,
         Err(e) => {
-            hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            hub.metrics().stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
             e.into_response()
         }
     }
@@ -97,19 +93,19 @@ async fn open_stream(
     conn: CancellationToken,
     arrived: u64,
 ) -> Result<Response, ApiError> {
-    if hub.draining.load(Ordering::Acquire) {
+    if hub.is_draining() {
         return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
     }
     let query_token = query.as_ref().and_then(|q| q.access_token.as_deref());
-    let (token, source) = hub.auth.stream_credential(headers, query_token).ok_or(crate::auth::AuthError::Missing)?;
-    let identity = hub.auth.identify(token, source).await?;
+    let (token, source) = hub.auth().stream_credential(headers, query_token).ok_or(crate::auth::AuthError::Missing)?;
+    let identity = hub.auth().identify(token, source).await?;
     if !accepts_event_stream(headers) {
         return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", "this endpoint only serves text/event-stream"));
     }
     let now = Instant::now();
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
     let stream = hub
-        .fanout
+        .fanout()
         .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn, arrived })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
@@ -121,17 +117,17 @@ async fn open_stream(
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("\u{0}invalid"))
         .or_else(|| query.as_ref().and_then(|q| q.last_event_id.as_deref()));
-    let opening = match hub.engine.open(&identity.account, last_event_id).await {
+    let opening = match hub.engine().open(&identity.account, last_event_id).await {
         Ok(o) => o,
         Err(e) => {
-            hub.fanout.deregister(&stream);
+            hub.fanout().deregister(&stream);
             tracing::warn!(error = %e, "cannot open stream");
             return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_ENGINE_SECS));
         }
     };
-    hub.metrics.streams_opened.inc();
+    hub.metrics().streams_opened.inc();
     let mut buf = BytesMut::with_capacity(256 + opening.replay.iter().map(|f| f.bytes.len()).sum::<usize>());
-    buf.put_slice(encode_retry(hub.config.retry.as_millis() as u64).as_bytes());
+    buf.put_slice(encode_retry(hub.config().retry.as_millis() as u64).as_bytes());
     let client_id = format!("c_{:016x}", rand::random::<u64>());
     let timestamp = now_rfc3339();
     let connected = Connected {
@@ -139,22 +135,22 @@ async fn open_stream(
         timestamp: &timestamp,
         session_id: &identity.session,
         resumed: matches!(opening.decision, ResumeDecision::Replay { .. }),
-        heartbeat_ms: hub.config.heartbeat.as_millis() as u64,
+        heartbeat_ms: hub.config().heartbeat.as_millis() as u64,
     };
     buf.put_slice(encode_connected(opening.position, &connected).as_bytes());
     let mut position = opening.position;
     match opening.decision {
         ResumeDecision::Fresh => {}
         ResumeDecision::Replay { .. } => {
-            hub.metrics.replays.inc();
-            hub.metrics.replayed_events.inc_by(opening.replay.len() as u64);
+            hub.metrics().replays.inc();
+            hub.metrics().replayed_events.inc_by(opening.replay.len() as u64);
             for f in &opening.replay {
                 buf.put_slice(&f.bytes);
                 position.seq = position.seq.max(f.seq);
             }
         }
         ResumeDecision::Resync(reason) => {
-            hub.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() }).inc();
+            hub.metrics().resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() }).inc();
             buf.put_slice(encode_resync(reason, None).as_bytes());
         }
     }
@@ -178,7 +174,7 @@ fn stream_deadline(hub: &HubState, expires_at: Option<SystemTime>, now: Instant)
             _ => return Err(crate::auth::AuthError::Expired.into()),
         },
     };
-    let lifetime = hub.config.limits.stream_lifetime.map(|l| {
+    let lifetime = hub.config().limits.stream_lifetime.map(|l| {
         let cut = rand::random_range(0..=l.as_millis() as u64 / 10);
         (now + l - Duration::from_millis(cut), CloseReason::Lifetime)
     });
@@ -210,26 +206,26 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
     let started = Instant::now();
     match publish_inner(&hub, req).await {
         Ok(ids) => {
-            hub.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
+            hub.metrics().publish_latency.observe(started.elapsed().as_secs_f64());
             let ids: Vec<String> = ids.iter().map(EventId::to_string).collect();
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "ids": ids }))).into_response()
         }
         Err(e) => {
-            hub.metrics.publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            hub.metrics().publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
             e.into_response()
         }
     }
 }
 
 async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>, ApiError> {
-    hub.auth.check_publisher(req.headers())?;
+    hub.auth().check_publisher(req.headers())?;
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" && !media.ends_with("+json") {
         return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send Content-Type: application/json")
             .field("Content-Type"));
     }
-    let limit = hub.config.limits.publish_body_bytes;
+    let limit = hub.config().limits.publish_body_bytes;
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes")).field("body")
     };
@@ -259,12 +255,10 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
             NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into() }
         })
         .collect();
-    let n = batch.len() as u64;
-    let ids = hub.engine.publish(batch).await.map_err(|e| {
+    let ids = hub.store(batch).await.map_err(|e| {
         tracing::warn!(error = %e, "publish failed");
         ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_ENGINE_SECS)
     })?;
-    hub.metrics.events_published.inc_by(n);
     Ok(ids)
 }
 
@@ -281,11 +275,11 @@ struct RevokeBody {
 /// also stop accepting the credential, or the client may sign in again.
 async fn revoke(State(hub): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = (|| {
-        hub.auth.check_publisher(&headers)?;
+        hub.auth().check_publisher(&headers)?;
         let req: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()).field("body")
         })?;
-        Ok::<_, ApiError>(hub.fanout.close_matching(&req.account, req.session.as_deref(), CloseReason::Revoked))
+        Ok::<_, ApiError>(hub.revoke(&req.account, req.session.as_deref()))
     })();
     match result {
         Ok(closed) => axum::Json(serde_json::json!({ "closed": closed })).into_response(),
@@ -298,22 +292,22 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(hub): State<Arc<HubState>>) -> Response {
-    let draining = hub.draining.load(Ordering::Acquire);
-    let engine = hub.engine.is_ready();
-    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine.name(), "engine_ready": engine, "draining": draining });
+    let draining = hub.is_draining();
+    let engine = hub.engine().is_ready();
+    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine_name(), "engine_ready": engine, "draining": draining });
     let status = if engine && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 
 /// The invalidation mapping in JSON, so browser SDKs resolve with the same table as the hub.
 async fn mapping(State(hub): State<Arc<HubState>>) -> Response {
-    let mut resp = hub.mapping_json.to_string().into_response();
+    let mut resp = hub.mapping_json().to_string().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
-    let mut resp = hub.metrics.render().into_response();
+    let mut resp = hub.metrics().render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
 }

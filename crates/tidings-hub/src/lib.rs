@@ -5,15 +5,11 @@
 //! handlers (the binary maps SIGINT/SIGTERM to the token) and never reads configuration from
 //! the environment (the binary parses it once into [`Config`]).
 
-use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tidings_protocol::frame::{activity_payload, encode_ping};
-use tidings_protocol::{CloseReason, EventId};
-use tidings_protocol::resolver::{Resolution, Resolver, resource_type};
+use tidings_protocol::frame::encode_ping;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,14 +22,16 @@ pub mod http;
 pub mod metrics;
 mod h1;
 mod serve;
+mod state;
 pub mod stream;
 
 pub use config::Config;
+pub use state::HubState;
 
 use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::durable::DurableEngine;
-use crate::engine::{Engine, EngineError, NewEvent};
+use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
@@ -43,57 +41,8 @@ use crate::metrics::Metrics;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often engines trim history by age when no publish does it for them.
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
-/// Distinct unresolved activity types logged; past this, only the counter grows.
-const UNRESOLVED_TYPES_LOGGED_MAX: usize = 1_000;
 /// Pending connections the kernel may hold for the accept loop (see [`Hub::bind`]).
 pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// Everything a request handler needs, shared by all of them.
-#[derive(Debug)]
-pub struct HubState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub fanout: Arc<Fanout>,
-    pub engine: Arc<dyn Engine>,
-    pub resolver: Resolver,
-    /// The mapping in its JSON form, served at `GET /mapping` for browser-side resolution.
-    pub mapping_json: Arc<str>,
-    pub metrics: Arc<Metrics>,
-    /// Set once shutdown starts: new streams get 503 and `/readyz` turns unready.
-    pub draining: AtomicBool,
-    unresolved_logged: Mutex<HashSet<String>>,
-}
-
-impl HubState {
-    /// Resolves an activity's keys, logging each unresolved type once and counting it.
-    pub fn resolve(&self, activity: &serde_json::Value) -> Resolution {
-        let r = self.resolver.resolve(activity);
-        if r.tier.is_none() {
-            self.metrics.unresolved_events.inc();
-            let kind = resource_type(activity).unwrap_or_default();
-            let mut logged = self.unresolved_logged.lock().expect("unresolved lock");
-            if logged.len() < UNRESOLVED_TYPES_LOGGED_MAX && logged.insert(kind.clone()) {
-                tracing::warn!(resource_type = %kind, "no invalidation keys for this activity type (logged once per type)");
-            }
-        }
-        r
-    }
-
-    /// Publishes one activity to `account` from inside the process, exactly as an accepted
-    /// `POST /events` item would be (keys resolved, stored, fanned out, counted). For hosts that
-    /// embed the hub next to their own API, such as `tidings demo`; there is no publisher key
-    /// to check because the caller is the host itself.
-    pub async fn publish(&self, account: &str, data: &serde_json::Value) -> Result<EventId, EngineError> {
-        let started = Instant::now();
-        let keys = self.resolve(data);
-        let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
-        let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
-        let ids = self.engine.publish(vec![NewEvent { account: account.into(), payload: payload.into() }]).await?;
-        self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
-        self.metrics.events_published.inc();
-        Ok(ids.into_iter().next().expect("one id per published event"))
-    }
-}
 
 /// File descriptors a node keeps for what is not an event stream (publishers, health checks
 /// and scrapes, engine connections, the data file) out of `open_files`: a node holding its
@@ -148,18 +97,7 @@ impl Hub {
             ),
             EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
         };
-        let mapping_json = resolver.mapping().to_json_pretty().into();
-        let state = HubState {
-            auth,
-            config,
-            fanout,
-            engine,
-            resolver,
-            mapping_json,
-            metrics,
-            draining: AtomicBool::new(false),
-            unresolved_logged: Mutex::default(),
-        };
+        let state = HubState::new(state::Parts { config, auth, fanout, engine, resolver, metrics });
         Ok(Self { state: Arc::new(state) })
     }
 
@@ -196,7 +134,7 @@ impl Hub {
         let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;
-        self.state.engine.close().await;
+        self.state.engine().close().await;
         result
     }
 }
@@ -204,8 +142,9 @@ impl Hub {
 /// Heartbeats, deadlines, stuck-stream sweeps and engine upkeep: one task per node, not one
 /// timer per stream.
 async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(hub.config.heartbeat));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hub.config.heartbeat, hub.config.heartbeat);
+    let every = hub.config().heartbeat;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(every));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
     for i in [&mut sweep, &mut heartbeat, &mut maintain] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -213,18 +152,12 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = sweep.tick() => hub.fanout.tick(Instant::now()),
+            _ = sweep.tick() => hub.fanout().tick(Instant::now()),
             _ = heartbeat.tick() => {
                 let ping = Bytes::from(encode_ping(&humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()));
-                hub.fanout.broadcast(&ping);
+                hub.fanout().broadcast(&ping);
             }
-            _ = maintain.tick() => hub.engine.maintain(),
+            _ = maintain.tick() => hub.engine().maintain(),
         }
     }
-}
-
-/// Starts draining: readiness off, new streams refused, every open stream told to close.
-pub(crate) fn begin_drain(hub: &HubState) {
-    hub.draining.store(true, std::sync::atomic::Ordering::Release);
-    hub.fanout.close_all(CloseReason::Shutdown);
 }

@@ -24,7 +24,7 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(h1::HEAD_READ_TIMEOUT);
-    let shared = Arc::new(h1::Shared { router, hyper, draining: CancellationToken::new() });
+    let shared = Arc::new(h1::Shared { router, hyper, draining: hub.draining().clone() });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = TaskTracker::new();
     // Cancelled after the grace period: drops every connection still open.
@@ -52,11 +52,10 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         });
     }
     drop(listener);
-    crate::begin_drain(&hub);
-    shared.draining.cancel();
+    hub.begin_drain();
     connections.close();
-    let grace = hub.config.limits.shutdown_grace;
-    tracing::info!(streams = hub.fanout.closing_len(), ?grace, "shutting down: streams told to close");
+    let grace = hub.config().limits.shutdown_grace;
+    tracing::info!(streams = hub.fanout().closing_len(), ?grace, "shutting down: streams told to close");
     tokio::select! {
         _ = async { tokio::join!(graceful.shutdown(), connections.wait()) } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => {

@@ -25,7 +25,7 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     let listener = Hub::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "tidings {} listening on http://{addr} (engine: {})", env!("CARGO_PKG_VERSION"), hub.state().engine.name())?;
+    writeln!(out, "tidings {} listening on http://{addr} (engine: {})", env!("CARGO_PKG_VERSION"), hub.state().engine_name())?;
     if let Some(dev) = dev {
         print_dev_banner(&mut out, addr, &dev)?;
     }

@@ -55,8 +55,7 @@ struct Caller {
 }
 
 async fn caller(demo: &Demo, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let (token, source) = demo.hub.auth.stream_credential(headers, None).ok_or(tidings_hub::auth::AuthError::Missing)?;
-    let identity = demo.hub.auth.identify(token, source).await?;
+    let identity = demo.hub.identify(headers).await?;
     let user = USERS.iter().find(|u| u.email == &*identity.user);
     let name = user.map_or_else(|| identity.user.to_string(), |u| u.name.to_owned());
     Ok(Caller {
@@ -90,13 +89,13 @@ async fn login(State(demo): State<Demo>, Json(body): Json<Login>) -> Response {
             return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot sign in").into_response();
         }
     };
-    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.config.auth.cookie, SESSION_LIFETIME.as_secs());
+    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.cookie_name(), SESSION_LIFETIME.as_secs());
     let me = json!({ "user": user.public(), "account": user.account, "session": session });
     with_cookie(Json(me).into_response(), &cookie)
 }
 
 async fn logout(State(demo): State<Demo>) -> Response {
-    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", demo.hub.config.auth.cookie);
+    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", demo.hub.cookie_name());
     with_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
 }
 
