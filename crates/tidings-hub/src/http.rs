@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use tidings_protocol::frame::{Connected, activity_payload, encode_connected, encode_resync, encode_retry};
 use tidings_protocol::publish::{PublishErrorKind, parse_body};
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 use tidings_protocol::{CloseReason, EventId};
 use tokio_util::sync::CancellationToken;
 
@@ -113,11 +113,7 @@ async fn open_stream(
             RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
                 .retry_after(RETRY_AFTER_BUSY_SECS),
         })?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}invalid"))
-        .or_else(|| query.as_ref().and_then(|q| q.last_event_id.as_deref()));
-    let opening = match hub.engine().open(&identity.account, last_event_id).await {
+    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref())).await {
         Ok(o) => o,
         Err(e) => {
             hub.fanout().deregister(&stream);
@@ -162,6 +158,16 @@ async fn open_stream(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// The client's resume position: the `Last-Event-ID` header (which a native `EventSource`
+/// sends on its own reconnects), else the `last_event_id` query parameter. Read here, once:
+/// engines get a typed value, never the client's text.
+fn resume_position(headers: &HeaderMap, query: Option<&StreamQuery>) -> LastEventId {
+    match headers.get("last-event-id") {
+        Some(v) => LastEventId::from_bytes(v.as_bytes()),
+        None => query.and_then(|q| q.last_event_id.as_deref()).map_or(LastEventId::None, LastEventId::parse),
+    }
 }
 
 /// When the stream must end on its own: the credential's expiry or the lifetime cap (with up
@@ -331,5 +337,19 @@ mod tests {
         assert!(check(Some("text/*")));
         assert!(!check(Some("application/json")));
         assert!(!check(Some("text/event-stream;q=0")));
+    }
+
+    #[test]
+    fn resume_position_prefers_the_header_and_reads_it_once() {
+        let query = |id: &str| Some(StreamQuery { last_event_id: Some(id.into()), access_token: None });
+        let mut h = HeaderMap::new();
+        assert_eq!(resume_position(&h, None), LastEventId::None);
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::Id(EventId::new(0xab, 7)));
+        h.insert("last-event-id", HeaderValue::from_static("ab-9"));
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::Id(EventId::new(0xab, 9)));
+        h.insert("last-event-id", HeaderValue::from_bytes(b"ab-9\xe9").unwrap());
+        assert_eq!(resume_position(&h, None), LastEventId::Invalid, "bytes that are not text are no id");
+        h.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::None, "an empty header is no position");
     }
 }

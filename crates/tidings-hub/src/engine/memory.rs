@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, decide};
+use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
@@ -90,7 +90,7 @@ impl Engine for MemoryEngine {
         async move { Ok(ids) }.boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
         let oldest = self.oldest_kept(Instant::now());
         let mut state = self.state.lock().expect("engine lock");
         let head = state.head;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tidings_protocol::EventId;
 use tidings_protocol::frame::ResyncReason;
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 pub mod durable;
 pub mod memory;
@@ -91,8 +91,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// every event is stored as durably as the engine promises.
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
 
-    /// Decides how a stream of `account` starts and reads what it must replay.
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>>;
+    /// Decides how a stream of `account` starts from the client's position and reads what it
+    /// must replay.
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>>;
 
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;

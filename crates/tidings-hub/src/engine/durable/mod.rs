@@ -38,7 +38,7 @@ use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, decide};
+use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::store::{DATA_FILE_NAME, StoreError};
@@ -176,7 +176,7 @@ impl Engine for DurableEngine {
         .boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
         let oldest = oldest_kept_ms(now_ms(), self.max_age);
         let h = self.history.lock().expect("history lock");
         let log = h.accounts.get(account);

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_protocol::frame::ResyncReason;
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 use super::*;
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ fn batch(account: &str, n: usize) -> Vec<NewEvent> {
 
 /// The decision and replayed seqs for a resume of `account` from `id`.
 async fn resume(e: &DurableEngine, account: &str, id: &EventId) -> (ResumeDecision, Vec<u64>) {
-    let o = e.open(account, Some(&id.to_string())).await.unwrap();
+    let o = e.open(account, LastEventId::Id(*id)).await.unwrap();
     (o.decision, o.replay.iter().map(|f| f.seq).collect())
 }
 

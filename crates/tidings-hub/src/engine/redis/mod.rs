@@ -40,7 +40,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::MultiplexedConnection;
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tidings_protocol::resume::{HistoryWindow, LastEventId, ResumeDecision, decide};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -178,11 +178,11 @@ impl Inner {
         Ok((last + 1 - n..=last).map(|seq| EventId::new(epoch, seq)).collect())
     }
 
-    async fn open(&self, account: &str, last_event_id: Option<&str>) -> Result<Opening, EngineError> {
+    async fn open(&self, account: &str, last_event_id: LastEventId) -> Result<Opening, EngineError> {
         let link = self.connection()?;
         let mut conn = link.conn.clone();
         let followed = self.epoch.load(Ordering::Acquire);
-        let after = last_event_id.and_then(|t| t.parse::<EventId>().ok()).filter(|id| id.epoch == followed).map(|id| id.seq);
+        let after = last_event_id.id().filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
         type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8);
         let (epoch, head, trimmed_through, entries, too_large): Reply = self
@@ -260,7 +260,7 @@ impl Engine for RedisEngine {
         self.inner.publish(batch).boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
         self.inner.open(account, last_event_id).boxed()
     }
 
