@@ -16,6 +16,7 @@ use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 pub mod durable;
+pub mod history;
 pub mod memory;
 pub mod redis;
 

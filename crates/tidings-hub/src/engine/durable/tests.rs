@@ -90,21 +90,6 @@ async fn a_second_engine_on_the_same_file_is_refused() {
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
 }
 
-#[test]
-fn cuts_keep_the_newest_events_by_count_and_age() {
-    let mut log = AccountLog::default();
-    for seq in 1..=4u64 {
-        log.events.push_back((seq * 10, StoredFrame { seq, bytes: Bytes::new() }));
-    }
-    assert_eq!(log.cut(&[], 4, 0), None);
-    assert_eq!(log.cut(&[(5, 50)], 4, 0), Some(1));
-    assert_eq!(log.cut(&[(5, 50), (6, 60)], 1, 0), Some(5));
-    assert_eq!(log.cut(&[], 10, 25), Some(2), "events older than the cut-off go");
-    log.apply_cut(2);
-    assert_eq!((log.trimmed_through, log.events.len()), (2, 2));
-    assert_eq!(log.cut(&[], 10, 25), None, "nothing below trimmed_through is cut again");
-}
-
 #[tokio::test]
 async fn unflushed_history_from_another_boot_gets_a_new_epoch() {
     let dir = tempfile::tempdir().unwrap();

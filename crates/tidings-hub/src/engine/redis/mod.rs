@@ -33,7 +33,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
@@ -44,6 +44,7 @@ use tidings_protocol::resume::{HistoryWindow, LastEventId, ResumeDecision, decid
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::history::now_ms;
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
@@ -249,10 +250,6 @@ fn account_frame(epoch: u64, id: &str, fields: &[String]) -> Option<StoredFrame>
 /// The value of `name` in a flat `[field, value, …]` list.
 fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
     fields.chunks_exact(2).find(|kv| kv[0] == name).map(|kv| kv[1].as_str())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Engine for RedisEngine {
