@@ -134,7 +134,6 @@ async fn open_stream(
         heartbeat_ms: hub.config().heartbeat.as_millis() as u64,
     };
     buf.put_slice(encode_connected(opening.position, &connected).as_bytes());
-    let mut position = opening.position;
     match opening.decision {
         ResumeDecision::Fresh => {}
         ResumeDecision::Replay { .. } => {
@@ -142,7 +141,6 @@ async fn open_stream(
             hub.metrics().replayed_events.inc_by(opening.replay.len() as u64);
             for f in &opening.replay {
                 buf.put_slice(&f.bytes);
-                position.seq = position.seq.max(f.seq);
             }
         }
         ResumeDecision::Resync(reason) => {
@@ -151,7 +149,7 @@ async fn open_stream(
         }
     }
     tracing::debug!(account = %identity.account, session = %identity.session, stream = stream.id, "stream opened");
-    let body = SseBody::new(stream, hub.clone(), buf.freeze(), position);
+    let body = SseBody::new(stream, hub.clone(), buf.freeze(), opening.live_from());
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

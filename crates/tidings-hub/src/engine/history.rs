@@ -258,6 +258,10 @@ mod tests {
         assert_eq!(resume(&h, "a", 2, 1_000), (ResumeDecision::Replay { after: 2 }, vec![3, 4, 5]));
         assert_eq!(resume(&h, "b", 5, 1_000), (ResumeDecision::Replay { after: 5 }, vec![]), "an account with no events");
         assert_eq!(resume(&h, "a", 6, 1_000).0, ResumeDecision::Resync(ResyncReason::UnknownId));
+        let o = h.open("a", LastEventId::Id(EventId::new(0xab, 2)), 1_000);
+        assert_eq!((o.position, o.live_from()), (EventId::new(0xab, 2), EventId::new(0xab, 5)), "connected at the client's id, live after the replay");
+        let o = h.open("a", LastEventId::None, 1_000);
+        assert_eq!((o.position, o.live_from()), (EventId::new(0xab, 5), EventId::new(0xab, 5)));
     }
 
     #[test]

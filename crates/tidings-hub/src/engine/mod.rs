@@ -71,6 +71,14 @@ impl Opening {
         Self { position: EventId::new(epoch, after), decision, replay }
     }
 
+    /// Where the stream stands once its opening is written: after the last replayed event, or
+    /// at the `connected` position when nothing is replayed. Live frames at or below it were
+    /// already covered by the opening and are skipped.
+    pub fn live_from(&self) -> EventId {
+        let replayed = self.replay.iter().map(|f| f.seq).max().unwrap_or(0);
+        EventId::new(self.position.epoch, self.position.seq.max(replayed))
+    }
+
     /// The answer for a gap larger than the replay budget: `resync`, then live from `head`.
     pub(crate) fn too_large(epoch: u64, head: u64) -> Self {
         Self { position: EventId::new(epoch, head), decision: ResumeDecision::Resync(ResyncReason::ReplayTooLarge), replay: Vec::new() }
