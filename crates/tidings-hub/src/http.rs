@@ -21,15 +21,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::HubState;
 use crate::engine::NewEvent;
-use crate::error::ApiError;
+use crate::error::{ApiError, RETRY_AFTER_BUSY_SECS, RETRY_AFTER_UNAVAILABLE_SECS};
 use crate::fanout::{NewStream, RegisterError};
 use crate::h1::ConnectionHandle;
 use crate::stream::SseBody;
-
-/// Seconds a client is asked to wait when the node or account is full or the hub drains.
-const RETRY_AFTER_BUSY_SECS: u64 = 5;
-/// Seconds a publisher is asked to wait when the engine is unavailable.
-const RETRY_AFTER_ENGINE_SECS: u64 = 2;
 
 pub fn router(state: Arc<HubState>) -> Router {
     let cors = cors(&state.config().cors.allowed_origins);
@@ -118,7 +113,7 @@ async fn open_stream(
         Err(e) => {
             hub.fanout().deregister(&stream);
             tracing::warn!(error = %e, "cannot open stream");
-            return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_ENGINE_SECS));
+            return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_UNAVAILABLE_SECS));
         }
     };
     hub.metrics().streams_opened.inc();
@@ -222,7 +217,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
 }
 
 async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>, ApiError> {
-    hub.auth().check_publisher(req.headers())?;
+    let publisher = hub.auth().check_publisher(req.headers())?;
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" && !media.ends_with("+json") {
@@ -259,10 +254,12 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
             NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into() }
         })
         .collect();
+    let events = batch.len();
     let ids = hub.store(batch).await.map_err(|e| {
-        tracing::warn!(error = %e, "publish failed");
-        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_ENGINE_SECS)
+        tracing::warn!(error = %e, %publisher, events, "publish failed");
+        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
     })?;
+    tracing::debug!(%publisher, events, "published");
     Ok(ids)
 }
 
@@ -279,11 +276,13 @@ struct RevokeBody {
 /// also stop accepting the credential, or the client may sign in again.
 async fn revoke(State(hub): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = (|| {
-        hub.auth().check_publisher(&headers)?;
+        let publisher = hub.auth().check_publisher(&headers)?;
         let req: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()).field("body")
         })?;
-        Ok::<_, ApiError>(hub.revoke(&req.account, req.session.as_deref()))
+        let closed = hub.revoke(&req.account, req.session.as_deref());
+        tracing::info!(%publisher, account = %req.account, session = req.session.as_deref().unwrap_or("*"), closed, "streams revoked");
+        Ok::<_, ApiError>(closed)
     })();
     match result {
         Ok(closed) => axum::Json(serde_json::json!({ "closed": closed })).into_response(),

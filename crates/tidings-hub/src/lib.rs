@@ -43,12 +43,20 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Pending connections the kernel may hold for the accept loop (see [`Hub::bind`]).
 pub const LISTEN_BACKLOG: u32 = 4096;
+/// Share of the open files limit kept for what is not a stream (see [`open_files_reserve`]):
+/// one descriptor in this many.
+const OPEN_FILES_RESERVE_DIVISOR: u64 = 16;
+/// Fewest descriptors kept in reserve: a handful of publishers, probes and engine
+/// connections, even under a small limit.
+const OPEN_FILES_RESERVE_MIN: u64 = 64;
+/// Most descriptors kept in reserve: past this, a larger limit goes to streams.
+const OPEN_FILES_RESERVE_MAX: u64 = 1024;
 
 /// File descriptors a node keeps for what is not an event stream (publishers, health checks
 /// and scrapes, engine connections, the data file) out of `open_files`: a node holding its
 /// maximum of streams must still accept a publish and answer `503` to the next stream.
 fn open_files_reserve(open_files: u64) -> u64 {
-    (open_files / 16).clamp(64, 1024)
+    (open_files / OPEN_FILES_RESERVE_DIVISOR).clamp(OPEN_FILES_RESERVE_MIN, OPEN_FILES_RESERVE_MAX)
 }
 
 /// `limits.streams_per_node`, lowered when the process may not open that many files (each
