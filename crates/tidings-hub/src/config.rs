@@ -397,8 +397,8 @@ pub enum ConfigError {
     #[error("{0}")]
     Mapping(#[from] tidings_protocol::resolver::MappingError),
     /// The engine could not start (for example a damaged data file); the message names it.
-    #[error("{0}")]
-    Engine(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::StartError),
 }
 
 impl MappingConfig {

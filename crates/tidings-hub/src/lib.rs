@@ -101,9 +101,9 @@ impl Hub {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
             EngineConfig::Durable { data_dir, fsync } => Arc::new(
-                DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(|e| ConfigError::Engine(e.to_string()))?,
+                DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(engine::StartError::from)?,
             ),
-            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
+            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(engine::StartError::from)?),
         };
         let state = HubState::new(state::Parts { config, auth, fanout, engine, resolver, metrics });
         Ok(Self { state: Arc::new(state) })

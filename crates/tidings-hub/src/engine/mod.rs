@@ -85,6 +85,18 @@ impl Opening {
     }
 }
 
+/// Why an engine cannot start; the hub refuses to run rather than serve without history.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The durable engine's data file cannot be used; the message names it.
+    #[error(transparent)]
+    Durable(#[from] durable::StoreError),
+    /// The Redis engine cannot start (not its server being down: that only makes it unready).
+    #[error(transparent)]
+    Redis(#[from] redis::StartError),
+}
+
 /// An engine could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]

@@ -58,6 +58,19 @@ use scripts::Keys;
 /// never holds Redis (scripts block it) for long.
 const MAINTAIN_ACCOUNTS_MAX: usize = 256;
 
+/// Why the Redis engine cannot start. Redis being down is not one of them: the engine starts
+/// unready and connects when it can.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Not called inside a Tokio runtime, which the connection task needs.
+    #[error("the Redis engine needs a Tokio runtime")]
+    NoRuntime,
+    /// `engine.url` is not a URL the Redis client accepts.
+    #[error("engine.url: {0}")]
+    Url(redis::RedisError),
+}
+
 /// The engine handle the hub holds. Dropping it stops the connection task.
 #[derive(Debug)]
 pub struct RedisEngine {
@@ -91,9 +104,9 @@ struct Inner {
 impl RedisEngine {
     /// Starts the engine and its connection task on the current Tokio runtime. Redis does not
     /// have to be up yet: the engine reports not ready until it connects.
-    pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, String> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| "the Redis engine needs a Tokio runtime".to_owned())?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("engine.url: {e}"))?;
+    pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
         let inner = Arc::new(Inner {
             client,
             config: config.clone(),
