@@ -534,8 +534,25 @@ impl Config {
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
         }
+        if let Some(o) = self.cors.allowed_origins.iter().find(|o| !is_origin(o)) {
+            return invalid(format!(
+                "cors.allowed_origins: {o:?} is not an origin; write scheme://host[:port] as the browser sends it, e.g. \"https://console.example.com\""
+            ));
+        }
         Ok(())
     }
+}
+
+/// Whether `text` is a serialised origin as a browser sends it in `Origin`: `http` or
+/// `https`, a host, an optional port, and nothing else (no path, not even `/`). Anything else
+/// could never match a request, so a console listed that way would be refused in silence.
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<http::Uri>() else { return false };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else { return false };
+    matches!(scheme, "http" | "https")
+        && text == format!("{scheme}://{authority}")
+        && !authority.as_str().contains('@')
+        && http::HeaderValue::from_str(text).is_ok()
 }
 
 #[cfg(test)]
@@ -583,5 +600,21 @@ key = "pub-secret"
         let mut c = Config::default();
         c.cors.allowed_origins = vec!["*".into()];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn cors_origins_that_cannot_match_are_refused_at_start() {
+        let check = |origin: &str| {
+            let mut c = Config::default();
+            c.cors.allowed_origins = vec!["https://console.example.com".into(), origin.into()];
+            c.validate().map_err(|e| e.to_string())
+        };
+        for good in ["http://127.0.0.1:5173", "https://console.example.com:8443", "https://[::1]:8080"] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in ["console.example.com", "https://console.example.com/", "https://console.example.com/app", "ftp://x.example", "https://a b", "https://user@x.example", ""] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains("cors.allowed_origins") && e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
     }
 }

@@ -51,7 +51,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> = origins.iter().map(|o| HeaderValue::from_str(o).expect("origins are checked by Config::validate")).collect();
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
