@@ -32,7 +32,7 @@ use crate::sse::SseParser;
 /// consumer and the client resumes from its last id, so nothing is lost or held unbounded.
 pub const ITEMS_BUFFERED_MAX: usize = 256;
 
-/// Heartbeat assumed until a `connected` frame states the hub's (SPEC §2 default).
+/// Heartbeat assumed until a `connected` frame states the hub's (the hub's default; docs/protocol.md C8).
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
 
 /// A connection that stays silent this many half-heartbeats (2.5 heartbeats, as the browser

@@ -560,7 +560,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_example_parses() {
+    fn documented_example_parses() {
         let text = r#"
 heartbeat = "500ms"
 [auth]
