@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The peers, from Debian's packages, installed when missing. Their packaged services are not
-# used: the harness starts its own instances on loopback with the configs in bench/peers/.
+# used: the harness starts its own instances on loopback with the configs in crates/tidings-bench/peers/.
 need=()
 command -v nginx >/dev/null || need+=(nginx)
 [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || need+=(libnginx-mod-nchan)

@@ -1,6 +1,6 @@
 /** The demo console in real Chromium against the real `tidings demo`: changes travel between
  * users of one account and never to another account; a restarted hub is rejoined without a
- * reload; sign-out and an early stop leave no stream behind (SPEC §6 items 1 and 3). */
+ * reload; sign-out and an early stop leave no stream behind (docs/protocol.md C10). */
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import {
@@ -88,7 +88,7 @@ describe('demo console', () => {
     });
   }
 
-  it('sign-out closes the stream and no stream comes back within 5 s (SPEC §6.1)', async () => {
+  it('sign-out closes the stream and no stream comes back within 5 s (protocol C10)', async () => {
     const alice = await userPage('alice');
     await waitFor('one open stream', () => streamCounts(env.demo), (c) => c.open === 1);
     const before = await streamCounts(env.demo);
@@ -101,7 +101,7 @@ describe('demo console', () => {
     expect(after).toEqual({ open: 0, opened: before.opened, refused: before.refused });
   });
 
-  it('stopping within 1 s of starting leaves no stream (SPEC §6.3)', async () => {
+  it('stopping within 1 s of starting leaves no stream (protocol C10)', async () => {
     const context = await newContext();
     await signInContext(context, env.demo, 'alice');
     const page = await context.newPage();

@@ -1,7 +1,7 @@
-/** One stream per session across real Chromium tabs: three tabs hold one stream, the leader's
- * tab closing hands it over within a second with no event lost (SPEC §6.10), two tabs opened
- * at once still make one stream (§6.2), the hub's `closed` frame is honoured (§6.5), and a
- * resolver that yields a function never breaks what tabs share (§6.4). */
+/** One stream per session across real Chromium tabs (docs/protocol.md): three tabs hold one
+ * stream, the leader's tab closing hands it over within a second with no event lost (C12), two
+ * tabs opened at once still make one stream (C11), the hub's `closed` frame is honoured (C6),
+ * and a resolver that yields a function never breaks what tabs share (C13). */
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
 import {
@@ -38,7 +38,7 @@ async function openDuring(ms: number): Promise<number[]> {
 }
 
 describe('one stream per session across tabs', () => {
-  it('three tabs hold one stream; closing the leader hands over within 1 s and loses no event (SPEC §6.10)', async () => {
+  it('three tabs hold one stream; closing the leader hands over within 1 s and loses no event (protocol C12)', async () => {
     const context = await newContext();
     const first = await context.newPage();
     await signIn(first, env.demo, 'alice');
@@ -98,7 +98,7 @@ describe('one stream per session across tabs', () => {
     console.log(`hand-over: ${handOverMs} ms, ${sent} events published across it`);
   });
 
-  it('two tabs opened at the same instant make one stream (SPEC §6.2)', async () => {
+  it('two tabs opened at the same instant make one stream (protocol C11)', async () => {
     for (let round = 0; round < 3; round++) {
       const context = await newContext();
       await signInContext(context, env.demo, 'alice');
@@ -115,7 +115,7 @@ describe('one stream per session across tabs', () => {
     }
   });
 
-  it('signing out in one tab signs out every tab of the session, and no stream comes back (SPEC §6.1)', async () => {
+  it('signing out in one tab signs out every tab of the session, and no stream comes back (protocol C10, C11)', async () => {
     const context = await newContext();
     await signInContext(context, env.demo, 'alice');
     const pages = [await context.newPage(), await context.newPage(), await context.newPage()];
@@ -134,7 +134,7 @@ describe('one stream per session across tabs', () => {
     expect(await streamCounts(env.demo)).toEqual({ open: 0, opened: before.opened, refused: before.refused });
   });
 
-  it("honours the hub's closed frame: superseded stops for good, no reconnect (SPEC §6.5)", async () => {
+  it("honours the hub's closed frame: superseded stops for good, no reconnect (protocol C6)", async () => {
     const context = await newContext();
     const page = await context.newPage();
     await signIn(page, env.demo, 'alice');
@@ -161,7 +161,7 @@ describe('one stream per session across tabs', () => {
     }
   });
 
-  it('a resolver that yields a function neither breaks the tabs nor drops the batch (SPEC §6.4)', async () => {
+  it('a resolver that yields a function neither breaks the tabs nor drops the batch (protocol C13)', async () => {
     const context = await newContext();
     const login = await context.request.post(`${env.demo.url}/demo/api/login`, { data: { user: 'alice' } });
     const { session } = (await login.json()) as { session: string };

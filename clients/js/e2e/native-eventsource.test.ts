@@ -1,6 +1,7 @@
 /** The browser's own `EventSource` — no SDK code on the page — against the real `tidings demo`,
- * authenticated only by the session cookie the demo's sign-in sets (SPEC §2: "a session
- * cookie … so that a native `EventSource` with `withCredentials` works"). It checks what a
+ * authenticated only by the session cookie the demo's sign-in sets (docs/protocol.md,
+ * Subscribe: the session cookie is accepted "so a native `EventSource` with `withCredentials`
+ * works"). It checks what a
  * plain consumer relies on: every frame arrives as a default `message` event with one JSON
  * object, activity ids surface as `lastEventId`, the browser's own reconnect after a
  * `closed` `shutdown` sends `Last-Event-ID` and is answered with `resync` `epoch_changed` (the
@@ -147,7 +148,7 @@ describe('native EventSource with the session cookie', () => {
     expect(connectedAgain.at - closed!.at).toBeGreaterThanOrEqual((closed!.data.retry_ms as number) - 100);
     await waitMessages(page, 'resync', 1);
     let s = await seen(page);
-    // SPEC §2: an id from another epoch is answered with one `resync` first, then live.
+    // docs/protocol.md, Resume: an id from another epoch is answered with one `resync` first, then live.
     expect(types(s)).toEqual(['connected', 'activity', 'activity', 'activity', 'closed', 'connected', 'resync']);
     expect(s.messages.find((m) => m.type === 'resync')!.data).toEqual({ type: 'resync', reason: 'epoch_changed' });
     expect(connectedAgain.data).toMatchObject({ session_id: me.session, resumed: false });

@@ -3,7 +3,7 @@
 
 /** First backoff step before the hub has sent a `retry:` line. */
 export const BACKOFF_INITIAL_MS = 1_000;
-/** Ceiling of any computed backoff step (SPEC §5: capped, default 30 s). */
+/** Ceiling of any computed backoff step (docs/protocol.md C3: capped at 30 s). */
 export const BACKOFF_MAX_MS = 30_000;
 /** Exponent bound, so `2 ** attempt` stays finite however long an outage lasts. */
 const BACKOFF_EXPONENT_MAX = 30;

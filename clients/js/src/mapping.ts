@@ -1,5 +1,5 @@
 /** The profile-driven resolver: the hub's invalidation mapping, in its canonical JSON form
- * (`profiles/<name>.json`, or what the hub serves at `GET /mapping`), applied in the browser.
+ * (a shipped profile's `<name>.json`, or what the hub serves at `GET /mapping`), applied in the browser.
  * It implements the algorithm of `docs/mapping.md` rule for rule, the same as the Rust
  * resolver (`tidings-protocol` `resolver/resolve.rs`); both run the shared vectors in
  * `fixtures/resolve/`. It does not validate a mapping the way the TOML loader does: the JSON

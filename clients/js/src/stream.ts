@@ -8,7 +8,7 @@ import { consoleLogger, systemClock, Timer, type Clock, type EventTargetLike, ty
 import { decodeFrame, FINAL_CLOSE_REASONS, type Frame } from './protocol.js';
 import { SseDecoder, type SseEvent } from './sse.js';
 
-/** Heartbeat assumed until the `connected` frame says otherwise (the hub's default, SPEC §2). */
+/** Heartbeat assumed until the `connected` frame says otherwise (the hub's default; docs/protocol.md C8). */
 export const HEARTBEAT_MS_DEFAULT = 15_000;
 /** A connection that stays silent this many heartbeats is dead (half-open TCP, stuck proxy). */
 export const WATCHDOG_HEARTBEATS = 2.5;

@@ -453,7 +453,7 @@ export class Tidings {
 
   /** The local resolver's keys as plain JSON arrays. A resolver is host code: one that throws
    * or yields a function, a proxy or `undefined` inside a key must cost that key (logged), never
-   * the event, the batch or the stream (SPEC §6 item 4). */
+   * the event, the batch or the stream (docs/protocol.md C13). */
   #resolve(activity: Activity): { invalidate: QueryKey[]; remove: QueryKey[] } {
     if (!this.#resolver) return { invalidate: [], remove: [] };
     let resolved: { invalidate?: unknown; remove?: unknown } | undefined;
@@ -638,7 +638,7 @@ function isAbort(error: unknown): boolean {
 }
 
 /** A JSON copy: only plain data crosses the channel (reactive proxies and functions do not
- * survive structured clone, SPEC §6 item 4). */
+ * survive structured clone, docs/protocol.md C13). */
 function plain<T>(value: T): T {
   try {
     return JSON.parse(JSON.stringify(value)) as T;

@@ -52,7 +52,7 @@ function group(hub = new FakeHub()) {
 }
 
 describe('one stream per session across tabs', () => {
-  it('two tabs started together: one leader, one stream (SPEC §6 item 2)', async () => {
+  it('two tabs started together: one leader, one stream (protocol C11)', async () => {
     const g = group();
     const a = g.tab();
     const b = g.tab();
@@ -335,7 +335,7 @@ describe('one stream per session across tabs', () => {
     expect(g.hub.openConnections).toBe(0);
   });
 
-  it('stop right after start leaves no stream, lock request or timer (SPEC §6 items 1 and 3)', async () => {
+  it('stop right after start leaves no stream, lock request or timer (protocol C10)', async () => {
     const g = group();
     const a = g.tab();
     a.tidings.start();
@@ -393,7 +393,7 @@ describe('one stream per session across tabs', () => {
     });
   });
 
-  it('a local resolver that yields a function or throws costs a key, never the event (SPEC 6.4)', async () => {
+  it('a local resolver that yields a function or throws costs a key, never the event (protocol C13)', async () => {
     const g = group();
     let calls = 0;
     const resolver = {

@@ -37,7 +37,7 @@ describe('keys', () => {
     expect(dedupePrefixes([['x', 1], ['x', '1']])).toEqual([['x', 1], ['x', '1']]);
   });
 
-  it('plain keys: functions, undefined and non-arrays never pass (SPEC §6 item 4)', () => {
+  it('plain keys: functions, undefined and non-arrays never pass (protocol C13)', () => {
     expect(plainKey(['app', () => 1])).toBeUndefined();
     expect(plainKey(['app', undefined])).toBeUndefined();
     expect(plainKey('app')).toBeUndefined();

@@ -1,6 +1,6 @@
 /** Runs every shared resolver vector in `fixtures/resolve/` (the Rust runner,
  * `crates/tidings-protocol/tests/resolve_vectors.rs`, runs the same files) through the
- * profile-driven resolver over `profiles/<profile>.json`. One test per case, so a failure is
+ * profile-driven resolver over `crates/tidings-protocol/profiles/<profile>.json`. One test per case, so a failure is
  * reported by the case's name; the count check keeps a moved folder from passing silently. */
 import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -26,7 +26,7 @@ const resolvers = new Map<string, MappingResolver>();
 function resolverFor(profile: string): MappingResolver {
   let r = resolvers.get(profile);
   if (!r) {
-    r = mappingResolver(JSON.parse(readFileSync(join(ROOT, 'profiles', `${profile}.json`), 'utf8')));
+    r = mappingResolver(JSON.parse(readFileSync(join(ROOT, 'crates/tidings-protocol/profiles', `${profile}.json`), 'utf8')));
     resolvers.set(profile, r);
   }
   return r;
@@ -49,7 +49,7 @@ describe('shared resolver vectors', () => {
 
 describe('mapping JSON checks', () => {
   it('refuses what is not a format-1 mapping, naming the field', () => {
-    const ok = JSON.parse(readFileSync(join(ROOT, 'profiles/generic-kebab.json'), 'utf8')) as Record<string, unknown>;
+    const ok = JSON.parse(readFileSync(join(ROOT, 'crates/tidings-protocol/profiles/generic-kebab.json'), 'utf8')) as Record<string, unknown>;
     expect(() => mappingResolver(ok)).not.toThrow();
     expect(() => mappingResolver({ ...ok, format: 2 })).toThrow(/format/);
     expect(() => mappingResolver({ ...ok, generic: 'yes' })).toThrow(/generic/);

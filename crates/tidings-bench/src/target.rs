@@ -1,7 +1,7 @@
 //! The hubs under test: started, restarted and stopped by the harness itself, so it knows
 //! their processes, plus an adapter for each one's subscribe and publish APIs.
 //!
-//! The peer configurations are the files under `bench/peers/` in the repository, compiled in
+//! The peer configurations are the files under `crates/tidings-bench/peers/`, compiled in
 //! and filled in here.
 
 use std::net::SocketAddr;
@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::procfs;
 use crate::wire;
 
-const TIDINGS_CONF: &str = include_str!("../../../bench/peers/tidings/hub.toml");
-const NCHAN_CONF: &str = include_str!("../../../bench/peers/nchan/nginx.conf");
-const PUSHPIN_CONF: &str = include_str!("../../../bench/peers/pushpin/pushpin.conf");
-const PUSHPIN_ROUTES: &str = include_str!("../../../bench/peers/pushpin/routes");
+const TIDINGS_CONF: &str = include_str!("../peers/tidings/hub.toml");
+const NCHAN_CONF: &str = include_str!("../peers/nchan/nginx.conf");
+const PUSHPIN_CONF: &str = include_str!("../peers/pushpin/pushpin.conf");
+const PUSHPIN_ROUTES: &str = include_str!("../peers/pushpin/routes");
 
 /// The publisher key the generated Tidings configuration accepts.
 pub const PUBLISHER_KEY: &str = "bench-publisher-key-0123456789";

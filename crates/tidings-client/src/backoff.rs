@@ -8,7 +8,7 @@ use std::time::Duration;
 /// Default base delay when the server sent no `retry:`.
 pub const BASE_DEFAULT: Duration = Duration::from_secs(1);
 
-/// Default ceiling of any computed delay (SPEC §5: "capped (default 30 s)").
+/// Default ceiling of any computed delay (docs/protocol.md C3: capped at 30 s).
 pub const CAP_DEFAULT: Duration = Duration::from_secs(30);
 
 /// Largest server-imposed minimum honoured (`Retry-After`, `retry_ms`). A misconfigured

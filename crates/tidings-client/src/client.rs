@@ -32,8 +32,18 @@ use crate::sse::SseParser;
 /// consumer and the client resumes from its last id, so nothing is lost or held unbounded.
 pub const ITEMS_BUFFERED_MAX: usize = 256;
 
-/// Heartbeat assumed until a `connected` frame states the hub's (SPEC §2 default).
+/// Heartbeat assumed until a `connected` frame states the hub's (the hub's default; docs/protocol.md C8).
 pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
+
+/// A connection that stays silent this many half-heartbeats (2.5 heartbeats, as the browser
+/// SDK's `WATCHDOG_HEARTBEATS`) is dead: a half-open TCP connection or a stuck proxy. Two
+/// missed pings and then some, so one late ping on a busy hub is not taken for a dead link.
+pub const WATCHDOG_HALF_HEARTBEATS: u32 = 5;
+
+/// How long a connection may stay silent, given the hub's heartbeat.
+fn watchdog(heartbeat: Duration) -> Duration {
+    heartbeat.saturating_mul(WATCHDOG_HALF_HEARTBEATS) / 2
+}
 
 /// How long to wait for response headers. A hub that accepts the TCP connection but never
 /// answers is as dead as one that refuses it.
@@ -352,7 +362,7 @@ impl Task {
 
     async fn read(&mut self, mut response: Response, was_connected: &mut bool) -> Outcome {
         let mut parser = SseParser::new().with_last_event_id(self.last_id.as_deref().unwrap_or(""));
-        let mut watchdog = self.heartbeat.saturating_mul(5) / 2;
+        let mut watchdog = watchdog(self.heartbeat);
         let mut connected_at: Option<Instant> = None;
         let stable = |at: Option<Instant>| at.is_some_and(|t| t.elapsed() >= STABLE_STREAM_MIN);
         loop {
@@ -436,7 +446,7 @@ impl Task {
         match message {
             ServerMessage::Connected { client_id, session_id, resumed, heartbeat_ms, .. } => {
                 let heartbeat = heartbeat_ms.filter(|&ms| ms > 0).map(Duration::from_millis);
-                *watchdog = heartbeat.unwrap_or(self.heartbeat).saturating_mul(5) / 2;
+                *watchdog = self::watchdog(heartbeat.unwrap_or(self.heartbeat));
                 Step::Emit(Event::Connected { client_id, session_id, resumed, heartbeat, id })
             }
             ServerMessage::Activity { data, invalidate, remove } => {

@@ -23,6 +23,11 @@ const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
 const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
 /// Longest credential accepted; longer ones are refused before any provider sees them.
 pub const CREDENTIAL_LEN_MAX: usize = 8 * 1024;
+/// Shortest HS256 secret accepted: below 128 bits a shared secret can be brute-forced from
+/// one captured token.
+pub const JWT_HS256_SECRET_BYTES_MIN: usize = 16;
+/// Name a publisher key without a configured `name` goes by in logs.
+const PUBLISHER_UNNAMED: &str = "unnamed";
 
 /// A signed-in session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +82,7 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Authenticator {
     tokens: HashMap<String, Identity>,
-    publishers: Vec<Vec<u8>>,
+    publishers: Vec<Publisher>,
     cookie: String,
     query_token: bool,
     jwt: Option<JwtVerifier>,
@@ -101,7 +106,11 @@ impl Authenticator {
             .collect();
         Ok(Self {
             tokens,
-            publishers: c.publishers.iter().map(|p| p.key.as_bytes().to_vec()).collect(),
+            publishers: c
+                .publishers
+                .iter()
+                .map(|p| Publisher { key: p.key.as_bytes().to_vec(), name: p.name.as_deref().unwrap_or(PUBLISHER_UNNAMED).into() })
+                .collect(),
             cookie: c.cookie.clone(),
             query_token: c.query_token,
             jwt: c.jwt.as_ref().map(JwtVerifier::new).transpose()?,
@@ -141,11 +150,12 @@ impl Authenticator {
         Err(AuthError::Invalid)
     }
 
-    /// Checks a publish request's `Authorization: Bearer <key>`.
-    pub fn check_publisher(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+    /// Checks a publish request's `Authorization: Bearer <key>`; answers the key's configured
+    /// name, for logs (never the key).
+    pub fn check_publisher(&self, headers: &HeaderMap) -> Result<Arc<str>, AuthError> {
         let key = bearer(headers).ok_or(AuthError::Missing)?;
-        if self.is_publisher(key) {
-            return Ok(());
+        if let Some(p) = self.publisher(key) {
+            return Ok(p.name.clone());
         }
         if self.tokens.contains_key(key) || (self.jwt.is_some() && looks_like_jwt(key)) {
             return Err(AuthError::Forbidden("user credentials cannot publish"));
@@ -154,8 +164,27 @@ impl Authenticator {
     }
 
     fn is_publisher(&self, key: &str) -> bool {
-        // Constant time per key, so response timing does not reveal how much of a key matched.
-        self.publishers.iter().fold(false, |found, k| found | bool::from(k.as_slice().ct_eq(key.as_bytes())))
+        self.publisher(key).is_some()
+    }
+
+    fn publisher(&self, key: &str) -> Option<&Publisher> {
+        // Every key is compared, each in constant time, so response timing reveals neither how
+        // much of a key matched nor which key did.
+        self.publishers.iter().fold(None, |found, p| if bool::from(p.key.as_slice().ct_eq(key.as_bytes())) { Some(p) } else { found })
+    }
+}
+
+/// One publisher key and the name it is logged under.
+#[derive(Clone)]
+struct Publisher {
+    key: Vec<u8>,
+    name: Arc<str>,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of debug output.
+        f.debug_struct("Publisher").field("name", &self.name).finish_non_exhaustive()
     }
 }
 
@@ -211,7 +240,11 @@ impl JwtVerifier {
         };
         let (alg, key) = match c.algorithm.as_str() {
             "HS256" => {
-                let secret = c.secret.as_ref().filter(|s| s.len() >= 16).ok_or_else(|| invalid("HS256 needs a secret of at least 16 bytes".into()))?;
+                let secret = c
+                    .secret
+                    .as_ref()
+                    .filter(|s| s.len() >= JWT_HS256_SECRET_BYTES_MIN)
+                    .ok_or_else(|| invalid(format!("HS256 needs a secret of at least {JWT_HS256_SECRET_BYTES_MIN} bytes")))?;
                 (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
             }
             "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem()?).map_err(|e| invalid(format!("RS256 key: {e}")))?),
@@ -259,14 +292,16 @@ impl JwtVerifier {
         let account = text(&self.account_claim).ok_or(AuthError::Forbidden("token has no account claim"))?;
         let user = text(&self.user_claim).unwrap_or_else(|| "".into());
         // Without a session claim, the token itself names the session (a hash, never the token).
-        let session = text(&self.session_claim).or_else(|| text("jti")).unwrap_or_else(|| format!("jwt-{:016x}", fxhash(token)).into());
+        let session = text(&self.session_claim).or_else(|| text("jti")).unwrap_or_else(|| format!("jwt-{:016x}", fnv1a(token)).into());
         let exp = claims.get("exp").and_then(serde_json::Value::as_u64).map(|s| UNIX_EPOCH + Duration::from_secs(s));
         Ok(Identity { account, user, session, expires_at: exp })
     }
 }
 
-/// A stable, non-cryptographic digest used only to name a session; FNV-1a is enough here.
-fn fxhash(s: &str) -> u64 {
+/// 64-bit FNV-1a: a stable, non-cryptographic digest used only to name a session that has no
+/// session claim. Stable across processes and nodes (std's hasher is randomly keyed), and ten
+/// lines do not warrant a dependency.
+fn fnv1a(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
@@ -360,7 +395,7 @@ impl Introspector {
         if expires_at.is_some_and(|e| e <= SystemTime::now()) {
             return Err(AuthError::Expired);
         }
-        let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fxhash(token)));
+        let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fnv1a(token)));
         Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at })
     }
 }
@@ -395,5 +430,24 @@ mod tests {
         assert_eq!(auth.stream_credential(&h, None), Some(("t2", CredentialSource::Header)));
         h.insert(http::header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
         assert_eq!(auth.stream_credential(&h, None), Some(("c1", CredentialSource::Cookie)));
+    }
+
+    #[test]
+    fn a_publisher_is_known_by_its_name_never_its_key() {
+        use crate::config::PublisherKey;
+        let publishers = vec![
+            PublisherKey { key: "key-of-the-billing-service".into(), name: Some("billing".into()) },
+            PublisherKey { key: "key-without-a-name".into(), name: None },
+        ];
+        let auth = Authenticator::new(&AuthConfig { publishers, ..AuthConfig::default() }).unwrap();
+        let with = |key: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, HeaderValue::from_str(&format!("Bearer {key}")).unwrap());
+            auth.check_publisher(&h)
+        };
+        assert_eq!(with("key-of-the-billing-service").as_deref(), Ok("billing"));
+        assert_eq!(with("key-without-a-name").as_deref(), Ok(PUBLISHER_UNNAMED));
+        assert_eq!(with("key-of-the-billing-servicf"), Err(AuthError::Invalid));
+        assert!(!format!("{auth:?}").contains("key-of"), "keys stay out of debug output");
     }
 }

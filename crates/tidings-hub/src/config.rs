@@ -4,7 +4,7 @@
 //! environment variables and flags over the file and then hands this struct down. Nothing in
 //! the hub reads configuration from anywhere else.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +16,68 @@ pub const HEARTBEAT_DEFAULT: Duration = Duration::from_secs(15);
 pub const HEARTBEAT_MIN: Duration = Duration::from_millis(100);
 /// Default reconnect hint sent as `retry:`.
 pub const RETRY_HINT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default address: loopback, so a hub started without a configuration exposes nothing.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8080));
+/// Default name of the session cookie (the original console's).
+pub const COOKIE_NAME_DEFAULT: &str = "tidings_session";
+/// Shortest publisher key accepted: anything shorter is guessable, or a placeholder.
+pub const PUBLISHER_KEY_CHARS_MIN: usize = 8;
+
+/// Default JWT claims naming the account, the user and the session.
+pub const JWT_ACCOUNT_CLAIM_DEFAULT: &str = "account";
+pub const JWT_USER_CLAIM_DEFAULT: &str = "sub";
+pub const JWT_SESSION_CLAIM_DEFAULT: &str = "sid";
+/// Default clock skew tolerated on `exp` and `nbf`: covers unsynchronised clocks, not stale
+/// tokens.
+pub const JWT_LEEWAY_DEFAULT: Duration = Duration::from_secs(5);
+
+/// Default time an introspection answer is reused: a revoked token keeps streaming at most
+/// this long, and the host application sees one request per token per period.
+pub const INTROSPECTION_CACHE_TTL_DEFAULT: Duration = Duration::from_secs(30);
+/// Default wait for the introspection endpoint before the stream request gets 503.
+pub const INTROSPECTION_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+
+/// Default streams per node: what one node of a few cores holds comfortably (about 3 KiB
+/// each); lowered at start to fit the open files limit.
+pub const STREAMS_PER_NODE_DEFAULT: usize = 100_000;
+/// Default streams per account on one node: one tenant cannot take the whole node.
+pub const STREAMS_PER_ACCOUNT_DEFAULT: usize = 10_000;
+/// Default frames queued per stream before it is closed as a slow consumer: minutes of a busy
+/// account's events, while a stuck client costs at most this many shared frames.
+pub const STREAM_QUEUE_FRAMES_DEFAULT: usize = 1_024;
+/// Fewest queued frames accepted: with one, any two frames in a row (a ping beside an
+/// activity) would close a stream as a slow consumer.
+pub const STREAM_QUEUE_FRAMES_MIN: usize = 2;
+/// Default largest publish body: a batch of a thousand ordinary activities.
+pub const PUBLISH_BODY_BYTES_DEFAULT: usize = 1024 * 1024;
+/// Smallest publish body limit accepted: one ordinary activity must fit.
+pub const PUBLISH_BODY_BYTES_MIN: usize = 256;
+/// Default time shutdown waits for streams to flush their `closed` frame: well inside the
+/// usual 30 s an orchestrator allows between SIGTERM and SIGKILL.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Default events kept per account: minutes of a busy account's activity, small enough to
+/// replay in one write (about 1 MiB at 1 KiB per event).
+pub const HISTORY_EVENTS_DEFAULT: usize = 1_000;
+/// Default age of the oldest event kept; a client away longer resyncs.
+pub const HISTORY_AGE_DEFAULT: Duration = Duration::from_secs(3_600);
+/// Default replay budget of one resume (see [`HistoryConfig::replay_max_bytes`]).
+pub const REPLAY_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+
+/// Default Redis server: a local one.
+pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
+/// Default prefix of every Redis key the hub writes.
+pub const REDIS_KEY_PREFIX_DEFAULT: &str = "tidings:";
+/// Default wait for a TCP connection to Redis.
+pub const REDIS_CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default wait for one Redis command; a publish that takes longer gets 503.
+pub const REDIS_COMMAND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// Default entries kept in the shared feed: at 1,000 publishes/s, 100 s of outage a node can
+/// catch up on without resyncing its streams.
+pub const FEED_EVENTS_DEFAULT: usize = 100_000;
+/// Fewest feed entries accepted: a shorter feed is outrun by any burst of publishes between
+/// two reads of a node, which then resyncs all its streams.
+pub const FEED_EVENTS_MIN: usize = 100;
 
 /// The whole hub configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -65,7 +127,7 @@ impl TryFrom<String> for TrustedProxy {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            listen: LISTEN_DEFAULT,
             heartbeat: HEARTBEAT_DEFAULT,
             retry: RETRY_HINT_DEFAULT,
             auth: AuthConfig::default(),
@@ -104,7 +166,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            cookie: "tidings_session".into(),
+            cookie: COOKIE_NAME_DEFAULT.into(),
             query_token: false,
             cookie_origin_check: true,
             tokens: Vec::new(),
@@ -162,16 +224,16 @@ pub struct JwtConfig {
 }
 
 fn default_account_claim() -> String {
-    "account".into()
+    JWT_ACCOUNT_CLAIM_DEFAULT.into()
 }
 fn default_user_claim() -> String {
-    "sub".into()
+    JWT_USER_CLAIM_DEFAULT.into()
 }
 fn default_session_claim() -> String {
-    "sid".into()
+    JWT_SESSION_CLAIM_DEFAULT.into()
 }
 fn default_leeway() -> Duration {
-    Duration::from_secs(5)
+    JWT_LEEWAY_DEFAULT
 }
 
 /// Asking the host application who a token or cookie belongs to.
@@ -188,10 +250,10 @@ pub struct IntrospectionConfig {
 }
 
 fn default_introspection_ttl() -> Duration {
-    Duration::from_secs(30)
+    INTROSPECTION_CACHE_TTL_DEFAULT
 }
 fn default_introspection_timeout() -> Duration {
-    Duration::from_secs(2)
+    INTROSPECTION_TIMEOUT_DEFAULT
 }
 
 /// Bounds on what one node holds.
@@ -235,12 +297,12 @@ pub const RESPONSE_WRITE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            streams_per_node: 100_000,
-            streams_per_account: 10_000,
-            stream_queue_frames: 1_024,
-            publish_body_bytes: 1024 * 1024,
+            streams_per_node: STREAMS_PER_NODE_DEFAULT,
+            streams_per_account: STREAMS_PER_ACCOUNT_DEFAULT,
+            stream_queue_frames: STREAM_QUEUE_FRAMES_DEFAULT,
+            publish_body_bytes: PUBLISH_BODY_BYTES_DEFAULT,
             stream_lifetime: None,
-            shutdown_grace: Duration::from_secs(10),
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             body_timeout: BODY_TIMEOUT_DEFAULT,
             response_write_timeout: RESPONSE_WRITE_TIMEOUT_DEFAULT,
         }
@@ -265,7 +327,7 @@ pub struct HistoryConfig {
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { max_events: 1_000, max_age: Duration::from_secs(3_600), replay_max_bytes: 8 * 1024 * 1024 }
+        Self { max_events: HISTORY_EVENTS_DEFAULT, max_age: HISTORY_AGE_DEFAULT, replay_max_bytes: REPLAY_BYTES_DEFAULT }
     }
 }
 
@@ -329,11 +391,11 @@ pub struct RedisConfig {
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".into(),
-            key_prefix: "tidings:".into(),
-            connect_timeout: Duration::from_secs(2),
-            command_timeout: Duration::from_secs(1),
-            feed_max_events: 100_000,
+            url: REDIS_URL_DEFAULT.into(),
+            key_prefix: REDIS_KEY_PREFIX_DEFAULT.into(),
+            connect_timeout: REDIS_CONNECT_TIMEOUT_DEFAULT,
+            command_timeout: REDIS_COMMAND_TIMEOUT_DEFAULT,
+            feed_max_events: FEED_EVENTS_DEFAULT,
         }
     }
 }
@@ -385,8 +447,8 @@ pub enum ConfigError {
     #[error("{0}")]
     Mapping(#[from] tidings_protocol::resolver::MappingError),
     /// The engine could not start (for example a damaged data file); the message names it.
-    #[error("{0}")]
-    Engine(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::StartError),
 }
 
 impl MappingConfig {
@@ -469,8 +531,14 @@ impl Config {
             return invalid(format!("auth.cookie {:?} is not a valid cookie name", self.auth.cookie));
         }
         let l = &self.limits;
-        if l.streams_per_node == 0 || l.streams_per_account == 0 || l.stream_queue_frames < 2 || l.publish_body_bytes < 256 {
-            return invalid("limits: streams_per_node and streams_per_account must be > 0, stream_queue_frames >= 2, publish_body_bytes >= 256".into());
+        if l.streams_per_node == 0
+            || l.streams_per_account == 0
+            || l.stream_queue_frames < STREAM_QUEUE_FRAMES_MIN
+            || l.publish_body_bytes < PUBLISH_BODY_BYTES_MIN
+        {
+            return invalid(format!(
+                "limits: streams_per_node and streams_per_account must be > 0, stream_queue_frames >= {STREAM_QUEUE_FRAMES_MIN}, publish_body_bytes >= {PUBLISH_BODY_BYTES_MIN}"
+            ));
         }
         if l.body_timeout.is_zero() || l.response_write_timeout.is_zero() {
             return invalid("limits: body_timeout and response_write_timeout must be > 0".into());
@@ -491,8 +559,8 @@ impl Config {
             }
         }
         for p in &self.auth.publishers {
-            if p.key.len() < 8 {
-                return invalid("auth.publishers: a publisher key must be at least 8 characters".into());
+            if p.key.len() < PUBLISHER_KEY_CHARS_MIN {
+                return invalid(format!("auth.publishers: a publisher key must be at least {PUBLISHER_KEY_CHARS_MIN} characters"));
             }
             if seen.contains(p.key.as_str()) {
                 return invalid("auth.publishers: a publisher key is also a user token".into());
@@ -512,18 +580,32 @@ impl Config {
             if !r.url.starts_with("redis://") {
                 return invalid(format!("engine.url {:?} must start with redis://", r.url));
             }
-            if r.connect_timeout.is_zero() || r.command_timeout.is_zero() || r.feed_max_events < 100 {
-                return invalid("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= 100".into());
+            if r.connect_timeout.is_zero() || r.command_timeout.is_zero() || r.feed_max_events < FEED_EVENTS_MIN {
+                return invalid(format!("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= {FEED_EVENTS_MIN}"));
             }
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
         }
-        if let Some(o) = self.cors.allowed_origins.iter().find(|o| crate::origin::normalise(o).is_none()) {
-            return invalid(format!("cors.allowed_origins: {o:?} is not an origin (scheme://host[:port], http or https, no path)"));
+        if let Some(o) = self.cors.allowed_origins.iter().find(|o| !is_origin(o)) {
+            return invalid(format!(
+                "cors.allowed_origins: {o:?} is not an origin; write scheme://host[:port] as the browser sends it, e.g. \"https://console.example.com\""
+            ));
         }
         Ok(())
     }
+}
+
+/// Whether `text` is a serialised origin as a browser sends it in `Origin`: `http` or
+/// `https`, a host, an optional port, and nothing else (no path, not even `/`). Anything else
+/// could never match a request, so a console listed that way would be refused in silence.
+fn is_origin(text: &str) -> bool {
+    let Ok(uri) = text.parse::<http::Uri>() else { return false };
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else { return false };
+    matches!(scheme, "http" | "https")
+        && text == format!("{scheme}://{authority}")
+        && !authority.as_str().contains('@')
+        && http::HeaderValue::from_str(text).is_ok()
 }
 
 #[cfg(test)]
@@ -531,7 +613,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn spec_example_parses() {
+    fn documented_example_parses() {
         let text = r#"
 heartbeat = "500ms"
 [auth]
@@ -591,5 +673,21 @@ key = "pub-secret"
         let mut c = Config::default();
         c.cors.allowed_origins = vec!["*".into()];
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn cors_origins_that_cannot_match_are_refused_at_start() {
+        let check = |origin: &str| {
+            let mut c = Config::default();
+            c.cors.allowed_origins = vec!["https://console.example.com".into(), origin.into()];
+            c.validate().map_err(|e| e.to_string())
+        };
+        for good in ["http://127.0.0.1:5173", "https://console.example.com:8443", "https://[::1]:8080"] {
+            assert!(check(good).is_ok(), "{good}");
+        }
+        for bad in ["console.example.com", "https://console.example.com/", "https://console.example.com/app", "ftp://x.example", "https://a b", "https://user@x.example", ""] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains("cors.allowed_origins") && e.contains(&format!("{bad:?}")), "{bad}: {e}");
+        }
     }
 }

@@ -10,6 +10,13 @@ use serde::Serialize;
 
 use crate::auth::AuthError;
 
+/// Seconds a client is asked to wait (`Retry-After`) when the node or account is full or the
+/// hub drains: long enough for a storm to spread out.
+pub(crate) const RETRY_AFTER_BUSY_SECS: u64 = 5;
+/// Seconds a client is asked to wait when a service the hub needs (the engine, the identity
+/// provider) is unavailable: short, since such outages are usually blips.
+pub(crate) const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 2;
+
 /// An error answered as `{"error": {"code", "message", "field"?}}`.
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -49,7 +56,7 @@ impl From<AuthError> for ApiError {
             AuthError::Invalid => Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", e.to_string()),
             AuthError::Expired => Self::new(StatusCode::UNAUTHORIZED, "expired_credentials", e.to_string()),
             AuthError::Forbidden(why) => Self::new(StatusCode::FORBIDDEN, "forbidden", why),
-            AuthError::Unavailable => Self::unavailable("identity_provider_unavailable", e.to_string(), 2),
+            AuthError::Unavailable => Self::unavailable("identity_provider_unavailable", e.to_string(), RETRY_AFTER_UNAVAILABLE_SECS),
         }
     }
 }

@@ -36,7 +36,6 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use crate::client_addr::PeerAddr;
-use crate::http::ConnectionHandle;
 use crate::metrics::Metrics;
 use crate::timeouts::WriteStall;
 
@@ -53,13 +52,18 @@ pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// the connection is closed.
 const PIPELINED_BYTES_MAX: usize = HEAD_BYTES_MAX;
 
+/// Handle to the connection a request came on, put in the request's extensions: lets the
+/// fan-out drop a stream's connection when it does not flush its `closed` frame in time.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionHandle(pub CancellationToken);
+
 /// What every connection task needs; shared by all of them.
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub router: axum::Router,
     pub hyper: auto::Builder<TokioExecutor>,
-    /// Set when the hub starts shutting down: kept-alive connections end after their
-    /// current response.
+    /// The hub's drain signal ([`crate::HubState`]): once cancelled, kept-alive connections
+    /// end after their current response.
     pub draining: CancellationToken,
     /// `limits.response_write_timeout`.
     pub response_write_timeout: Duration,

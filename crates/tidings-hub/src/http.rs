@@ -3,7 +3,6 @@
 //! Handlers here translate; the rules live elsewhere (auth, protocol, engine, fan-out).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
@@ -16,27 +15,19 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use tidings_protocol::frame::{Connected, activity_payload, encode_connected, encode_resync, encode_retry};
 use tidings_protocol::publish::{PublishErrorKind, parse_body};
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 use tidings_protocol::{CloseReason, EventId};
 use tokio_util::sync::CancellationToken;
 
 use crate::HubState;
 use crate::engine::NewEvent;
-use crate::error::ApiError;
+use crate::error::{ApiError, RETRY_AFTER_BUSY_SECS, RETRY_AFTER_UNAVAILABLE_SECS};
 use crate::fanout::{NewStream, RegisterError};
+use crate::h1::ConnectionHandle;
 use crate::stream::SseBody;
 
-/// Seconds a client is asked to wait when the node or account is full or the hub drains.
-const RETRY_AFTER_BUSY_SECS: u64 = 5;
-/// Seconds a publisher is asked to wait when the engine is unavailable.
-const RETRY_AFTER_ENGINE_SECS: u64 = 2;
-
-/// Handle to the connection a request came on; lets the hub drop a stuck connection.
-#[derive(Debug, Clone)]
-pub struct ConnectionHandle(pub CancellationToken);
-
 pub fn router(state: Arc<HubState>) -> Router {
-    let cors = cors(&state.config.cors.allowed_origins);
+    let cors = cors(&state.config().cors.allowed_origins);
     let router = Router::new()
         .route("/events/stream", get(stream))
         .route("/events", post(publish))
@@ -60,7 +51,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     if origins.is_empty() {
         return None;
     }
-    let origins: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    let origins: Vec<HeaderValue> = origins.iter().map(|o| HeaderValue::from_str(o).expect("origins are checked by Config::validate")).collect();
     Some(
         CorsLayer::new()
             .allow_origin(AllowOrigin::list(origins))
@@ -78,13 +69,13 @@ struct StreamQuery {
 }
 
 async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuery>, req: Request) -> Response {
-    let arrived = hub.fanout.ticket();
+    let arrived = hub.fanout().ticket();
     let query = Some(query);
     let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
     match open_stream(&hub, req.uri(), req.headers(), query, conn, arrived).await {
         Ok(resp) => resp,
         Err(e) => {
-            hub.metrics.stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            hub.metrics().stream_refusals.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
             tracing::debug!(code = e.code, "stream refused");
             e.into_response()
         }
@@ -99,7 +90,7 @@ async fn open_stream(
     conn: CancellationToken,
     arrived: u64,
 ) -> Result<Response, ApiError> {
-    if hub.draining.load(Ordering::Acquire) {
+    if hub.is_draining() {
         return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
     }
     let query_token = query.as_ref().and_then(|q| q.access_token.as_deref());
@@ -110,7 +101,7 @@ async fn open_stream(
     let now = Instant::now();
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
     let stream = hub
-        .fanout
+        .fanout()
         .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn, arrived })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
@@ -118,21 +109,17 @@ async fn open_stream(
             RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
                 .retry_after(RETRY_AFTER_BUSY_SECS),
         })?;
-    let last_event_id = headers
-        .get("last-event-id")
-        .map(|v| v.to_str().unwrap_or("\u{0}invalid"))
-        .or_else(|| query.as_ref().and_then(|q| q.last_event_id.as_deref()));
-    let opening = match hub.engine.open(&identity.account, last_event_id).await {
+    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref())).await {
         Ok(o) => o,
         Err(e) => {
-            hub.fanout.deregister(&stream);
+            hub.fanout().deregister(&stream);
             tracing::warn!(error = %e, "cannot open stream");
-            return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_ENGINE_SECS));
+            return Err(ApiError::unavailable("engine_unavailable", "history is unavailable; retry shortly", RETRY_AFTER_UNAVAILABLE_SECS));
         }
     };
-    hub.metrics.streams_opened.inc();
+    hub.metrics().streams_opened.inc();
     let mut buf = BytesMut::with_capacity(256 + opening.replay.iter().map(|f| f.bytes.len()).sum::<usize>());
-    buf.put_slice(encode_retry(hub.config.retry.as_millis() as u64).as_bytes());
+    buf.put_slice(encode_retry(hub.config().retry.as_millis() as u64).as_bytes());
     let client_id = format!("c_{:016x}", rand::random::<u64>());
     let timestamp = now_rfc3339();
     let connected = Connected {
@@ -140,33 +127,41 @@ async fn open_stream(
         timestamp: &timestamp,
         session_id: &identity.session,
         resumed: matches!(opening.decision, ResumeDecision::Replay { .. }),
-        heartbeat_ms: hub.config.heartbeat.as_millis() as u64,
+        heartbeat_ms: hub.config().heartbeat.as_millis() as u64,
     };
     buf.put_slice(encode_connected(opening.position, &connected).as_bytes());
-    let mut position = opening.position;
     match opening.decision {
         ResumeDecision::Fresh => {}
         ResumeDecision::Replay { .. } => {
-            hub.metrics.replays.inc();
-            hub.metrics.replayed_events.inc_by(opening.replay.len() as u64);
+            hub.metrics().replays.inc();
+            hub.metrics().replayed_events.inc_by(opening.replay.len() as u64);
             for f in &opening.replay {
                 buf.put_slice(&f.bytes);
-                position.seq = position.seq.max(f.seq);
             }
         }
         ResumeDecision::Resync(reason) => {
-            hub.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() }).inc();
+            hub.metrics().resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: reason.as_str() }).inc();
             buf.put_slice(encode_resync(reason, None).as_bytes());
         }
     }
     tracing::debug!(account = %identity.account, session = %identity.session, stream = stream.id, "stream opened");
-    let body = SseBody::new(stream, hub.clone(), buf.freeze(), position);
+    let body = SseBody::new(stream, hub.clone(), buf.freeze(), opening.live_from());
     let mut resp = Response::new(Body::new(body));
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(resp)
+}
+
+/// The client's resume position: the `Last-Event-ID` header (which a native `EventSource`
+/// sends on its own reconnects), else the `last_event_id` query parameter. Read here, once:
+/// engines get a typed value, never the client's text.
+fn resume_position(headers: &HeaderMap, query: Option<&StreamQuery>) -> LastEventId {
+    match headers.get("last-event-id") {
+        Some(v) => LastEventId::from_bytes(v.as_bytes()),
+        None => query.and_then(|q| q.last_event_id.as_deref()).map_or(LastEventId::None, LastEventId::parse),
+    }
 }
 
 /// When the stream must end on its own: the credential's expiry or the lifetime cap (with up
@@ -179,7 +174,7 @@ fn stream_deadline(hub: &HubState, expires_at: Option<SystemTime>, now: Instant)
             _ => return Err(crate::auth::AuthError::Expired.into()),
         },
     };
-    let lifetime = hub.config.limits.stream_lifetime.map(|l| {
+    let lifetime = hub.config().limits.stream_lifetime.map(|l| {
         let cut = rand::random_range(0..=l.as_millis() as u64 / 10);
         (now + l - Duration::from_millis(cut), CloseReason::Lifetime)
     });
@@ -211,12 +206,12 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
     let started = Instant::now();
     match publish_inner(&hub, req).await {
         Ok(ids) => {
-            hub.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
+            hub.metrics().publish_latency.observe(started.elapsed().as_secs_f64());
             let ids: Vec<String> = ids.iter().map(EventId::to_string).collect();
             (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "ids": ids }))).into_response()
         }
         Err(e) => {
-            hub.metrics.publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
+            hub.metrics().publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
             tracing::debug!(code = e.code, "publish refused");
             e.into_response()
         }
@@ -224,14 +219,14 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
 }
 
 async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>, ApiError> {
-    hub.auth.check_publisher(req.headers())?;
+    let publisher = hub.auth().check_publisher(req.headers())?;
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     if media != "application/json" && !media.ends_with("+json") {
         return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send Content-Type: application/json")
             .field("Content-Type"));
     }
-    let limit = hub.config.limits.publish_body_bytes;
+    let limit = hub.config().limits.publish_body_bytes;
     let too_large = || {
         ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body exceeds {limit} bytes")).field("body")
     };
@@ -261,12 +256,12 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
             NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into() }
         })
         .collect();
-    let n = batch.len() as u64;
-    let ids = hub.engine.publish(batch).await.map_err(|e| {
-        tracing::warn!(error = %e, "publish failed");
-        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_ENGINE_SECS)
+    let events = batch.len();
+    let ids = hub.store(batch).await.map_err(|e| {
+        tracing::warn!(error = %e, %publisher, events, "publish failed");
+        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
     })?;
-    hub.metrics.events_published.inc_by(n);
+    tracing::debug!(%publisher, events, "published");
     Ok(ids)
 }
 
@@ -283,11 +278,13 @@ struct RevokeBody {
 /// also stop accepting the credential, or the client may sign in again.
 async fn revoke(State(hub): State<Arc<HubState>>, headers: HeaderMap, body: Bytes) -> Response {
     let result = (|| {
-        hub.auth.check_publisher(&headers)?;
+        let publisher = hub.auth().check_publisher(&headers)?;
         let req: RevokeBody = serde_json::from_slice(&body).map_err(|e| {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", e.to_string()).field("body")
         })?;
-        Ok::<_, ApiError>(hub.fanout.close_matching(&req.account, req.session.as_deref(), CloseReason::Revoked))
+        let closed = hub.revoke(&req.account, req.session.as_deref());
+        tracing::info!(%publisher, account = %req.account, session = req.session.as_deref().unwrap_or("*"), closed, "streams revoked");
+        Ok::<_, ApiError>(closed)
     })();
     match result {
         Ok(closed) => axum::Json(serde_json::json!({ "closed": closed })).into_response(),
@@ -300,23 +297,23 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(hub): State<Arc<HubState>>) -> Response {
-    let draining = hub.draining.load(Ordering::Acquire);
-    let engine = hub.engine.is_ready();
-    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine.name(), "engine_ready": engine, "draining": draining });
+    let draining = hub.is_draining();
+    let engine = hub.engine().is_ready();
+    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine_name(), "engine_ready": engine, "draining": draining });
     let status = if engine && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }
 
 /// The invalidation mapping in JSON, so browser SDKs resolve with the same table as the hub.
 async fn mapping(State(hub): State<Arc<HubState>>) -> Response {
-    let mut resp = hub.mapping_json.to_string().into_response();
+    let mut resp = hub.mapping_json().to_string().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
 async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
-    hub.metrics.engine_ready.set(i64::from(hub.engine.is_ready()));
-    let mut resp = hub.metrics.render().into_response();
+    hub.metrics().engine_ready.set(i64::from(hub.engine().is_ready()));
+    let mut resp = hub.metrics().render().into_response();
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
     resp
 }
@@ -340,5 +337,19 @@ mod tests {
         assert!(check(Some("text/*")));
         assert!(!check(Some("application/json")));
         assert!(!check(Some("text/event-stream;q=0")));
+    }
+
+    #[test]
+    fn resume_position_prefers_the_header_and_reads_it_once() {
+        let query = |id: &str| Some(StreamQuery { last_event_id: Some(id.into()), access_token: None });
+        let mut h = HeaderMap::new();
+        assert_eq!(resume_position(&h, None), LastEventId::None);
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::Id(EventId::new(0xab, 7)));
+        h.insert("last-event-id", HeaderValue::from_static("ab-9"));
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::Id(EventId::new(0xab, 9)));
+        h.insert("last-event-id", HeaderValue::from_bytes(b"ab-9\xe9").unwrap());
+        assert_eq!(resume_position(&h, None), LastEventId::Invalid, "bytes that are not text are no id");
+        h.insert("last-event-id", HeaderValue::from_static(""));
+        assert_eq!(resume_position(&h, query("ab-7").as_ref()), LastEventId::None, "an empty header is no position");
     }
 }

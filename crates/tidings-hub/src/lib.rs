@@ -5,15 +5,11 @@
 //! handlers (the binary maps SIGINT/SIGTERM to the token) and never reads configuration from
 //! the environment (the binary parses it once into [`Config`]).
 
-use std::collections::HashSet;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tidings_protocol::frame::{activity_payload, encode_ping};
-use tidings_protocol::{CloseReason, EventId};
-use tidings_protocol::resolver::{Resolution, Resolver, resource_type};
+use tidings_protocol::frame::encode_ping;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -28,96 +24,42 @@ pub mod metrics;
 pub mod origin;
 mod h1;
 mod serve;
+mod state;
 pub mod stream;
 mod timeouts;
 
 pub use config::Config;
+pub use state::HubState;
 
-use crate::auth::{AuthError, Authenticator, CredentialSource, Identity};
-use crate::error::ApiError;
+use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::durable::DurableEngine;
-use crate::engine::{Engine, EngineError, NewEvent};
+use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
-use crate::origin::OriginPolicy;
 
 /// How often deadlines (token expiry, lifetime) and stuck closing streams are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often engines trim history by age when no publish does it for them.
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
-/// Distinct unresolved activity types logged; past this, only the counter grows.
-const UNRESOLVED_TYPES_LOGGED_MAX: usize = 1_000;
 /// Pending connections the kernel may hold for the accept loop (see [`Hub::bind`]).
 pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// Everything a request handler needs, shared by all of them.
-#[derive(Debug)]
-pub struct HubState {
-    pub config: Config,
-    pub auth: Authenticator,
-    pub fanout: Arc<Fanout>,
-    pub engine: Arc<dyn Engine>,
-    pub resolver: Resolver,
-    /// The mapping in its JSON form, served at `GET /mapping` for browser-side resolution.
-    pub mapping_json: Arc<str>,
-    pub metrics: Arc<Metrics>,
-    /// Which origins may use the session cookie (`auth.cookie_origin_check`, `cors.allowed_origins`).
-    pub origin: OriginPolicy,
-    /// Set once shutdown starts: new streams get 503 and `/readyz` turns unready.
-    pub draining: AtomicBool,
-    unresolved_logged: Mutex<HashSet<String>>,
-}
-
-impl HubState {
-    /// The identity behind a request's credential (`Authorization` header, session cookie or,
-    /// when enabled, `access_token`). A cookie from a request that a browser says comes from
-    /// another site is refused (`403` `cross_site`) before any provider or the session sees it.
-    pub async fn identify_request(&self, uri: &::http::Uri, headers: &::http::HeaderMap, query_token: Option<&str>) -> Result<Identity, ApiError> {
-        let (token, source) = self.auth.stream_credential(headers, query_token).ok_or(AuthError::Missing)?;
-        if source == CredentialSource::Cookie {
-            self.origin.check(headers, origin::request_authority(uri, headers))?;
-        }
-        Ok(self.auth.identify(token, source).await?)
-    }
-
-    /// Resolves an activity's keys, logging each unresolved type once and counting it.
-    pub fn resolve(&self, activity: &serde_json::Value) -> Resolution {
-        let r = self.resolver.resolve(activity);
-        if r.tier.is_none() {
-            self.metrics.unresolved_events.inc();
-            let kind = resource_type(activity).unwrap_or_default();
-            let mut logged = self.unresolved_logged.lock().expect("unresolved lock");
-            if logged.len() < UNRESOLVED_TYPES_LOGGED_MAX && logged.insert(kind.clone()) {
-                tracing::warn!(resource_type = %kind, "no invalidation keys for this activity type (logged once per type)");
-            }
-        }
-        r
-    }
-
-    /// Publishes one activity to `account` from inside the process, exactly as an accepted
-    /// `POST /events` item would be (keys resolved, stored, fanned out, counted). For hosts that
-    /// embed the hub next to their own API, such as `tidings demo`; there is no publisher key
-    /// to check because the caller is the host itself.
-    pub async fn publish(&self, account: &str, data: &serde_json::Value) -> Result<EventId, EngineError> {
-        let started = Instant::now();
-        let keys = self.resolve(data);
-        let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
-        let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
-        let ids = self.engine.publish(vec![NewEvent { account: account.into(), payload: payload.into() }]).await?;
-        self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
-        self.metrics.events_published.inc();
-        Ok(ids.into_iter().next().expect("one id per published event"))
-    }
-}
+/// Share of the open files limit kept for what is not a stream (see [`open_files_reserve`]):
+/// one descriptor in this many.
+const OPEN_FILES_RESERVE_DIVISOR: u64 = 16;
+/// Fewest descriptors kept in reserve: a handful of publishers, probes and engine
+/// connections, even under a small limit.
+const OPEN_FILES_RESERVE_MIN: u64 = 64;
+/// Most descriptors kept in reserve: past this, a larger limit goes to streams.
+const OPEN_FILES_RESERVE_MAX: u64 = 1024;
 
 /// File descriptors a node keeps for what is not an event stream (publishers, health checks
 /// and scrapes, engine connections, the data file) out of `open_files`: a node holding its
 /// maximum of streams must still accept a publish and answer `503` to the next stream.
 fn open_files_reserve(open_files: u64) -> u64 {
-    (open_files / 16).clamp(64, 1024)
+    (open_files / OPEN_FILES_RESERVE_DIVISOR).clamp(OPEN_FILES_RESERVE_MIN, OPEN_FILES_RESERVE_MAX)
 }
 
 /// `limits.streams_per_node`, lowered when the process may not open that many files (each
@@ -163,24 +105,11 @@ impl Hub {
         let engine: Arc<dyn Engine> = match &config.engine {
             EngineConfig::Memory => Arc::new(MemoryEngine::new(&config.history, fanout.clone())),
             EngineConfig::Durable { data_dir, fsync } => Arc::new(
-                DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(|e| ConfigError::Engine(e.to_string()))?,
+                DurableEngine::open(data_dir, *fsync, &config.history, fanout.clone()).map_err(engine::StartError::from)?,
             ),
-            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(ConfigError::Invalid)?),
+            EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(engine::StartError::from)?),
         };
-        let mapping_json = resolver.mapping().to_json_pretty().into();
-        let origin = OriginPolicy::new(config.auth.cookie_origin_check, &config.cors.allowed_origins);
-        let state = HubState {
-            auth,
-            config,
-            fanout,
-            engine,
-            resolver,
-            mapping_json,
-            metrics,
-            origin,
-            draining: AtomicBool::new(false),
-            unresolved_logged: Mutex::default(),
-        };
+        let state = HubState::new(state::Parts { config, auth, fanout, engine, resolver, metrics });
         Ok(Self { state: Arc::new(state) })
     }
 
@@ -213,8 +142,8 @@ impl Hub {
     pub async fn run_with_routes(self, listener: TcpListener, shutdown: CancellationToken, extra: axum::Router) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
-        let body_deadline = timeouts::BodyDeadline { timeout: self.state.config.limits.body_timeout, metrics: self.state.metrics.clone() };
-        let trusted_proxies: Arc<[config::TrustedProxy]> = self.state.config.trusted_proxies.clone().into();
+        let body_deadline = timeouts::BodyDeadline { timeout: self.state.config().limits.body_timeout, metrics: self.state.metrics().clone() };
+        let trusted_proxies: Arc<[config::TrustedProxy]> = self.state.config().trusted_proxies.clone().into();
         let router = http::router(self.state.clone())
             .merge(extra)
             .layer(axum::middleware::from_fn_with_state(body_deadline, timeouts::bound_request_body))
@@ -222,7 +151,7 @@ impl Hub {
         let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;
-        self.state.engine.close().await;
+        self.state.engine().close().await;
         result
     }
 }
@@ -230,8 +159,9 @@ impl Hub {
 /// Heartbeats, deadlines, stuck-stream sweeps and engine upkeep: one task per node, not one
 /// timer per stream.
 async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(hub.config.heartbeat));
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + hub.config.heartbeat, hub.config.heartbeat);
+    let every = hub.config().heartbeat;
+    let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(every));
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
     for i in [&mut sweep, &mut heartbeat, &mut maintain] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -239,18 +169,12 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = sweep.tick() => hub.fanout.tick(Instant::now()),
+            _ = sweep.tick() => hub.fanout().tick(Instant::now()),
             _ = heartbeat.tick() => {
                 let ping = Bytes::from(encode_ping(&humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()));
-                hub.fanout.broadcast(&ping);
+                hub.fanout().broadcast(&ping);
             }
-            _ = maintain.tick() => hub.engine.maintain(),
+            _ = maintain.tick() => hub.engine().maintain(),
         }
     }
-}
-
-/// Starts draining: readiness off, new streams refused, every open stream told to close.
-pub(crate) fn begin_drain(hub: &HubState) {
-    hub.draining.store(true, std::sync::atomic::Ordering::Release);
-    hub.fanout.close_all(CloseReason::Shutdown);
 }

@@ -27,9 +27,9 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
     let shared = Arc::new(h1::Shared {
         router,
         hyper,
-        draining: CancellationToken::new(),
-        response_write_timeout: hub.config.limits.response_write_timeout,
-        metrics: hub.metrics.clone(),
+        draining: hub.draining().clone(),
+        response_write_timeout: hub.config().limits.response_write_timeout,
+        metrics: hub.metrics().clone(),
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = TaskTracker::new();
@@ -50,7 +50,7 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         let _ = socket.set_nodelay(true);
         let conn = hard_stop.child_token();
         let serving = h1::serve_connection(socket, peer, shared.clone(), conn.clone(), graceful.watcher());
-        let metrics = hub.metrics.clone();
+        let metrics = hub.metrics().clone();
         metrics.connections_open.inc();
         connections.spawn(async move {
             tokio::select! {
@@ -61,11 +61,10 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         });
     }
     drop(listener);
-    crate::begin_drain(&hub);
-    shared.draining.cancel();
+    hub.begin_drain();
     connections.close();
-    let grace = hub.config.limits.shutdown_grace;
-    tracing::info!(streams = hub.fanout.closing_len(), ?grace, "shutting down: streams told to close");
+    let grace = hub.config().limits.shutdown_grace;
+    tracing::info!(streams = hub.fanout().closing_len(), ?grace, "shutting down: streams told to close");
     tokio::select! {
         _ = async { tokio::join!(graceful.shutdown(), connections.wait()) } => tracing::info!("all connections closed"),
         () = tokio::time::sleep(grace) => {

@@ -58,7 +58,7 @@ impl SseBody {
             }
             self.epoch = epoch;
             self.last_seq = 0;
-            self.hub.metrics.resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
+            self.hub.metrics().resyncs.get_or_create(&ReasonLabel { reason: "engine_outage" }).inc();
             return true;
         }
         if q.seq == SEQ_NONE {
@@ -70,7 +70,7 @@ impl SseBody {
     }
 
     fn closed_frame(&self, reason: CloseReason) -> Bytes {
-        let base = self.hub.config.retry;
+        let base = self.hub.config().retry;
         let spread = match reason {
             CloseReason::Shutdown => SHUTDOWN_RETRY_SPREAD,
             _ => base,
@@ -97,12 +97,12 @@ impl http_body::Body for SseBody {
                 Next::Pending => return Poll::Pending,
                 Next::Close(reason) => {
                     this.ended = true;
-                    this.hub.metrics.close(reason.as_str());
+                    this.hub.metrics().close(reason.as_str());
                     return Poll::Ready(Some(Ok(Frame::data(this.closed_frame(reason)))));
                 }
                 Next::One(q) => {
                     if this.admit(&q) {
-                        this.hub.metrics.observe_delivery_lag(q.at);
+                        this.hub.metrics().observe_delivery_lag(q.at);
                         return Poll::Ready(Some(Ok(Frame::data(q.bytes))));
                     }
                 }
@@ -120,7 +120,7 @@ impl http_body::Body for SseBody {
                             buf.freeze()
                         }
                     };
-                    this.hub.metrics.observe_delivery_lag(oldest);
+                    this.hub.metrics().observe_delivery_lag(oldest);
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
                 }
             }
@@ -139,9 +139,9 @@ impl http_body::Body for SseBody {
 impl Drop for SseBody {
     fn drop(&mut self) {
         self.shared.finish();
-        self.hub.fanout.deregister(&self.shared);
+        self.hub.fanout().deregister(&self.shared);
         if !self.ended {
-            self.hub.metrics.close("client_gone");
+            self.hub.metrics().close("client_gone");
         }
     }
 }

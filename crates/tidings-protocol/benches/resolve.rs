@@ -14,7 +14,7 @@ fn main() {
 }
 
 fn resolver() -> Resolver {
-    Resolver::from_toml_str(include_str!("../../../profiles/azion-console.toml"), "azion-console.toml").unwrap()
+    Resolver::from_toml_str(include_str!("../profiles/azion-console.toml"), "azion-console.toml").unwrap()
 }
 
 /// The activities of the original console's seed events.

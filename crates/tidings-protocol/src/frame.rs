@@ -12,9 +12,6 @@ use serde_json::value::RawValue;
 use crate::id::EventId;
 use crate::resolver::Key;
 
-/// Suggested reconnect delay sent as `retry:` at the start of every stream.
-pub const RETRY_HINT_MS_DEFAULT: u64 = 2_000;
-
 /// Why the hub ends a stream on purpose; sent in the `closed` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

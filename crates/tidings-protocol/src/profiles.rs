@@ -3,9 +3,9 @@
 
 /// `(name, TOML text)` of every shipped profile.
 pub const BUILTIN: [(&str, &str); 3] = [
-    ("azion-console", include_str!("../../../profiles/azion-console.toml")),
-    ("generic-kebab", include_str!("../../../profiles/generic-kebab.toml")),
-    ("generic-as-published", include_str!("../../../profiles/generic-as-published.toml")),
+    ("azion-console", include_str!("../profiles/azion-console.toml")),
+    ("generic-kebab", include_str!("../profiles/generic-kebab.toml")),
+    ("generic-as-published", include_str!("../profiles/generic-as-published.toml")),
 ];
 
 /// The TOML text of a shipped profile.

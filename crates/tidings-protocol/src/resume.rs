@@ -31,14 +31,49 @@ pub enum ResumeDecision {
     Resync(ResyncReason),
 }
 
-/// Decides how to answer a subscribe with an optional `Last-Event-ID`.
-/// An empty id counts as none (that is what an SSE client sends after an empty `id:` line).
-pub fn decide(last_event_id: Option<&str>, window: &HistoryWindow) -> ResumeDecision {
-    let Some(text) = last_event_id.filter(|t| !t.is_empty()) else {
-        return ResumeDecision::Fresh;
-    };
-    let Ok(id) = text.parse::<EventId>() else {
-        return ResumeDecision::Resync(ResyncReason::InvalidId);
+/// A client's resume position (`Last-Event-ID`, or the `last_event_id` query parameter),
+/// read once where the request arrives; engines only ever see this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastEventId {
+    /// No position: none given, or an empty one (what an SSE client sends after an empty
+    /// `id:` line). The stream starts live.
+    None,
+    /// A well-formed id, of this history or not.
+    Id(EventId),
+    /// Text that is no id at all (malformed, too long, not UTF-8): answered with `resync`
+    /// `invalid_id`. The text itself is dropped here, so it is never echoed or logged.
+    Invalid,
+}
+
+impl LastEventId {
+    /// Reads a position from text; empty text is no position.
+    pub fn parse(text: &str) -> Self {
+        if text.is_empty() {
+            return Self::None;
+        }
+        text.parse().map_or(Self::Invalid, Self::Id)
+    }
+
+    /// Reads a position from raw header bytes, which may not be UTF-8 (then it is invalid).
+    pub fn from_bytes(bytes: &[u8]) -> Self {
+        std::str::from_utf8(bytes).map_or(Self::Invalid, Self::parse)
+    }
+
+    /// The id, when there is a well-formed one.
+    pub fn id(self) -> Option<EventId> {
+        match self {
+            Self::Id(id) => Some(id),
+            Self::None | Self::Invalid => None,
+        }
+    }
+}
+
+/// Decides how to answer a subscribe from a client's resume position.
+pub fn decide(last_event_id: LastEventId, window: &HistoryWindow) -> ResumeDecision {
+    let id = match last_event_id {
+        LastEventId::None => return ResumeDecision::Fresh,
+        LastEventId::Invalid => return ResumeDecision::Resync(ResyncReason::InvalidId),
+        LastEventId::Id(id) => id,
     };
     if id.epoch != window.epoch {
         ResumeDecision::Resync(ResyncReason::EpochChanged)
@@ -58,7 +93,8 @@ mod tests {
     const W: HistoryWindow = HistoryWindow { epoch: 0xab, head: 100, trimmed_through: 40 };
 
     fn check(id: Option<&str>, expected: ResumeDecision) {
-        assert_eq!(decide(id, &W), expected, "id {id:?}");
+        let last = id.map_or(LastEventId::None, LastEventId::parse);
+        assert_eq!(decide(last, &W), expected, "id {id:?}");
     }
 
     #[test]
@@ -79,6 +115,14 @@ mod tests {
     #[test]
     fn fresh_history_replays_from_zero() {
         let w = HistoryWindow { epoch: 1, head: 0, trimmed_through: 0 };
-        assert_eq!(decide(Some("1-0"), &w), ResumeDecision::Replay { after: 0 });
+        assert_eq!(decide(LastEventId::parse("1-0"), &w), ResumeDecision::Replay { after: 0 });
+    }
+
+    #[test]
+    fn header_bytes_that_are_not_utf8_are_invalid() {
+        assert_eq!(LastEventId::from_bytes(b"ab-1\xff"), LastEventId::Invalid);
+        assert_eq!(LastEventId::from_bytes(b"ab-1"), LastEventId::Id(EventId::new(0xab, 1)));
+        assert_eq!(LastEventId::from_bytes(b""), LastEventId::None);
+        assert_eq!(LastEventId::parse("x".repeat(100).as_str()), LastEventId::Invalid);
     }
 }

@@ -12,7 +12,7 @@ use tidings_protocol::EventId;
 use tidings_protocol::frame::{activity_payload, encode_data_frame};
 use tidings_protocol::publish::{PublishErrorKind, parse_body};
 use tidings_protocol::resolver::{Mapping, Resolver};
-use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tidings_protocol::resume::{HistoryWindow, LastEventId, ResumeDecision, decide};
 
 /// Any JSON value, bounded in depth and width so one case stays fast.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -172,7 +172,7 @@ proptest! {
     #[test]
     fn any_last_event_id_gets_a_decision(text in "\\PC{0,60}|[0-9a-f]{1,17}-[0-9]{1,21}", head in 0u64..1000, trimmed in 0u64..1000) {
         let w = HistoryWindow { epoch: 0xab, head, trimmed_through: trimmed.min(head) };
-        if let ResumeDecision::Replay { after } = decide(Some(&text), &w) {
+        if let ResumeDecision::Replay { after } = decide(LastEventId::parse(&text), &w) {
             prop_assert_eq!(text.parse::<EventId>().unwrap(), EventId::new(0xab, after));
             prop_assert!(after <= head && after >= w.trimmed_through);
         }

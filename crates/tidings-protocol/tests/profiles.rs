@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tidings_protocol::resolver::{Mapping, Resolver, TypeSpelling};
 
 fn profiles_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../profiles")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles")
 }
 
 fn load(name: &str) -> Mapping {

@@ -27,7 +27,7 @@ fn repo_root() -> PathBuf {
 /// Resolves one case with its profile; `Err` describes the difference.
 fn check(case: &Case, resolvers: &mut HashMap<String, Resolver>) -> Result<(), String> {
     if !resolvers.contains_key(&case.profile) {
-        let path = repo_root().join("profiles").join(format!("{}.toml", case.profile));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles").join(format!("{}.toml", case.profile));
         let text = std::fs::read_to_string(&path).map_err(|e| format!("profile {}: {e}", path.display()))?;
         let resolver = Resolver::from_toml_str(&text, &path.display().to_string()).map_err(|e| e.to_string())?;
         resolvers.insert(case.profile.clone(), resolver);

@@ -9,7 +9,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tidings_testkit::hub::wait_listening;
 use tokio::process::{Child, Command};
 
 const PUBLISHER_KEY: &str = "bench-publisher-key";
@@ -94,16 +94,8 @@ async fn start(dir: &tempfile::TempDir, engine: &Engine) -> (Child, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn tidings");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next_line().await.unwrap().expect("hub exited before listening");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stdout so the hub never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let started = wait_listening(&mut child, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+    (child, started.addr)
 }
 
 /// `publishers` tasks, each sending one event per request back to back for `duration`.

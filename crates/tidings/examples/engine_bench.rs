@@ -18,7 +18,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tidings_testkit::hub::wait_listening;
 use tokio::process::{Child, Command};
 
 const PUBLISHER_KEY: &str = "bench-publisher-key";
@@ -106,15 +106,8 @@ impl Node {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let addr = loop {
-            let line = lines.next_line().await.unwrap().expect("hub exited before listening");
-            if let Some(rest) = line.split("listening on http://").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Node { _child: child, addr, client: reqwest::Client::new() }
+        let started = wait_listening(&mut child, Duration::from_secs(30)).await.unwrap_or_else(|e| panic!("{e}"));
+        Node { _child: child, addr: started.addr, client: reqwest::Client::new() }
     }
 
     async fn wait_ready(&self) {

@@ -26,7 +26,7 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     crate::signals::spawn(shutdown.clone());
-    let engine = hub.state().engine.name();
+    let engine = hub.state().engine_name();
     print_banner(|out| {
         writeln!(out, "tidings {} listening on http://{addr} (engine: {engine})", env!("CARGO_PKG_VERSION"))?;
         match &dev {

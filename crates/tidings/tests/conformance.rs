@@ -2,7 +2,7 @@
 //! runs against the real hub and its transcript (what each stream and publish observed) is
 //! compared with the scenario's `expect`. The format is in `fixtures/conformance/README.md`.
 //!
-//! Besides the transcript, every frame read is checked against SPEC §2 on its own: headers of
+//! Besides the transcript, every frame read is checked against docs/protocol.md on its own: headers of
 //! each opened stream, the shape of each frame type, ids made only of `[0-9a-f-]` (so a
 //! client-supplied id is never echoed) and increasing activity ids within a stream. A frame
 //! split by anything (an id, a payload) fails the harness's line check.

@@ -206,13 +206,16 @@ async fn cors_allows_listed_origins_with_credentials_only() {
     assert!(allowed.contains("authorization") && allowed.contains("last-event-id"), "{allowed}");
     let other = preflight("https://evil.example.net").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
-    // A wildcard with credentials is refused at start-up.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hub.toml");
-    std::fs::write(&path, config("", "[cors]\nallowed_origins = [\"*\"]\n")).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&path).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("allowed_origins"));
+    // A wildcard with credentials is refused at start-up, and so is an origin no browser
+    // would ever send (it would be dropped in silence otherwise).
+    for refused in ["*", "https://console.example.com/"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, config("", &format!("[cors]\nallowed_origins = [\"{refused}\"]\n"))).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).args(["serve", "--listen", "127.0.0.1:0", "--config"]).arg(&path).output().unwrap();
+        assert!(!out.status.success(), "{refused}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("allowed_origins"), "{refused}");
+    }
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tidings_testkit::hub::wait_listening;
 use tokio::process::{Child, Command};
 
 use super::WAIT;
@@ -69,31 +69,8 @@ impl Hub {
             .kill_on_drop(true)
             .spawn()
             .expect("starting the hub");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        for pipe in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            // Drains the pipe for the hub's whole life so its writes never block.
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let addr = tokio::time::timeout(WAIT * 3, async {
-            while let Some(line) = rx.recv().await {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return rest.split_whitespace().next().unwrap().parse().unwrap();
-                }
-            }
-            panic!("the hub exited before listening");
-        })
-        .await
-        .expect("the hub did not start listening");
-        Self { child, addr, config }
+        let started = wait_listening(&mut child, WAIT * 3).await.unwrap_or_else(|e| panic!("{e}"));
+        Self { child, addr: started.addr.parse().unwrap(), config }
     }
 
     pub fn url(&self) -> String {

@@ -3,18 +3,18 @@
 //! Ids are `<epoch>-<seq>` with a random epoch per process, so an id from a previous process
 //! is recognised and answered with `resync` rather than misread. One global `seq` counter,
 //! assigned under one lock together with the history append and the fan-out, gives every
-//! account increasing ids in publish order and every stream a consistent cut.
+//! account increasing ids in publish order and every stream a consistent cut. The window
+//! itself (trimming, opening) is [`History`].
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, decide};
+use tidings_protocol::resume::LastEventId;
 
+use super::history::{Entry, History, new_epoch, now_ms};
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
 use crate::fanout::Fanout;
@@ -22,88 +22,41 @@ use crate::fanout::Fanout;
 /// History of every account, bounded by count and age per account.
 #[derive(Debug)]
 pub struct MemoryEngine {
-    epoch: u64,
-    max_events: usize,
-    max_age: Duration,
-    replay_max_bytes: usize,
     fanout: Arc<Fanout>,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    head: u64,
-    accounts: HashMap<Arc<str>, AccountLog>,
-}
-
-#[derive(Debug, Default)]
-struct AccountLog {
-    events: VecDeque<(Instant, StoredFrame)>,
-    /// Every event of this account with a seq at or below this may have been dropped.
-    trimmed_through: u64,
-}
-
-impl AccountLog {
-    fn trim(&mut self, max_events: usize, oldest: Option<Instant>) {
-        while self.events.len() > max_events || self.events.front().is_some_and(|(at, _)| oldest.is_some_and(|o| *at < o)) {
-            if let Some((_, f)) = self.events.pop_front() {
-                self.trimmed_through = f.seq;
-            }
-        }
-    }
+    /// Taken for every publish (ids, append, delivery) and every opening, so a stream
+    /// registered before its opening sees each event in its replay or its queue.
+    history: Mutex<History>,
 }
 
 impl MemoryEngine {
     pub fn new(history: &HistoryConfig, fanout: Arc<Fanout>) -> Self {
-        // 32 random bits keep ids short; a collision between two processes' epochs needs
-        // the same 1-in-4-billion draw, and then still needs a matching seq to be misread.
-        let epoch = u64::from(rand::random::<u32>()) | 1;
-        Self::with_epoch(epoch, history, fanout)
+        Self::with_epoch(new_epoch(), history, fanout)
     }
 
     pub fn with_epoch(epoch: u64, history: &HistoryConfig, fanout: Arc<Fanout>) -> Self {
-        Self { epoch, max_events: history.max_events, max_age: history.max_age, replay_max_bytes: history.replay_max_bytes, fanout, state: Mutex::default() }
-    }
-
-    fn oldest_kept(&self, now: Instant) -> Option<Instant> {
-        now.checked_sub(self.max_age)
+        Self { fanout, history: Mutex::new(History::new(epoch, 0, history)) }
     }
 }
 
 impl Engine for MemoryEngine {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
-        let now = Instant::now();
-        let oldest = self.oldest_kept(now);
-        let mut state = self.state.lock().expect("engine lock");
+        let at_ms = now_ms();
+        let mut h = self.history.lock().expect("history lock");
         let mut ids = Vec::with_capacity(batch.len());
         for ev in batch {
-            state.head += 1;
-            let id = EventId::new(self.epoch, state.head);
+            let id = h.next_id();
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
-            let log = state.accounts.entry(ev.account.clone()).or_default();
-            log.events.push_back((now, StoredFrame { seq: id.seq, bytes: bytes.clone() }));
-            log.trim(self.max_events, oldest);
+            h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes: bytes.clone() } });
+            h.trim(&ev.account, at_ms);
             self.fanout.deliver(&ev.account, id.seq, &bytes);
             ids.push(id);
         }
-        drop(state);
+        drop(h);
         async move { Ok(ids) }.boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        let oldest = self.oldest_kept(Instant::now());
-        let mut state = self.state.lock().expect("engine lock");
-        let head = state.head;
-        let log = state.accounts.get_mut(account);
-        let trimmed_through = log.map_or(0, |l| {
-            l.trim(self.max_events, oldest);
-            l.trimmed_through
-        });
-        let window = HistoryWindow { epoch: self.epoch, head, trimmed_through };
-        let decision = decide(last_event_id, &window);
-        let retained = state.accounts.get(account).into_iter().flat_map(|l| l.events.iter().map(|(_, f)| f));
-        let opening = Opening::from_retained(self.epoch, head, decision, retained, self.replay_max_bytes);
-        drop(state);
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let opening = self.history.lock().expect("history lock").open(account, last_event_id, now_ms());
         async move { Ok(opening) }.boxed()
     }
 
@@ -112,15 +65,7 @@ impl Engine for MemoryEngine {
     }
 
     fn maintain(&self) {
-        let oldest = self.oldest_kept(Instant::now());
-        let mut state = self.state.lock().expect("engine lock");
-        for log in state.accounts.values_mut() {
-            log.trim(self.max_events, oldest);
-            // An empty log keeps its entry: `trimmed_through` is what proves a gap later.
-            if log.events.is_empty() && log.events.capacity() > 0 {
-                log.events = VecDeque::new();
-            }
-        }
+        self.history.lock().expect("history lock").trim_all(now_ms());
     }
 
     fn name(&self) -> &'static str {

@@ -13,9 +13,10 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use tidings_protocol::EventId;
 use tidings_protocol::frame::ResyncReason;
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 pub mod durable;
+pub mod history;
 pub mod memory;
 pub mod redis;
 
@@ -70,10 +71,30 @@ impl Opening {
         Self { position: EventId::new(epoch, after), decision, replay }
     }
 
+    /// Where the stream stands once its opening is written: after the last replayed event, or
+    /// at the `connected` position when nothing is replayed. Live frames at or below it were
+    /// already covered by the opening and are skipped.
+    pub fn live_from(&self) -> EventId {
+        let replayed = self.replay.iter().map(|f| f.seq).max().unwrap_or(0);
+        EventId::new(self.position.epoch, self.position.seq.max(replayed))
+    }
+
     /// The answer for a gap larger than the replay budget: `resync`, then live from `head`.
     pub(crate) fn too_large(epoch: u64, head: u64) -> Self {
         Self { position: EventId::new(epoch, head), decision: ResumeDecision::Resync(ResyncReason::ReplayTooLarge), replay: Vec::new() }
     }
+}
+
+/// Why an engine cannot start; the hub refuses to run rather than serve without history.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The durable engine's data file cannot be used; the message names it.
+    #[error(transparent)]
+    Durable(#[from] durable::StoreError),
+    /// The Redis engine cannot start (not its server being down: that only makes it unready).
+    #[error(transparent)]
+    Redis(#[from] redis::StartError),
 }
 
 /// An engine could not do what was asked.
@@ -91,8 +112,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// every event is stored as durably as the engine promises.
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
 
-    /// Decides how a stream of `account` starts and reads what it must replay.
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>>;
+    /// Decides how a stream of `account` starts from the client's position and reads what it
+    /// must replay.
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>>;
 
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;

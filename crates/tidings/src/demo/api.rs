@@ -58,7 +58,7 @@ pub fn router(demo: Demo) -> Router {
 async fn guard(State(demo): State<Demo>, req: Request, next: Next) -> Response {
     let headers = req.headers();
     if !headers.contains_key(header::AUTHORIZATION) {
-        if let Err(e) = demo.hub.origin.check(headers, tidings_hub::origin::request_authority(req.uri(), headers)) {
+        if let Err(e) = demo.hub.check_origin(req.uri(), headers) {
             return ApiError::from(e).into_response();
         }
     }
@@ -85,7 +85,7 @@ struct Caller {
 }
 
 async fn caller(demo: &Demo, uri: &Uri, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let identity = demo.hub.identify_request(uri, headers, None).await?;
+    let identity = demo.hub.identify(uri, headers).await?;
     let user = USERS.iter().find(|u| u.email == &*identity.user);
     let name = user.map_or_else(|| identity.user.to_string(), |u| u.name.to_owned());
     Ok(Caller {
@@ -119,13 +119,13 @@ async fn login(State(demo): State<Demo>, Json(body): Json<Login>) -> Response {
             return ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot sign in").into_response();
         }
     };
-    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.config.auth.cookie, SESSION_LIFETIME.as_secs());
+    let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.cookie_name(), SESSION_LIFETIME.as_secs());
     let me = json!({ "user": user.public(), "account": user.account, "session": session });
     with_cookie(Json(me).into_response(), &cookie)
 }
 
 async fn logout(State(demo): State<Demo>) -> Response {
-    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", demo.hub.config.auth.cookie);
+    let cookie = format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0", demo.hub.cookie_name());
     with_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
 }
 

@@ -4,12 +4,11 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tidings_testkit::hub::{Listening, NotListening, Output, wait_listening};
 use tokio::process::{Child, Command};
 
 pub mod redis;
@@ -54,7 +53,7 @@ key = "{PUBLISHER_KEY}"
 pub struct Hub {
     pub child: Child,
     pub addr: String,
-    pub output: Arc<Mutex<Vec<String>>>,
+    pub output: Output,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
     /// `TIDINGS_LOG` of the process (and of a restarted one).
@@ -122,32 +121,10 @@ impl Hub {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn tidings");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
-            let output = output.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    output.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = rx.recv().await?;
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return Some(rest.split_whitespace().next().unwrap().to_owned());
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
-        match addr {
-            Some(addr) => Ok(Hub { child, addr, output, dir, config_path, log_filter: log_filter.to_owned() }),
-            None => Err(dir),
+        match wait_listening(&mut child, Duration::from_secs(30)).await {
+            Ok(Listening { addr, output }) => Ok(Hub { child, addr, output, dir, config_path, log_filter: log_filter.to_owned() }),
+            Err(NotListening::Exited(_)) => Err(dir),
+            Err(e) => panic!("hub did not start: {e}"),
         }
     }
 

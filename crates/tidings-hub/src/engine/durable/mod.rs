@@ -7,9 +7,9 @@
 //! many concurrent publishers (group commit) — then delivers every event to the fan-out in
 //! seq order and answers each publisher.
 //!
-//! The retained history is also held in memory, as in the memory engine and bounded by the
-//! same `[history]` limits, so opening a stream (fresh or resumed) never reads the disk; the
-//! file is read once, at start-up. The in-memory copy changes only after a commit and only
+//! The retained history is also held in memory, in the same [`History`] window as the memory
+//! engine's and bounded by the same `[history]` limits, so opening a stream (fresh or resumed)
+//! never reads the disk; the file is read once, at start-up. The in-memory copy changes only after a commit and only
 //! on the writer thread, under the same lock that stream openings take, and delivery happens
 //! under it too: that gives the same replay/live boundary as the memory engine.
 //!
@@ -28,21 +28,20 @@
 
 mod store;
 
-use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, decide};
+use tidings_protocol::resume::LastEventId;
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::store::{DATA_FILE_NAME, StoreError};
 use self::store::{Row, Store};
+use super::history::{Entry, History, now_ms};
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{FsyncPolicy, HistoryConfig};
 use crate::fanout::Fanout;
@@ -58,8 +57,6 @@ const GROUP_COMMIT_EVENTS_MAX: usize = 8_192;
 #[derive(Debug)]
 pub struct DurableEngine {
     path: PathBuf,
-    max_age: Duration,
-    replay_max_bytes: usize,
     /// Changed only by the writer thread, after a commit.
     history: Arc<Mutex<History>>,
     /// To the writer thread. The engine holds the only sender: when it is dropped (or
@@ -77,60 +74,22 @@ enum Command {
     Close { done: oneshot::Sender<()> },
 }
 
-#[derive(Debug)]
-struct History {
-    epoch: u64,
-    head: u64,
-    accounts: HashMap<Arc<str>, AccountLog>,
-}
-
-#[derive(Debug, Default)]
-struct AccountLog {
-    /// `(stored at, unix ms)` and frame, in seq order.
-    events: VecDeque<(u64, StoredFrame)>,
-    /// Every event of this account with a seq at or below this may have been dropped.
-    trimmed_through: u64,
-}
-
-impl AccountLog {
-    /// Where a trim must cut (the new `trimmed_through`) once `incoming` `(seq, at)` are
-    /// appended, so that at most `max_events` remain and none older than `oldest_ms`; `None`
-    /// if nothing goes.
-    fn cut(&self, incoming: &[(u64, u64)], max_events: usize, oldest_ms: u64) -> Option<u64> {
-        let held = self.events.iter().map(|(at, f)| (f.seq, *at));
-        let all = || held.clone().chain(incoming.iter().copied());
-        let total = self.events.len() + incoming.len();
-        let by_count = total.checked_sub(max_events + 1).and_then(|k| all().nth(k)).map(|(seq, _)| seq);
-        let by_age = all().take_while(|(_, at)| *at < oldest_ms).last().map(|(seq, _)| seq);
-        by_count.max(by_age).filter(|&cut| cut > self.trimmed_through)
-    }
-
-    fn apply_cut(&mut self, through: u64) {
-        while self.events.front().is_some_and(|(_, f)| f.seq <= through) {
-            self.events.pop_front();
-        }
-        self.trimmed_through = self.trimmed_through.max(through);
-    }
-}
-
 impl DurableEngine {
     /// Opens (or creates) the data file in `data_dir`, loads the retained history and starts
     /// the writer thread. Fails with an error naming the file when it cannot be used.
     pub fn open(data_dir: &std::path::Path, fsync: FsyncPolicy, bounds: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StoreError> {
         let (store, loaded) = Store::open(data_dir, fsync)?;
         let path = store.path().to_owned();
-        let mut h = History { epoch: loaded.epoch, head: loaded.head, accounts: HashMap::new() };
+        let mut h = History::new(loaded.epoch, loaded.head, bounds);
         for (account, through) in loaded.trims {
-            h.accounts.entry(account.into()).or_default().trimmed_through = through;
+            h.restore_trimmed(&account.into(), through);
         }
-        let mut events = 0usize;
         for row in loaded.events {
-            let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch, row.seq)), &row.payload));
-            let log = h.accounts.entry(row.account).or_default();
-            log.events.push_back((row.at_ms, StoredFrame { seq: row.seq, bytes }));
-            events += 1;
+            let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch(), row.seq)), &row.payload));
+            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes } });
         }
-        tracing::info!(path = %path.display(), epoch = format_args!("{:x}", h.epoch), head = h.head, events, ?fsync, "durable history loaded");
+        let events = h.retained_events();
+        tracing::info!(path = %path.display(), epoch = format_args!("{:x}", h.epoch()), head = h.head(), events, ?fsync, "durable history loaded");
         let history = Arc::new(Mutex::new(h));
         let healthy = Arc::new(AtomicBool::new(true));
         let (commands, rx) = mpsc::channel(COMMAND_QUEUE_MAX);
@@ -139,8 +98,6 @@ impl DurableEngine {
             history: history.clone(),
             fanout,
             healthy: healthy.clone(),
-            max_events: bounds.max_events,
-            max_age: bounds.max_age,
         };
         std::thread::Builder::new()
             .name("tidings-durable-writer".into())
@@ -148,18 +105,8 @@ impl DurableEngine {
             .map_err(|e| StoreError::Open { path: path.clone(), detail: format!("cannot start the writer thread: {e}") })?;
         // Apply the configured bounds at once: they may be tighter than the last run's.
         let _ = commands.try_send(Command::Maintain);
-        Ok(Self { path, max_age: bounds.max_age, replay_max_bytes: bounds.replay_max_bytes, history, commands, healthy })
+        Ok(Self { path, history, commands, healthy })
     }
-}
-
-/// Unix milliseconds, the clock stored with each event (it must mean the same after a
-/// restart, which `Instant` does not).
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn oldest_kept_ms(now_ms: u64, max_age: Duration) -> u64 {
-    now_ms.saturating_sub(max_age.as_millis() as u64)
 }
 
 impl Engine for DurableEngine {
@@ -176,21 +123,8 @@ impl Engine for DurableEngine {
         .boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        let oldest = oldest_kept_ms(now_ms(), self.max_age);
-        let h = self.history.lock().expect("history lock");
-        let log = h.accounts.get(account);
-        // Events past their age still held here (age trimming runs on the maintenance tick)
-        // count as trimmed, exactly as if the tick had already run.
-        let trimmed_through = log.map_or(0, |l| {
-            let aged = l.events.iter().take_while(|(at, _)| *at < oldest).last().map(|(_, f)| f.seq);
-            aged.unwrap_or(0).max(l.trimmed_through)
-        });
-        let window = HistoryWindow { epoch: h.epoch, head: h.head, trimmed_through };
-        let decision = decide(last_event_id, &window);
-        let retained = log.into_iter().flat_map(|l| l.events.iter().map(|(_, f)| f));
-        let opening = Opening::from_retained(h.epoch, h.head, decision, retained, self.replay_max_bytes);
-        drop(h);
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let opening = self.history.lock().expect("history lock").open(account, last_event_id, now_ms());
         async move { Ok(opening) }.boxed()
     }
 
@@ -226,8 +160,6 @@ struct Writer {
     history: Arc<Mutex<History>>,
     fanout: Arc<Fanout>,
     healthy: Arc<AtomicBool>,
-    max_events: usize,
-    max_age: Duration,
 }
 
 /// One publish request inside a group.
@@ -285,7 +217,7 @@ impl Writer {
         let at_ms = now_ms();
         let (epoch, mut head) = {
             let h = self.history.lock().expect("history lock");
-            (h.epoch, h.head)
+            (h.epoch(), h.head())
         };
         let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
         let mut ids = Vec::with_capacity(group.len());
@@ -298,7 +230,7 @@ impl Writer {
             }
             ids.push(batch_ids);
         }
-        let trims = self.trims_after(&rows, at_ms);
+        let trims = self.history.lock().expect("history lock").cuts_after(rows.iter().map(|r| (&r.account, r.seq)), at_ms);
         let store = self.store.as_mut().expect("checked above");
         if let Err(e) = store.commit(head, &rows, &trims) {
             tracing::error!(path = %store.path().display(), error = %e, events = rows.len(), "commit failed; nothing in this group was published");
@@ -313,13 +245,12 @@ impl Writer {
         {
             let mut h = self.history.lock().expect("history lock");
             for (row, bytes) in rows.iter().zip(&frames) {
-                let log = h.accounts.entry(row.account.clone()).or_default();
-                log.events.push_back((row.at_ms, StoredFrame { seq: row.seq, bytes: bytes.clone() }));
+                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() } });
             }
             for (account, through) in &trims {
-                h.accounts.entry(account.clone()).or_default().apply_cut(*through);
+                h.apply_cut(account, *through);
             }
-            h.head = head;
+            h.set_head(head);
             // Under the lock, in seq order: a stream opening now sees either the history
             // with these events or their delivery, never neither.
             for (row, bytes) in rows.iter().zip(&frames) {
@@ -331,33 +262,12 @@ impl Writer {
         }
     }
 
-    /// The trims that appending `rows` requires, per account touched.
-    fn trims_after(&self, rows: &[Row], now_ms: u64) -> Vec<(Arc<str>, u64)> {
-        let mut trims = Vec::new();
-        let oldest = oldest_kept_ms(now_ms, self.max_age);
-        let mut incoming: HashMap<&Arc<str>, Vec<(u64, u64)>> = HashMap::new();
-        for r in rows {
-            incoming.entry(&r.account).or_default().push((r.seq, r.at_ms));
-        }
-        let h = self.history.lock().expect("history lock");
-        let empty = AccountLog::default();
-        for (account, new) in incoming {
-            let log = h.accounts.get(account).unwrap_or(&empty);
-            if let Some(cut) = log.cut(&new, self.max_events, oldest) {
-                trims.push((account.clone(), cut));
-            }
-        }
-        trims
-    }
-
     /// Trims every account by count and age, then returns freed pages to the file system.
     fn maintain(&mut self) {
         let Some(store) = self.store.as_mut() else { return };
-        let oldest = oldest_kept_ms(now_ms(), self.max_age);
         let (head, trims) = {
             let h = self.history.lock().expect("history lock");
-            let trims: Vec<_> = h.accounts.iter().filter_map(|(a, log)| log.cut(&[], self.max_events, oldest).map(|c| (a.clone(), c))).collect();
-            (h.head, trims)
+            (h.head(), h.cuts_due(now_ms()))
         };
         if trims.is_empty() {
             return;
@@ -368,13 +278,7 @@ impl Writer {
         }
         let mut h = self.history.lock().expect("history lock");
         for (account, through) in &trims {
-            if let Some(log) = h.accounts.get_mut(account) {
-                log.apply_cut(*through);
-                // An empty log keeps its entry: `trimmed_through` is what proves a gap later.
-                if log.events.is_empty() {
-                    log.events = VecDeque::new();
-                }
-            }
+            h.apply_cut(account, *through);
         }
         drop(h);
         if let Err(e) = store.reclaim() {

@@ -262,9 +262,9 @@ impl From<rusqlite::Error> for Failure {
     }
 }
 
-/// A fresh epoch: 32 random bits, like the memory engine's, never 0.
+/// A fresh epoch, as SQLite stores it (epochs fit in 32 bits).
 fn new_epoch() -> i64 {
-    i64::from(rand::random::<u32>() | 1)
+    crate::engine::history::new_epoch() as i64
 }
 
 /// Identifies the current boot of the machine, to tell a hub crash (the OS still holds every

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_protocol::frame::ResyncReason;
-use tidings_protocol::resume::ResumeDecision;
+use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 use super::*;
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ fn batch(account: &str, n: usize) -> Vec<NewEvent> {
 
 /// The decision and replayed seqs for a resume of `account` from `id`.
 async fn resume(e: &DurableEngine, account: &str, id: &EventId) -> (ResumeDecision, Vec<u64>) {
-    let o = e.open(account, Some(&id.to_string())).await.unwrap();
+    let o = e.open(account, LastEventId::Id(*id)).await.unwrap();
     (o.decision, o.replay.iter().map(|f| f.seq).collect())
 }
 
@@ -88,21 +88,6 @@ async fn a_second_engine_on_the_same_file_is_refused() {
     let fanout = Arc::new(Fanout::new(10, 10, 16, Arc::new(Metrics::new())));
     let err = DurableEngine::open(dir.path(), FsyncPolicy::Always, &HistoryConfig::default(), fanout).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
-}
-
-#[test]
-fn cuts_keep_the_newest_events_by_count_and_age() {
-    let mut log = AccountLog::default();
-    for seq in 1..=4u64 {
-        log.events.push_back((seq * 10, StoredFrame { seq, bytes: Bytes::new() }));
-    }
-    assert_eq!(log.cut(&[], 4, 0), None);
-    assert_eq!(log.cut(&[(5, 50)], 4, 0), Some(1));
-    assert_eq!(log.cut(&[(5, 50), (6, 60)], 1, 0), Some(5));
-    assert_eq!(log.cut(&[], 10, 25), Some(2), "events older than the cut-off go");
-    log.apply_cut(2);
-    assert_eq!((log.trimmed_through, log.events.len()), (2, 2));
-    assert_eq!(log.cut(&[], 10, 25), None, "nothing below trimmed_through is cut again");
 }
 
 #[tokio::test]

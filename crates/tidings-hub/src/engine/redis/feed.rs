@@ -17,6 +17,7 @@ use tidings_protocol::frame::{ResyncReason, encode_data_frame, encode_resync};
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Link, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_seq, field, scripts};
+use crate::engine::history::new_epoch;
 
 /// How long one `XREAD` waits for new entries; also how often an idle node checks the epoch
 /// (a FLUSHALL does not drop connections, so this is how it is noticed without traffic).
@@ -124,7 +125,7 @@ async fn connect(inner: &Inner) -> Result<(MultiplexedConnection, MultiplexedCon
 /// was published meanwhile). New epoch: every stream of the old one is told to resync and the
 /// new feed is read from its start, so nothing published in the new epoch is skipped.
 async fn settle_epoch(inner: &Inner, conn: &mut MultiplexedConnection, cursor: Option<Cursor>) -> Result<Cursor, RedisError> {
-    let candidate = u64::from(rand::random::<u32>()) | 1;
+    let candidate = new_epoch();
     let followed = cursor.map(|c| format!("{:x}", c.epoch)).unwrap_or_default();
     let (epoch, head): (String, u64) = scripts::init()
         .key(&inner.keys.epoch)

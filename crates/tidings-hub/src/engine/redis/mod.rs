@@ -33,17 +33,18 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::MultiplexedConnection;
 use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
-use tidings_protocol::resume::{HistoryWindow, ResumeDecision, decide};
+use tidings_protocol::resume::{HistoryWindow, LastEventId, ResumeDecision, decide};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::history::now_ms;
 use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
@@ -56,6 +57,19 @@ use scripts::Keys;
 /// Accounts trimmed by age in one upkeep call; the rest wait for the next tick, so one call
 /// never holds Redis (scripts block it) for long.
 const MAINTAIN_ACCOUNTS_MAX: usize = 256;
+
+/// Why the Redis engine cannot start. Redis being down is not one of them: the engine starts
+/// unready and connects when it can.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Not called inside a Tokio runtime, which the connection task needs.
+    #[error("the Redis engine needs a Tokio runtime")]
+    NoRuntime,
+    /// `engine.url` is not a URL the Redis client accepts.
+    #[error("engine.url: {0}")]
+    Url(redis::RedisError),
+}
 
 /// The engine handle the hub holds. Dropping it stops the connection task.
 #[derive(Debug)]
@@ -90,9 +104,9 @@ struct Inner {
 impl RedisEngine {
     /// Starts the engine and its connection task on the current Tokio runtime. Redis does not
     /// have to be up yet: the engine reports not ready until it connects.
-    pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, String> {
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| "the Redis engine needs a Tokio runtime".to_owned())?;
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| format!("engine.url: {e}"))?;
+    pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
+        let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
         let inner = Arc::new(Inner {
             client,
             config: config.clone(),
@@ -178,11 +192,11 @@ impl Inner {
         Ok((last + 1 - n..=last).map(|seq| EventId::new(epoch, seq)).collect())
     }
 
-    async fn open(&self, account: &str, last_event_id: Option<&str>) -> Result<Opening, EngineError> {
+    async fn open(&self, account: &str, last_event_id: LastEventId) -> Result<Opening, EngineError> {
         let link = self.connection()?;
         let mut conn = link.conn.clone();
         let followed = self.epoch.load(Ordering::Acquire);
-        let after = last_event_id.and_then(|t| t.parse::<EventId>().ok()).filter(|id| id.epoch == followed).map(|id| id.seq);
+        let after = last_event_id.id().filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
         type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8);
         let (epoch, head, trimmed_through, entries, too_large): Reply = self
@@ -251,16 +265,12 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
     fields.chunks_exact(2).find(|kv| kv[0] == name).map(|kv| kv[1].as_str())
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Engine for RedisEngine {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
         self.inner.publish(batch).boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>> {
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
         self.inner.open(account, last_event_id).boxed()
     }
 
