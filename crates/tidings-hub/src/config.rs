@@ -681,6 +681,40 @@ key = "pub-secret"
     }
 
     #[test]
+    fn redis_tls_sentinel_and_replica_settings_are_checked() {
+        let parse = |engine: &str| Config::from_toml_str(&format!("[engine]\nkind = \"redis\"\n{engine}"), Path::new("t.toml")).unwrap();
+        let ok = parse("url = \"rediss://u:pw@r.example:6380/1\"\ntls_ca_file = \"ca.pem\"\ntls_server_name = \"r.internal\"\nsentinels = [\"10.0.0.1:26379\", \"s2:26379\"]\nmaster_name = \"m\"\nmin_replicas = 1\nreplica_timeout = \"250ms\"\n");
+        ok.validate().unwrap();
+        let EngineConfig::Redis(r) = &ok.engine else { panic!("not redis") };
+        assert!(r.tls());
+        assert_eq!((r.min_replicas, r.replica_timeout), (1, Duration::from_millis(250)));
+        assert!(!format!("{r:?}").contains("pw@"), "Debug masks the password: {r:?}");
+        for (engine, expected) in [
+            ("url = \"redis://h:1\"\ntls_ca_file = \"ca.pem\"\n", "rediss://"),
+            ("url = \"rediss://h:1\"\ntls_cert_file = \"c.pem\"\n", "together"),
+            ("sentinels = [\"h:1\"]\n", "master_name"),
+            ("master_name = \"m\"\n", "master_name"),
+            ("sentinels = [\"h\"]\nmaster_name = \"m\"\n", "host:port"),
+            ("sentinels = [\"h:0\"]\nmaster_name = \"m\"\n", "host:port"),
+            ("url = \"redis://u:pw@h:1\"\npassword_file = \"p\"\n", "already has a password"),
+            ("password_file = \"p\"\npassword_env = \"P\"\n", "not both"),
+            ("sentinel_username = \"s\"\n", "need sentinels"),
+            ("min_replicas = 1\nreplica_timeout = \"0s\"\n", "replica_timeout"),
+        ] {
+            let e = parse(engine).validate().unwrap_err().to_string();
+            assert!(e.contains(expected), "{engine:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn redact_url_masks_only_the_password() {
+        assert_eq!(redact_url("rediss://tidings:s3cret@r:6380/2"), "rediss://tidings:***@r:6380/2");
+        assert_eq!(redact_url("redis://:s3cret@r"), "redis://:***@r");
+        assert_eq!(redact_url("redis://r:6379"), "redis://r:6379");
+        assert_eq!(redact_url("redis://r/x@y"), "redis://r/x@y");
+    }
+
+    #[test]
     fn errors_name_the_file_and_key() {
         let e = Config::from_toml_str("hartbeat = \"1s\"", Path::new("hub.toml")).unwrap_err().to_string();
         assert!(e.contains("hub.toml") && e.contains("hartbeat"), "{e}");

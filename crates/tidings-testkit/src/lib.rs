@@ -2,3 +2,4 @@
 //! only; nothing here ships).
 
 pub mod proxy;
+pub mod tls;

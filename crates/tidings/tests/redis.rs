@@ -523,7 +523,7 @@ fn bad_redis_settings_fail_at_start() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
     let cases = [
-        ("url = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\n", "TLS"),
+        ("url = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\n", "tls_ca_file"),
         ("url = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"missing.pem\"\n", "missing.pem"),
         ("url = \"redis://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\n", "rediss://"),
         ("url = \"redis://127.0.0.1:1\"\nsentinels = [\"127.0.0.1:1\"]\n", "master_name"),

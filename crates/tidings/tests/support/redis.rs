@@ -68,7 +68,7 @@ impl Redis {
         let dir = tempfile::tempdir().unwrap();
         let admin_port = free_port();
         let port = if transport == Transport::Tls {
-            make_certificates(dir.path());
+            tidings_testkit::tls::make_certificates(dir.path());
             std::fs::write(dir.path().join("redis-password"), format!("{ACL_PASSWORD}\n")).unwrap();
             free_port()
         } else {
@@ -174,26 +174,4 @@ pub async fn inline_command(port: u16, cmd: &str) -> Option<String> {
 
 pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
-}
-
-/// A test CA, a server certificate for `redis.test` and 127.0.0.1, and a client certificate,
-/// made with the `openssl` command (EC P-256, valid two days).
-pub fn make_certificates(dir: &Path) {
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|e| {
-            panic!("cannot run openssl ({e}): the TLS tests make their certificates with it; install it (Debian: apt-get install openssl)")
-        });
-        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-    run(&[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=tidings test CA", "-days", "2"]].concat());
-    for (name, cn, ext) in [
-        ("server", "redis.test", "subjectAltName=DNS:redis.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n"),
-        ("client", "tidings", "extendedKeyUsage=clientAuth\n"),
-    ] {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let (key, csr, crt, extfile) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
-        run(&[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={cn}")]].concat());
-        run(&["x509", "-req", "-in", &csr, "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", &crt, "-days", "2", "-extfile", &extfile]);
-    }
 }

@@ -105,7 +105,10 @@ impl RedisEngine {
     /// have to be up yet: the engine reports not ready until it connects.
     pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, String> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| "the Redis engine needs a Tokio runtime".to_owned())?;
-        let connector = connect::Connector::new(config, feed::FEED_BLOCK).map_err(|e| e.to_string())?;
+        let connector = connect::Connector::new(config, feed::FEED_BLOCK).map_err(|e| match e {
+            crate::config::ConfigError::Invalid(m) => m,
+            other => other.to_string(),
+        })?;
         fanout.enable_claims();
         let inner = Arc::new(Inner {
             config: config.clone(),
