@@ -236,7 +236,7 @@ pub enum EngineConfig {
         fsync: FsyncPolicy,
     },
     /// A Redis server shared by every hub node: one ordered history per account.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// When the durable engine answers a publish: the trade-off between latency and what a

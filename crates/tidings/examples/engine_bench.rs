@@ -35,6 +35,8 @@ const STREAMS: usize = 100;
 /// Events published during the throughput run, and per request.
 const THROUGHPUT_EVENTS: u64 = 20_000;
 const THROUGHPUT_BATCH: u64 = 100;
+/// Times a session's second stream, on another node, supersedes its first.
+const SUPERSEDE_TRIALS: usize = 50;
 
 #[tokio::main]
 async fn main() {
@@ -109,6 +111,12 @@ async fn main() {
     }
     for ((name, _, _), (p50s, p99s)) in cases.iter().zip(&mut results) {
         println!("  {name:<42} p50 {:>7.3} ms   p99 {:>7.3} ms   (p50 per run {:.3?})", median(p50s), median(p99s), p50s);
+    }
+    println!("one stream per session across nodes, {SUPERSEDE_TRIALS} times: second open on node 2 (request sent) → closed superseded on node 1:");
+    for (name, a, b) in [("redis", &r1, &r2), ("redis TLS", &t1, &t2)] {
+        let mut ms = supersede(a, b).await;
+        ms.sort_by(f64::total_cmp);
+        println!("  {name:<42} p50 {:>7.3} ms   max {:>7.3} ms", pct(&ms, 0.50), ms[ms.len() - 1]);
     }
     println!("fan-out throughput, {STREAMS} streams of one account, {THROUGHPUT_EVENTS} events in batches of {THROUGHPUT_BATCH}:");
     let mut rates = Vec::new();
@@ -258,6 +266,31 @@ async fn latency(publish_on: &Node, subscribe_on: &Node) -> Vec<f64> {
         out.push(at.duration_since(sent[(n - base) as usize]).as_secs_f64() * 1000.0);
     }
     assert_eq!(out.len() as u64, LATENCY_EVENTS);
+    out
+}
+
+/// For each trial: a stream of one session on `first`, then a second open of the same session
+/// on `second`; the time from sending the second request to the first stream's `closed`.
+async fn supersede(first: &Node, second: &Node) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..SUPERSEDE_TRIALS {
+        let mut old = first.subscribe("tok-1").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let newer = tokio::spawn({
+            let (client, addr) = (second.client.clone(), second.addr.clone());
+            async move { client.get(format!("http://{addr}/events/stream")).bearer_auth("tok-1").header("accept", "text/event-stream").send().await.unwrap() }
+        });
+        loop {
+            let data = old.next().await;
+            if data.starts_with("{\"type\":\"closed\"") {
+                assert!(data.contains("superseded"), "{data}");
+                break;
+            }
+        }
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(newer.await.unwrap());
+    }
     out
 }
 
