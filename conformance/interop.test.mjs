@@ -231,10 +231,12 @@ test('one stream per session across two nodes: a second open on node B closes th
   const engine = `\n[engine]\nkind = "redis"\nurl = "redis://127.0.0.1:${redis.port}"\nkey_prefix = "interop:"\n`;
   const nodeA = await startHub(engine);
   const nodeB = await startHub(engine);
-  const onA = eventSource(nodeA.url, 'tok-alice');
+  let onA;
   let onB;
   try {
+    // An EventSource gives up on a 503, so it connects only once both engines are ready.
     await Promise.all([waitReady(nodeA.url), waitReady(nodeB.url)]);
+    onA = eventSource(nodeA.url, 'tok-alice');
     const nextA = collector(onA);
     assert.equal((await nextA()).data.type, 'connected');
     const opened = performance.now();
@@ -252,7 +254,7 @@ test('one stream per session across two nodes: a second open on node B closes th
     const live = await nextB();
     assert.deepEqual([live.data.type, live.id], ['activity', ids[0]], 'the newer stream on node B stays live');
   } finally {
-    onA.close();
+    onA?.close();
     onB?.close();
     nodeA.stop();
     nodeB.stop();
