@@ -4,12 +4,14 @@
 // sends `Last-Event-ID` by itself — gets an exact replay from the hub.
 //
 // The hub binary comes from TIDINGS_BIN (scripts/test builds it first); it is started on
-// 127.0.0.1:0 with a temporary config and stopped after each test.
+// 127.0.0.1:0 with a temporary config and stopped after each test. The multi-node test also
+// starts a real `redis-server` on a free port.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync, rmSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { EventSource } from 'eventsource';
@@ -37,11 +39,11 @@ session = "s-bob"
 key = "${PUBLISHER_KEY}"
 `;
 
-/** Starts the hub; resolves with its base URL and a stop function. */
-async function startHub() {
+/** Starts the hub (with `extra` TOML appended to its config); resolves with its base URL and a stop function. */
+async function startHub(extra = '') {
   assert.ok(existsSync(BIN), `hub binary not found at ${BIN}: build it first (cargo build -p tidings) or set TIDINGS_BIN`);
   const dir = mkdtempSync(join(tmpdir(), 'tidings-interop-'));
-  writeFileSync(join(dir, 'hub.toml'), CONFIG);
+  writeFileSync(join(dir, 'hub.toml'), CONFIG + extra);
   const child = spawn(BIN, ['serve', '--listen', '127.0.0.1:0', '--config', join(dir, 'hub.toml')], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, TIDINGS_LOG: 'warn' },
@@ -190,5 +192,72 @@ test('an unprovable position answers resync; a refusal stops the client', async 
     garbage.close();
     refused.close();
     hub.stop();
+  }
+});
+
+function freePort() {
+  return new Promise((resolvePort) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** A real redis-server without persistence on a free port; fails loudly when it is missing. */
+async function startRedis() {
+  const port = await freePort();
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+  await new Promise((resolveSpawn, reject) => {
+    child.on('spawn', resolveSpawn);
+    child.on('error', (e) => reject(new Error(`cannot start redis-server (${e.message}): install it (Debian: apt-get install redis-server)`)));
+  });
+  return { port, stop: () => child.kill('SIGKILL') };
+}
+
+async function waitReady(url) {
+  const deadline = Date.now() + WAIT_MS;
+  while (Date.now() < deadline) {
+    const res = await fetch(`${url}/readyz`).catch(() => null);
+    if (res?.status === 200) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.fail(`${url} never became ready`);
+}
+
+test('one stream per session across two nodes: a second open on node B closes the stream on node A', async () => {
+  const redis = await startRedis();
+  const engine = `\n[engine]\nkind = "redis"\nurl = "redis://127.0.0.1:${redis.port}"\nkey_prefix = "interop:"\n`;
+  const nodeA = await startHub(engine);
+  const nodeB = await startHub(engine);
+  let onA;
+  let onB;
+  try {
+    // An EventSource gives up on a 503, so it connects only once both engines are ready.
+    await Promise.all([waitReady(nodeA.url), waitReady(nodeB.url)]);
+    onA = eventSource(nodeA.url, 'tok-alice');
+    const nextA = collector(onA);
+    assert.equal((await nextA()).data.type, 'connected');
+    const opened = performance.now();
+    onB = eventSource(nodeB.url, 'tok-alice');
+    const nextB = collector(onB);
+    const closed = await nextA();
+    const ms = performance.now() - opened;
+    // As the README asks of a native EventSource: do not reconnect after superseded.
+    onA.close();
+    assert.deepEqual([closed.data.type, closed.data.reason], ['closed', 'superseded']);
+    assert.equal(closed.data.retry_ms, undefined, 'no reconnect hint for a superseded stream');
+    console.log(`second open on node B to closed superseded on node A: ${ms.toFixed(1)} ms`);
+    assert.equal((await nextB()).data.type, 'connected');
+    const ids = await publish(nodeA.url, 'acme', [1]);
+    const live = await nextB();
+    assert.deepEqual([live.data.type, live.id], ['activity', ids[0]], 'the newer stream on node B stays live');
+  } finally {
+    onA?.close();
+    onB?.close();
+    nodeA.stop();
+    nodeB.stop();
+    redis.stop();
   }
 });

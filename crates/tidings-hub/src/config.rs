@@ -75,6 +75,8 @@ pub const REDIS_COMMAND_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Default entries kept in the shared feed: at 1,000 publishes/s, 100 s of outage a node can
 /// catch up on without resyncing its streams.
 pub const FEED_EVENTS_DEFAULT: usize = 100_000;
+/// Default wait for `min_replicas` to confirm a publish (`WAIT`); past it the publish gets 503.
+pub const REDIS_REPLICA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Fewest feed entries accepted: a shorter feed is outrun by any burst of publishes between
 /// two reads of a node, which then resyncs all its streams.
 pub const FEED_EVENTS_MIN: usize = 100;
@@ -348,7 +350,7 @@ pub enum EngineConfig {
         fsync: FsyncPolicy,
     },
     /// A Redis server shared by every hub node: one ordered history per account.
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
 }
 
 /// When the durable engine answers a publish: the trade-off between latency and what a
@@ -368,12 +370,48 @@ pub enum FsyncPolicy {
     Never,
 }
 
-/// Where the Redis engine keeps its history, and how long it waits for Redis.
-#[derive(Debug, Clone, Deserialize)]
+/// Where the Redis engine keeps its history, how it reaches Redis (TLS, ACL user, Sentinel),
+/// and how long it waits for Redis.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; TLS (`rediss://`) is not built in.
+    /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]`. With `sentinels`, the
+    /// primary's address comes from Sentinel and only the scheme, user, password and db of the
+    /// URL are used.
     pub url: String,
+    /// ACL user, when not given in `url`.
+    pub username: Option<String>,
+    /// A file holding the password (one line; a trailing newline is ignored), when not in `url`.
+    /// Relative paths are relative to the configuration file.
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password, when not in `url`.
+    pub password_env: Option<String>,
+    /// PEM CA certificate(s) to trust for `rediss://` instead of the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) for servers that require one (`tls-auth-clients yes`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, when it differs from the host connected to
+    /// (an address from Sentinel, a tunnel, a private endpoint).
+    pub tls_server_name: Option<String>,
+    /// Sentinels (`host:port`) that know the primary; with `master_name`. Without them, `url`
+    /// names the server.
+    pub sentinels: Vec<String>,
+    /// The name the sentinels monitor the primary under.
+    pub master_name: Option<String>,
+    /// ACL user for the sentinels, when they require one.
+    pub sentinel_username: Option<String>,
+    /// A file holding the sentinels' password.
+    pub sentinel_password_file: Option<PathBuf>,
+    /// An environment variable holding the sentinels' password.
+    pub sentinel_password_env: Option<String>,
+    /// A publish is answered `202` only once this many replicas confirmed its write (`WAIT`);
+    /// otherwise `503`. 0: once the primary stored it. Give every node the same value.
+    pub min_replicas: u32,
+    /// Longest wait for `min_replicas` confirmations.
+    #[serde(with = "humantime_serde")]
+    pub replica_timeout: Duration,
     /// Prepended to every key, so several hubs (or other applications) can share a server.
     pub key_prefix: String,
     /// Longest wait for a TCP connection to Redis.
@@ -392,12 +430,148 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: REDIS_URL_DEFAULT.into(),
+            username: None,
+            password_file: None,
+            password_env: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_server_name: None,
+            sentinels: Vec::new(),
+            master_name: None,
+            sentinel_username: None,
+            sentinel_password_file: None,
+            sentinel_password_env: None,
+            min_replicas: 0,
+            replica_timeout: REDIS_REPLICA_TIMEOUT_DEFAULT,
             key_prefix: REDIS_KEY_PREFIX_DEFAULT.into(),
             connect_timeout: REDIS_CONNECT_TIMEOUT_DEFAULT,
             command_timeout: REDIS_COMMAND_TIMEOUT_DEFAULT,
             feed_max_events: FEED_EVENTS_DEFAULT,
         }
     }
+}
+
+/// Never shows a password: the URL's is masked and the others are only named by where they
+/// are read from.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("tls_server_name", &self.tls_server_name)
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("sentinel_username", &self.sentinel_username)
+            .field("sentinel_password_file", &self.sentinel_password_file)
+            .field("sentinel_password_env", &self.sentinel_password_env)
+            .field("min_replicas", &self.min_replicas)
+            .field("replica_timeout", &self.replica_timeout)
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("feed_max_events", &self.feed_max_events)
+            .finish()
+    }
+}
+
+/// `url` with the password of its user info replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let user = rest[..at].split_once(':').map_or(&rest[..at], |(user, _)| user);
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+        }
+        None => url.to_owned(),
+    }
+}
+
+impl RedisConfig {
+    /// Whether the URL asks for TLS.
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
+    /// The password for the Redis servers from `password_file` or `password_env`, if set.
+    /// Read when the engine starts, never logged.
+    pub fn password(&self) -> Result<Option<String>, ConfigError> {
+        read_secret("engine.password", self.password_file.as_deref(), self.password_env.as_deref())
+    }
+
+    /// The password for the sentinels, if set.
+    pub fn sentinel_password(&self) -> Result<Option<String>, ConfigError> {
+        read_secret("engine.sentinel_password", self.sentinel_password_file.as_deref(), self.sentinel_password_env.as_deref())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let url_password = self.url.split_once("://").and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@')).is_some_and(|(info, _)| info.contains(':'));
+        if !self.url.starts_with("redis://") && !self.tls() {
+            return Err(format!("engine.url {:?} must start with redis:// or rediss:// (TLS)", redact_url(&self.url)));
+        }
+        if self.connect_timeout.is_zero() || self.command_timeout.is_zero() || self.feed_max_events < FEED_EVENTS_MIN {
+            return Err(format!("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= {FEED_EVENTS_MIN}"));
+        }
+        let tls_settings = [&self.tls_ca_file, &self.tls_cert_file, &self.tls_key_file].iter().any(|f| f.is_some()) || self.tls_server_name.is_some();
+        if tls_settings && !self.tls() {
+            return Err("engine: tls_ca_file, tls_cert_file, tls_key_file and tls_server_name need a rediss:// url".into());
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err("engine: give tls_cert_file and tls_key_file together".into());
+        }
+        if self.password_file.is_some() && self.password_env.is_some() {
+            return Err("engine: give password_file or password_env, not both".into());
+        }
+        if url_password && (self.password_file.is_some() || self.password_env.is_some()) {
+            return Err("engine: the url already has a password; drop it or password_file/password_env".into());
+        }
+        if self.sentinels.is_empty() != self.master_name.is_none() {
+            return Err("engine: sentinels and master_name go together".into());
+        }
+        for s in &self.sentinels {
+            if !s.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)) {
+                return Err(format!("engine.sentinels: {s:?} is not host:port"));
+            }
+        }
+        let sentinel_secret = self.sentinel_username.is_some() || self.sentinel_password_file.is_some() || self.sentinel_password_env.is_some();
+        if sentinel_secret && self.sentinels.is_empty() {
+            return Err("engine: sentinel_username and sentinel_password_* need sentinels".into());
+        }
+        if self.sentinel_password_file.is_some() && self.sentinel_password_env.is_some() {
+            return Err("engine: give sentinel_password_file or sentinel_password_env, not both".into());
+        }
+        if self.min_replicas > 0 && self.replica_timeout.is_zero() {
+            return Err("engine: replica_timeout must be > 0 with min_replicas".into());
+        }
+        Ok(())
+    }
+}
+
+/// A secret from a file (one line) or an environment variable; `what` names it in errors,
+/// which never contain the value.
+fn read_secret(what: &str, file: Option<&Path>, env: Option<&str>) -> Result<Option<String>, ConfigError> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let value = text.strip_suffix('\n').unwrap_or(&text);
+        let value = value.strip_suffix('\r').unwrap_or(value);
+        if value.is_empty() {
+            return Err(ConfigError::Invalid(format!("{what}: {} is empty", path.display())));
+        }
+        return Ok(Some(value.to_owned()));
+    }
+    if let Some(name) = env {
+        return match std::env::var(name) {
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
+            _ => Err(ConfigError::Invalid(format!("{what}: the environment variable {name} is not set"))),
+        };
+    }
+    Ok(None)
 }
 
 /// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
@@ -505,6 +679,13 @@ impl Config {
         if let EngineConfig::Durable { data_dir, .. } = &mut self.engine {
             fix(data_dir);
         }
+        if let EngineConfig::Redis(r) = &mut self.engine {
+            for p in [&mut r.password_file, &mut r.tls_ca_file, &mut r.tls_cert_file, &mut r.tls_key_file, &mut r.sentinel_password_file] {
+                if let Some(p) = p.as_mut() {
+                    fix(p);
+                }
+            }
+        }
     }
 
     fn load_tokens_file(&mut self) -> Result<(), ConfigError> {
@@ -577,12 +758,7 @@ impl Config {
             return invalid("engine.data_dir must name a directory".into());
         }
         if let EngineConfig::Redis(r) = &self.engine {
-            if !r.url.starts_with("redis://") {
-                return invalid(format!("engine.url {:?} must start with redis://", r.url));
-            }
-            if r.connect_timeout.is_zero() || r.command_timeout.is_zero() || r.feed_max_events < FEED_EVENTS_MIN {
-                return invalid(format!("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= {FEED_EVENTS_MIN}"));
-            }
+            r.validate().map_err(ConfigError::Invalid)?;
         }
         if self.cors.allowed_origins.iter().any(|o| o == "*") {
             return invalid("cors.allowed_origins: \"*\" is refused (credentials are allowed); list exact origins".into());
@@ -662,6 +838,40 @@ key = "pub-secret"
         assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128", "fd00::/8"]);
         let e = Config::from_toml_str("trusted_proxies = [\"10.0.0.0/33\"]\n", Path::new("hub.toml")).unwrap_err().to_string();
         assert!(e.contains("hub.toml") && e.contains("10.0.0.0/33") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn redis_tls_sentinel_and_replica_settings_are_checked() {
+        let parse = |engine: &str| Config::from_toml_str(&format!("[engine]\nkind = \"redis\"\n{engine}"), Path::new("t.toml")).unwrap();
+        let ok = parse("url = \"rediss://u:pw@r.example:6380/1\"\ntls_ca_file = \"ca.pem\"\ntls_server_name = \"r.internal\"\nsentinels = [\"10.0.0.1:26379\", \"s2:26379\"]\nmaster_name = \"m\"\nmin_replicas = 1\nreplica_timeout = \"250ms\"\n");
+        ok.validate().unwrap();
+        let EngineConfig::Redis(r) = &ok.engine else { panic!("not redis") };
+        assert!(r.tls());
+        assert_eq!((r.min_replicas, r.replica_timeout), (1, Duration::from_millis(250)));
+        assert!(!format!("{r:?}").contains("pw@"), "Debug masks the password: {r:?}");
+        for (engine, expected) in [
+            ("url = \"redis://h:1\"\ntls_ca_file = \"ca.pem\"\n", "rediss://"),
+            ("url = \"rediss://h:1\"\ntls_cert_file = \"c.pem\"\n", "together"),
+            ("sentinels = [\"h:1\"]\n", "master_name"),
+            ("master_name = \"m\"\n", "master_name"),
+            ("sentinels = [\"h\"]\nmaster_name = \"m\"\n", "host:port"),
+            ("sentinels = [\"h:0\"]\nmaster_name = \"m\"\n", "host:port"),
+            ("url = \"redis://u:pw@h:1\"\npassword_file = \"p\"\n", "already has a password"),
+            ("password_file = \"p\"\npassword_env = \"P\"\n", "not both"),
+            ("sentinel_username = \"s\"\n", "need sentinels"),
+            ("min_replicas = 1\nreplica_timeout = \"0s\"\n", "replica_timeout"),
+        ] {
+            let e = parse(engine).validate().unwrap_err().to_string();
+            assert!(e.contains(expected), "{engine:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn redact_url_masks_only_the_password() {
+        assert_eq!(redact_url("rediss://tidings:s3cret@r:6380/2"), "rediss://tidings:***@r:6380/2");
+        assert_eq!(redact_url("redis://:s3cret@r"), "redis://:***@r");
+        assert_eq!(redact_url("redis://r:6379"), "redis://r:6379");
+        assert_eq!(redact_url("redis://r/x@y"), "redis://r/x@y");
     }
 
     #[test]

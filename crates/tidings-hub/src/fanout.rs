@@ -5,6 +5,14 @@
 //! its stream as a slow consumer (its frames are dropped at once, so memory stays flat) and
 //! the client resumes from its last id. This module owns no tasks and no timers: the hub's
 //! ticker drives heartbeats and deadlines through [`Fanout::tick`].
+//!
+//! **One stream per session.** On one node, registering a stream supersedes the session's
+//! older one. Across nodes, an engine shared by several nodes turns on claims
+//! ([`Fanout::enable_claims`]): every registered stream is queued for the engine to announce
+//! with the next open ([`Fanout::take_claims`]), the engine reports the claim's place in one
+//! order shared by all nodes ([`Fanout::claimed`]) and hands over other nodes' claims
+//! ([`Fanout::remote_claim`]); of two streams of one session, the one claimed later wins and
+//! the other gets `closed` `superseded`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,6 +62,20 @@ pub struct StreamShared {
     /// Set by the body when it is dropped: nothing reads the queue any more.
     finished: AtomicBool,
     queue: Mutex<QueueState>,
+    /// Where this stream's open stands in the order shared by all nodes (see [`ClaimPosition`]).
+    claim: Mutex<ClaimState>,
+}
+
+/// A stream open's place in the order shared by all nodes: the position of its claim in the
+/// shared engine, compared as a pair. Later wins.
+pub type ClaimPosition = (u64, u64);
+
+#[derive(Debug, Default)]
+struct ClaimState {
+    /// This stream's own claim, once the engine has written it.
+    own: Option<ClaimPosition>,
+    /// The latest claim of the same session from another node seen before `own` was known.
+    newest_remote: Option<ClaimPosition>,
 }
 
 #[derive(Debug)]
@@ -163,6 +185,12 @@ pub struct Fanout {
     streams_per_account: usize,
     queue_capacity: usize,
     metrics: Arc<Metrics>,
+    /// Set once by an engine shared by several nodes; until then nothing is queued in `claims`.
+    claims_enabled: AtomicBool,
+    /// Registered streams whose claim the engine has not written yet. At most one entry per
+    /// registered stream (a stream is registered right before its own open, which takes it),
+    /// so bounded by `streams_per_node`; entries of streams gone meanwhile are dropped.
+    claims: Mutex<Vec<Arc<StreamShared>>>,
 }
 
 #[derive(Debug, Default)]
@@ -194,6 +222,8 @@ impl Fanout {
             streams_per_account,
             queue_capacity,
             metrics,
+            claims_enabled: AtomicBool::new(false),
+            claims: Mutex::default(),
         }
     }
 
@@ -236,12 +266,85 @@ impl Fanout {
             connection: new.connection,
             finished: AtomicBool::new(false),
             queue: Mutex::new(QueueState { frames: VecDeque::new(), waker: None, close: None, capacity: self.queue_capacity }),
+            claim: Mutex::default(),
         });
         reg.accounts.entry(new.account).or_default().insert(stream.id, stream.clone());
         reg.sessions.insert(session_key, stream.id);
         reg.total += 1;
         self.metrics.streams_open.set(reg.total as i64);
+        drop(reg);
+        if self.claims_enabled.load(Ordering::Acquire) {
+            self.claims.lock().expect("claims lock").push(stream.clone());
+        }
         Ok(stream)
+    }
+
+    /// Turns on cross-node claims (see the module docs); called once by a shared engine.
+    pub fn enable_claims(&self) {
+        self.claims_enabled.store(true, Ordering::Release);
+    }
+
+    /// Takes every stream whose claim is not written yet, oldest first, skipping those that
+    /// closed or never opened. The engine writes them with the open it is about to make, so a
+    /// stream's claim is in the shared order no later than its own open.
+    pub fn take_claims(&self) -> Vec<Arc<StreamShared>> {
+        let mut pending = std::mem::take(&mut *self.claims.lock().expect("claims lock"));
+        let reg = self.registry.read().expect("registry lock");
+        pending.retain(|s| reg.accounts.get(&s.account).is_some_and(|streams| streams.contains_key(&s.id)));
+        pending
+    }
+
+    /// Puts claims the engine could not write back at the front of the queue, in order; the
+    /// next open takes them.
+    pub fn requeue_claims(&self, streams: Vec<Arc<StreamShared>>) {
+        if !streams.is_empty() {
+            self.claims.lock().expect("claims lock").splice(0..0, streams);
+        }
+    }
+
+    /// The engine wrote `stream`'s claim at `position`: if another node's claim of the same
+    /// session came later, this stream is superseded now.
+    pub fn claimed(&self, stream: &Arc<StreamShared>, position: ClaimPosition) {
+        let superseded = {
+            let mut c = stream.claim.lock().expect("claim lock");
+            c.own = Some(position);
+            c.newest_remote.is_some_and(|remote| remote > position)
+        };
+        if superseded {
+            self.supersede(stream.clone());
+        }
+    }
+
+    /// Another node's stream of `account`/`session` claimed `position`: this node's stream of
+    /// that session, if claimed earlier, is superseded; if its own claim is not written yet,
+    /// the comparison waits for [`Fanout::claimed`].
+    pub fn remote_claim(&self, account: &str, session: &str, position: ClaimPosition) {
+        let stream = {
+            let reg = self.registry.read().expect("registry lock");
+            let key: (Arc<str>, Arc<str>) = (account.into(), session.into());
+            let Some(id) = reg.sessions.get(&key) else { return };
+            let Some(s) = reg.accounts.get(account).and_then(|streams| streams.get(id)) else { return };
+            s.clone()
+        };
+        let superseded = {
+            let mut c = stream.claim.lock().expect("claim lock");
+            match c.own {
+                Some(own) => position > own,
+                None => {
+                    c.newest_remote = c.newest_remote.max(Some(position));
+                    false
+                }
+            }
+        };
+        if superseded {
+            self.supersede(stream);
+        }
+    }
+
+    fn supersede(&self, stream: Arc<StreamShared>) {
+        tracing::debug!(stream = stream.id, "stream superseded by a newer one of its session on another node");
+        stream.close(CloseReason::Superseded);
+        self.retire(vec![stream]);
     }
 
     /// Forgets a stream (its body ended). Idempotent.

@@ -4,3 +4,4 @@
 
 pub mod hub;
 pub mod proxy;
+pub mod tls;

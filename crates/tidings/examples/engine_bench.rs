@@ -1,6 +1,10 @@
 //! Measures the Redis engine against the in-memory engine with one harness, in one run:
 //! publish → delivery latency (p50/p99) and fan-out throughput, on real `tidings` processes
-//! and a real `redis-server` (started here on free ports, without persistence).
+//! and a real `redis-server` (started here on free ports, without persistence) with one
+//! replica. The same server also listens with TLS (certificates made here with `openssl`,
+//! client certificates required), so plaintext, TLS, and TLS with `min_replicas = 1` (each
+//! publish waits for the replica's `WAIT` confirmation) are measured side by side; each
+//! configuration has its own key prefix, so nodes of one do not read the others' events.
 //!
 //! ```sh
 //! cargo build --release -p tidings --bin tidings --example engine_bench
@@ -12,6 +16,8 @@
 //! Throughput: `STREAMS` subscribers of one account, events published in batches; the rate is
 //! deliveries (events × streams) per second until the last stream has the last event.
 //! Publisher and subscribers run in this process, so both engines pay the same client cost.
+//! Latency is measured `BENCH_RUNS` times (default 3) in turn; the medians of the runs' p50 and
+//! p99 are printed.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -29,6 +35,8 @@ const STREAMS: usize = 100;
 /// Events published during the throughput run, and per request.
 const THROUGHPUT_EVENTS: u64 = 20_000;
 const THROUGHPUT_BATCH: u64 = 100;
+/// Times a session's second stream, on another node, supersedes its first.
+const SUPERSEDE_TRIALS: usize = 50;
 
 #[tokio::main]
 async fn main() {
@@ -38,30 +46,77 @@ async fn main() {
     });
     assert!(bin.exists(), "no tidings binary at {}; build it first (see the module doc)", bin.display());
     let dir = tempfile::tempdir().unwrap();
-    let redis_port = free_port();
-    let _redis = Command::new("redis-server")
-        .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server is needed for this benchmark (Debian: apt-get install redis-server)");
+    tidings_testkit::tls::make_certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let (redis_port, tls_port, replica_port) = (free_port(), free_port(), free_port());
+    let redis_server = |args: Vec<String>| {
+        Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(args)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server is needed for this benchmark (Debian: apt-get install redis-server)")
+    };
+    let _redis = redis_server(
+        [
+            "--port", &redis_port.to_string(), "--tls-port", &tls_port.to_string(), "--tls-cert-file", &file("server.crt"), "--tls-key-file",
+            &file("server.key"), "--tls-ca-cert-file", &file("ca.crt"), "--tls-auth-clients", "yes",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let _replica = redis_server(["--port", &replica_port.to_string(), "--replicaof", "127.0.0.1", &redis_port.to_string()].map(String::from).to_vec());
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let memory = Node::start(&bin, &dir, "memory", "").await;
-    let redis_engine = format!("[engine]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{redis_port}\"\n");
-    let r1 = Node::start(&bin, &dir, "redis1", &redis_engine).await;
-    let r2 = Node::start(&bin, &dir, "redis2", &redis_engine).await;
-    r1.wait_ready().await;
-    r2.wait_ready().await;
+    let plain = format!("[engine]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"p:\"\n");
+    let tls = format!(
+        "[engine]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{tls_port}\"\ntls_ca_file = {:?}\ntls_cert_file = {:?}\ntls_key_file = {:?}\n",
+        file("ca.crt"),
+        file("client.crt"),
+        file("client.key")
+    );
+    let tls_only = format!("{tls}key_prefix = \"t:\"\n");
+    let replicated = format!("{tls}key_prefix = \"w:\"\nmin_replicas = 1\n");
+    let r1 = Node::start(&bin, &dir, "redis1", &plain).await;
+    let r2 = Node::start(&bin, &dir, "redis2", &plain).await;
+    let t1 = Node::start(&bin, &dir, "tls1", &tls_only).await;
+    let t2 = Node::start(&bin, &dir, "tls2", &tls_only).await;
+    let w1 = Node::start(&bin, &dir, "wait1", &replicated).await;
+    let w2 = Node::start(&bin, &dir, "wait2", &replicated).await;
+    for n in [&r1, &r2, &t1, &t2, &w1, &w2] {
+        n.wait_ready().await;
+    }
 
-    println!("latency, publish → delivery, {LATENCY_EVENTS} events published one at a time:");
-    for (name, publish_on, subscribe_on) in
-        [("memory, one node", &memory, &memory), ("redis, same node", &r1, &r1), ("redis, across nodes", &r1, &r2)]
-    {
-        let mut ms = latency(publish_on, subscribe_on).await;
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    println!("latency, publish → delivery, {LATENCY_EVENTS} events published one at a time, medians of {runs} runs:");
+    let cases = [
+        ("memory, one node", &memory, &memory),
+        ("redis, same node", &r1, &r1),
+        ("redis, across nodes", &r1, &r2),
+        ("redis TLS, across nodes", &t1, &t2),
+        ("redis TLS + min_replicas = 1, across nodes", &w1, &w2),
+    ];
+    let mut results = vec![(Vec::new(), Vec::new()); cases.len()];
+    for _ in 0..runs {
+        for (i, (_, publish_on, subscribe_on)) in cases.iter().enumerate() {
+            let mut ms = latency(publish_on, subscribe_on).await;
+            ms.sort_by(f64::total_cmp);
+            results[i].0.push(pct(&ms, 0.50));
+            results[i].1.push(pct(&ms, 0.99));
+        }
+    }
+    for ((name, _, _), (p50s, p99s)) in cases.iter().zip(&mut results) {
+        println!("  {name:<42} p50 {:>7.3} ms   p99 {:>7.3} ms   (p50 per run {:.3?})", median(p50s), median(p99s), p50s);
+    }
+    println!("one stream per session across nodes, {SUPERSEDE_TRIALS} times: second open on node 2 (request sent) → closed superseded on node 1:");
+    for (name, a, b) in [("redis", &r1, &r2), ("redis TLS", &t1, &t2)] {
+        let mut ms = supersede(a, b).await;
         ms.sort_by(f64::total_cmp);
-        println!("  {name:<22} p50 {:>7.3} ms   p99 {:>7.3} ms", pct(&ms, 0.50), pct(&ms, 0.99));
+        println!("  {name:<42} p50 {:>7.3} ms   max {:>7.3} ms", pct(&ms, 0.50), ms[ms.len() - 1]);
     }
     println!("fan-out throughput, {STREAMS} streams of one account, {THROUGHPUT_EVENTS} events in batches of {THROUGHPUT_BATCH}:");
     let mut rates = Vec::new();
@@ -71,6 +126,11 @@ async fn main() {
         rates.push(rate);
     }
     println!("  redis / memory         {:>10.2}", rates[1] / rates[0]);
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -199,6 +259,31 @@ async fn latency(publish_on: &Node, subscribe_on: &Node) -> Vec<f64> {
         out.push(at.duration_since(sent[(n - base) as usize]).as_secs_f64() * 1000.0);
     }
     assert_eq!(out.len() as u64, LATENCY_EVENTS);
+    out
+}
+
+/// For each trial: a stream of one session on `first`, then a second open of the same session
+/// on `second`; the time from sending the second request to the first stream's `closed`.
+async fn supersede(first: &Node, second: &Node) -> Vec<f64> {
+    let mut out = Vec::new();
+    for _ in 0..SUPERSEDE_TRIALS {
+        let mut old = first.subscribe("tok-1").await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let started = Instant::now();
+        let newer = tokio::spawn({
+            let (client, addr) = (second.client.clone(), second.addr.clone());
+            async move { client.get(format!("http://{addr}/events/stream")).bearer_auth("tok-1").header("accept", "text/event-stream").send().await.unwrap() }
+        });
+        loop {
+            let data = old.next().await;
+            if data.starts_with("{\"type\":\"closed\"") {
+                assert!(data.contains("superseded"), "{data}");
+                break;
+            }
+        }
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(newer.await.unwrap());
+    }
     out
 }
 

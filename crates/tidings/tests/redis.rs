@@ -1,6 +1,10 @@
 //! The Redis engine, black-box: several real hub processes on one real `redis-server`
 //! (started here on a free port, in a temp dir). No mock: if `redis-server` is missing these
 //! tests fail and say so.
+//!
+//! Every scenario runs twice (see [`over_both_transports`]): `plain::` over `redis://`, and
+//! `tls::` over `rediss://` with a client certificate and an ACL user allowed only what the
+//! engine needs ([`support::redis::ACL_RULE`]).
 
 mod support;
 
@@ -8,7 +12,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::Redis;
+use support::redis::{Redis, Transport};
 use support::*;
 
 async fn node(redis: &Redis, tables: &str) -> Hub {
@@ -49,9 +53,8 @@ fn seq(id: &str) -> u64 {
     id.split_once('-').unwrap().1.parse().unwrap()
 }
 
-#[tokio::test]
-async fn publish_on_one_node_is_delivered_on_every_node() {
-    let redis = Redis::start().await;
+async fn publish_on_one_node_is_delivered_on_every_node(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (n1, n2, n3) = (node(&redis, "").await, node(&redis, "").await, node(&redis, "").await);
     let mut on2 = connected(&n2, "tok-alice").await;
     let mut on3 = connected(&n3, "tok-alice-2").await;
@@ -65,12 +68,11 @@ async fn publish_on_one_node_is_delivered_on_every_node() {
     other_account.expect_quiet(Duration::from_millis(500)).await;
 }
 
-#[tokio::test]
-async fn publishers_on_every_node_give_one_order_everywhere() {
-    let redis = Redis::start().await;
+async fn publishers_on_every_node_give_one_order_everywhere(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let nodes = [node(&redis, "").await, node(&redis, "").await, node(&redis, "").await];
     let mut subs = Vec::new();
-    for (hub, token) in nodes.iter().zip(["tok-alice", "tok-alice-2", "tok-alice"]) {
+    for (hub, token) in nodes.iter().zip(["tok-alice", "tok-alice-2", "tok-alice-3"]) {
         subs.push(connected(hub, token).await);
     }
     let publishers: Vec<_> = nodes
@@ -107,9 +109,8 @@ async fn publishers_on_every_node_give_one_order_everywhere() {
     assert_eq!(transcripts[0], transcripts[2]);
 }
 
-#[tokio::test]
-async fn resume_on_another_node_is_exact() {
-    let redis = Redis::start().await;
+async fn resume_on_another_node_is_exact(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (n1, n2, n3) = (node(&redis, "").await, node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n1, "tok-alice").await;
     n1.publish("acme", &(1..=5).map(activity).collect::<Vec<_>>()).await;
@@ -136,9 +137,8 @@ async fn resume_on_another_node_is_exact() {
     assert_eq!(r.activities(2, T).await, vec![11, 12]);
 }
 
-#[tokio::test]
-async fn resume_during_a_publish_storm_has_no_gap_or_duplicate() {
-    let redis = Redis::start().await;
+async fn resume_during_a_publish_storm_has_no_gap_or_duplicate(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (n1, n2) = (node(&redis, "[history]\nmax_events = 100000\n").await, node(&redis, "[history]\nmax_events = 100000\n").await);
     let start = {
         let mut s = Sse::token(&n2, "tok-alice").await;
@@ -167,9 +167,8 @@ async fn resume_during_a_publish_storm_has_no_gap_or_duplicate() {
     assert_eq!(got, (1..=800).collect::<Vec<_>>());
 }
 
-#[tokio::test]
-async fn trimmed_history_answers_resync_on_any_node() {
-    let redis = Redis::start().await;
+async fn trimmed_history_answers_resync_on_any_node(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (n1, n2) = (node(&redis, "[history]\nmax_events = 3\n").await, node(&redis, "[history]\nmax_events = 3\n").await);
     let old = {
         let mut s = connected(&n1, "tok-alice").await;
@@ -194,9 +193,8 @@ async fn trimmed_history_answers_resync_on_any_node() {
 /// Redis dies mid-stream and comes back empty. Publishes fail with 503 meanwhile (never a
 /// 202 for an event that is not stored), readiness drops, the open stream stays open and
 /// gets one `resync`, and everything acknowledged after the outage is delivered in order.
-#[tokio::test]
-async fn redis_restart_mid_stream_gives_resync_and_recovery() {
-    let mut redis = Redis::start().await;
+async fn redis_restart_mid_stream_gives_resync_and_recovery(t: Transport) {
+    let mut redis = Redis::start_on(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     let mut acked: Vec<(u64, String)> = Vec::new();
@@ -257,9 +255,8 @@ async fn redis_restart_mid_stream_gives_resync_and_recovery() {
 
 /// With a durable Redis, a restart loses nothing: the nodes reconnect, read the feed from
 /// where they were, and the stream goes on with no resync, no gap and no duplicate.
-#[tokio::test]
-async fn a_durable_redis_restart_needs_no_resync() {
-    let mut redis = Redis::start_with(true).await;
+async fn a_durable_redis_restart_needs_no_resync(t: Transport) {
+    let mut redis = Redis::start_durable(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     n1.publish("acme", &(1..=3).map(activity).collect::<Vec<_>>()).await;
@@ -279,9 +276,8 @@ async fn a_durable_redis_restart_needs_no_resync() {
 }
 
 /// A FLUSHALL drops no connection; the nodes still notice the new history and resync.
-#[tokio::test]
-async fn flushall_is_noticed_without_a_reconnect() {
-    let redis = Redis::start().await;
+async fn flushall_is_noticed_without_a_reconnect(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     n1.publish("acme", &[activity(1)]).await;
@@ -304,9 +300,8 @@ async fn flushall_is_noticed_without_a_reconnect() {
 
 /// A node that falls further behind than the feed keeps (here: frozen with SIGSTOP) cannot
 /// prove its streams missed nothing: they get `resync`, then the node carries on live.
-#[tokio::test]
-async fn a_node_that_fell_behind_the_feed_sends_resync() {
-    let redis = Redis::start().await;
+async fn a_node_that_fell_behind_the_feed_sends_resync(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let short_feed = format!("{}feed_max_events = 100\n[history]\nmax_events = 10000\n", redis.engine_toml());
     let n1 = Hub::start(&config("", &short_feed)).await;
     let n2 = Hub::start(&config("", &short_feed)).await;
@@ -343,9 +338,8 @@ async fn a_node_that_fell_behind_the_feed_sends_resync() {
     assert_eq!(s.activities(1, T).await, vec![1001]);
 }
 
-#[tokio::test]
-async fn a_killed_node_s_clients_resume_on_a_peer_without_gap() {
-    let redis = Redis::start().await;
+async fn a_killed_node_s_clients_resume_on_a_peer_without_gap(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let (mut n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n1, "tok-alice").await;
     let publisher = {
@@ -376,9 +370,8 @@ async fn a_killed_node_s_clients_resume_on_a_peer_without_gap() {
     r.expect_quiet(Duration::from_millis(300)).await;
 }
 
-#[tokio::test]
-async fn a_hub_started_before_redis_waits_for_it() {
-    let mut redis = Redis::start().await;
+async fn a_hub_started_before_redis_waits_for_it(t: Transport) {
+    let mut redis = Redis::start_on(t).await;
     redis.kill().await;
     let hub = Hub::start(&config("", &redis.engine_toml())).await;
     assert!(!ready(&hub).await);
@@ -391,9 +384,8 @@ async fn a_hub_started_before_redis_waits_for_it() {
     assert_eq!(s.activities(1, T).await, vec![2]);
 }
 
-#[tokio::test]
-async fn history_older_than_max_age_answers_resync() {
-    let redis = Redis::start().await;
+async fn history_older_than_max_age_answers_resync(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let tables = "[history]\nmax_age = \"1s\"\n";
     let (n1, n2) = (node(&redis, tables).await, node(&redis, tables).await);
     let position = {
@@ -416,10 +408,186 @@ async fn history_older_than_max_age_answers_resync() {
 
 /// The budget is applied inside Redis, page by page: a far-behind client costs one small
 /// reply, not the whole gap.
-#[tokio::test]
-async fn a_gap_past_the_replay_budget_answers_resync() {
-    let redis = Redis::start().await;
+async fn a_gap_past_the_replay_budget_answers_resync(t: Transport) {
+    let redis = Redis::start_on(t).await;
     let hub = node(&redis, &format!("[history]\n{REPLAY_BUDGET_TOML}")).await;
     replay_budget_holds(&hub).await;
     assert!(ready(&hub).await, "the engine stays up");
 }
+
+/// One stream per session across nodes: a second open of the session on another node closes
+/// the first with `closed` `superseded` (and only that stream), in the order the opens reached
+/// Redis; a third open back on the first node closes the second. Prints how long the first
+/// `closed` took after the second open started.
+async fn a_second_open_on_another_node_supersedes_the_first(t: Transport) {
+    let redis = Redis::start_on(t).await;
+    let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
+    let mut first = connected(&n1, "tok-alice").await;
+    let mut bystander = connected(&n1, "tok-alice-2").await;
+    // The first stream's claim is written before the second open starts.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let opened = std::time::Instant::now();
+    let mut second = connected(&n2, "tok-alice").await;
+    let closed = first.next_non_ping(T).await.expect("a closed frame before the end");
+    let took = opened.elapsed();
+    assert_eq!((closed.kind(), closed.data["reason"].as_str()), ("closed", Some("superseded")));
+    assert!(closed.data.get("retry_ms").is_none(), "superseded streams are not told to reconnect");
+    assert!(first.next_within(T).await.is_none(), "the superseded stream ends");
+    println!("[{t:?}] second open on node 2 to closed superseded on node 1: {:.1} ms", took.as_secs_f64() * 1000.0);
+    n2.publish("acme", &[activity(1)]).await;
+    assert_eq!(second.activities(1, T).await, vec![1], "the newer stream stays live");
+    assert_eq!(bystander.activities(1, T).await, vec![1], "other sessions are untouched");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = connected(&n1, "tok-alice").await;
+    let closed = second.next_non_ping(T).await.unwrap();
+    assert_eq!((closed.kind(), closed.data["reason"].as_str()), ("closed", Some("superseded")));
+    n1.publish("acme", &[activity(2)]).await;
+    assert_eq!(third.activities(1, T).await, vec![2]);
+    assert_eq!(bystander.activities(1, T).await, vec![2]);
+}
+
+/// `min_replicas = 1`: a publish is acknowledged only once a replica has it. Without a
+/// replica it answers 503 after `replica_timeout` (the event is not acknowledged); with one,
+/// 202, and the replica holds the event at that moment.
+async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
+    let primary = Redis::start_on(t).await;
+    let hub = node(&primary, "min_replicas = 1\nreplica_timeout = \"300ms\"\n").await;
+    let started = std::time::Instant::now();
+    assert_eq!(try_publish(&hub, "acme", 1).await.0, 503, "no replica, no acknowledgement");
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited replica_timeout");
+    let replica = Redis::start_full(Transport::Plain, false, vec!["--replicaof".into(), "127.0.0.1".into(), primary.admin_port.to_string()]).await;
+    let mut acked = None;
+    for n in 2..200 {
+        if let (202, Some(id)) = try_publish(&hub, "acme", n).await {
+            acked = Some((n, id));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (n, id) = acked.expect("publishes are acknowledged once the replica is in sync");
+    let on_replica = replica.command(&format!("XRANGE t:a:acme {}-0 {}-0", seq(&id), seq(&id))).await.unwrap();
+    assert!(on_replica.contains(&format!("app {n}")), "the replica had event {n} when it was acknowledged: {on_replica}");
+    drop(replica);
+    let mut refused = false;
+    for n in 1000..1100 {
+        if try_publish(&hub, "acme", n).await.0 == 503 {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "with the replica gone, publishes are refused again");
+}
+
+/// The server's certificate names `redis.test` and 127.0.0.1: a hub expecting another name
+/// refuses to talk (not ready, nothing published), and `tls_server_name` is what it checks.
+#[tokio::test]
+async fn tls_checks_the_server_name() {
+    let redis = Redis::start_on(Transport::Tls).await;
+    let wrong = Hub::start(&config("", &format!("{}tls_server_name = \"other.test\"\n", redis.engine_toml()))).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!ready(&wrong).await, "a certificate for another name is refused");
+    assert_eq!(try_publish(&wrong, "acme", 1).await.0, 503);
+    assert!(wrong.logs().to_lowercase().contains("certificate"), "the log says why: {}", wrong.logs());
+    let right = node(&redis, "tls_server_name = \"redis.test\"\n").await;
+    assert_eq!(try_publish(&right, "acme", 2).await.0, 202);
+}
+
+/// `user:password` in a `rediss://` URL works; neither that password nor a wrong one ever
+/// reaches the logs, even at debug level; a wrong password leaves the hub unready.
+#[tokio::test]
+async fn url_credentials_work_and_stay_out_of_the_logs() {
+    use support::redis::{ACL_PASSWORD, ACL_USER};
+    let redis = Redis::start_on(Transport::Tls).await;
+    let with_url = |password: &str| {
+        let toml = redis.engine_toml().replace("rediss://", &format!("rediss://{ACL_USER}:{password}@"));
+        let toml: String = toml.lines().filter(|l| !l.starts_with("username") && !l.starts_with("password_file")).map(|l| format!("{l}\n")).collect();
+        config("", &toml)
+    };
+    let hub = Hub::start_logged(&with_url(ACL_PASSWORD), "debug").await;
+    wait_ready(&hub, true).await;
+    let mut s = connected(&hub, "tok-alice").await;
+    hub.publish("acme", &[activity(1)]).await;
+    assert_eq!(s.activities(1, T).await, vec![1]);
+    let wrong_password = "wrong-pass-7d2e";
+    let refused = Hub::start_logged(&with_url(wrong_password), "debug").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!ready(&refused).await, "a wrong password is refused");
+    let logs = format!("{}\n{}", hub.logs(), refused.logs());
+    assert!(!logs.contains(ACL_PASSWORD) && !logs.contains(wrong_password), "a password reached the logs:\n{logs}");
+    assert!(refused.logs().to_lowercase().contains("auth") || refused.logs().contains("WRONGPASS"), "the log says why: {}", refused.logs());
+}
+
+/// Settings that cannot work stop the hub before it listens, with a message naming the setting.
+#[test]
+fn bad_redis_settings_fail_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate").unwrap();
+    let cases = [
+        ("url = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\n", "tls_ca_file"),
+        ("url = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"missing.pem\"\n", "missing.pem"),
+        ("url = \"redis://127.0.0.1:1\"\ntls_ca_file = \"ca.pem\"\n", "rediss://"),
+        ("url = \"redis://127.0.0.1:1\"\nsentinels = [\"127.0.0.1:1\"]\n", "master_name"),
+        ("sentinels = [\"127.0.0.1\"]\nmaster_name = \"m\"\n", "host:port"),
+        ("url = \"redis://u:pw@127.0.0.1:1\"\npassword_env = \"X\"\n", "password"),
+        ("password_env = \"TIDINGS_TEST_UNSET_VARIABLE\"\n", "TIDINGS_TEST_UNSET_VARIABLE"),
+        ("url = \"http://127.0.0.1:1\"\n", "rediss://"),
+    ];
+    for (engine, expected) in cases {
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, config("", &format!("[engine]\nkind = \"redis\"\n{engine}"))).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidings"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env_remove("TIDINGS_TEST_UNSET_VARIABLE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + T;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{engine:?} started and kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{engine:?} started");
+        assert!(stderr.contains(expected), "{engine:?}: expected {expected:?} in {stderr}");
+        assert!(!stderr.contains(":pw@"), "the URL's password is shown: {stderr}");
+    }
+}
+
+/// Runs each scenario over both transports, as `plain::<name>` and `tls::<name>`.
+macro_rules! over_both_transports {
+    ($($name:ident),* $(,)?) => {
+        mod plain {
+            $(#[tokio::test] async fn $name() { super::$name(super::Transport::Plain).await })*
+        }
+        mod tls {
+            $(#[tokio::test] async fn $name() { super::$name(super::Transport::Tls).await })*
+        }
+    };
+}
+
+over_both_transports!(
+    publish_on_one_node_is_delivered_on_every_node,
+    publishers_on_every_node_give_one_order_everywhere,
+    resume_on_another_node_is_exact,
+    resume_during_a_publish_storm_has_no_gap_or_duplicate,
+    trimmed_history_answers_resync_on_any_node,
+    redis_restart_mid_stream_gives_resync_and_recovery,
+    a_durable_redis_restart_needs_no_resync,
+    flushall_is_noticed_without_a_reconnect,
+    a_node_that_fell_behind_the_feed_sends_resync,
+    a_killed_node_s_clients_resume_on_a_peer_without_gap,
+    a_hub_started_before_redis_waits_for_it,
+    history_older_than_max_age_answers_resync,
+    a_gap_past_the_replay_budget_answers_resync,
+    a_second_open_on_another_node_supersedes_the_first,
+    min_replicas_acknowledges_only_replicated_publishes,
+);

@@ -12,6 +12,7 @@ use tidings_testkit::hub::{Listening, NotListening, Output, wait_listening};
 use tokio::process::{Child, Command};
 
 pub mod redis;
+pub mod sentinel;
 
 pub const PUBLISHER_KEY: &str = "pub-secret-key";
 
@@ -35,6 +36,12 @@ token = "tok-alice-2"
 account = "acme"
 user = "alice@example.com"
 session = "s-alice-2"
+
+[[auth.tokens]]
+token = "tok-alice-3"
+account = "acme"
+user = "alice@example.com"
+session = "s-alice-3"
 
 [[auth.tokens]]
 token = "tok-bob"

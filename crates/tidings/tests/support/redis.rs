@@ -1,38 +1,104 @@
 //! A real `redis-server` for the Redis engine tests, on a free port in a temp dir. No mock: if
 //! `redis-server` is missing the tests that use it fail and say so.
+//!
+//! [`Transport::Tls`] serves the hub over TLS only (`rediss://`, certificates made here with
+//! `openssl`, client certificates required) as the ACL user [`ACL_USER`], who may run only
+//! what the engine needs ([`ACL_RULE`], the rule docs/redis.md documents). The test itself
+//! keeps a plaintext port on loopback, as the `default` user, for FLUSHALL and the like.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
+/// How the hub reaches the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// `redis://`, no user.
+    Plain,
+    /// `rediss://` with a CA file, a client certificate and the ACL user's password in a file.
+    Tls,
+}
+
+/// The engine's ACL user in TLS mode.
+pub const ACL_USER: &str = "tidings";
+/// Its password (written to a file the hub config names; never in the URL).
+pub const ACL_PASSWORD: &str = "s3cret-redis-pass-9c1f";
+/// Everything the engine runs, on its keys only (`~t:*`, the tests' `key_prefix`), and no
+/// channels. Scripts are checked command by command, so the commands they call are listed too.
+pub const ACL_RULE: &str = "resetkeys ~t:* resetchannels -@all +evalsha +eval +script|load +xread +wait +info +get +set +del +incrby \
+     +xadd +xrange +xrevrange +xlen +xtrim +hget +hset +zadd +zrem +zrangebyscore";
+
 /// A `redis-server` of our own, without persistence (a restart wipes it, like a cache node).
 pub struct Redis {
+    /// The port the hub uses (the TLS port in TLS mode).
     pub port: u16,
+    /// Plaintext port for the test's own commands (the same as `port` in plain mode).
+    pub admin_port: u16,
+    pub transport: Transport,
     dir: tempfile::TempDir,
     child: Option<Child>,
     /// Append-only file with fsync on every write: a restart keeps everything acknowledged.
     durable: bool,
+    /// Extra `redis-server` arguments (replication).
+    extra: Vec<String>,
 }
 
 impl Redis {
     pub async fn start() -> Redis {
-        Self::start_with(false).await
+        Self::start_on(Transport::Plain).await
+    }
+
+    pub async fn start_on(transport: Transport) -> Redis {
+        Self::start_full(transport, false, Vec::new()).await
     }
 
     pub async fn start_with(durable: bool) -> Redis {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut r = Redis { port, dir: tempfile::tempdir().unwrap(), child: None, durable };
+        Self::start_full(Transport::Plain, durable, Vec::new()).await
+    }
+
+    pub async fn start_durable(transport: Transport) -> Redis {
+        Self::start_full(transport, true, Vec::new()).await
+    }
+
+    /// A server with extra arguments, e.g. `["--replicaof", "127.0.0.1", "6379"]`.
+    pub async fn start_full(transport: Transport, durable: bool, extra: Vec<String>) -> Redis {
+        let dir = tempfile::tempdir().unwrap();
+        let admin_port = free_port();
+        let port = if transport == Transport::Tls {
+            tidings_testkit::tls::make_certificates(dir.path());
+            std::fs::write(dir.path().join("redis-password"), format!("{ACL_PASSWORD}\n")).unwrap();
+            free_port()
+        } else {
+            admin_port
+        };
+        let mut r = Redis { port, admin_port, transport, dir, child: None, durable, extra };
         r.spawn().await;
         r
     }
 
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     pub async fn spawn(&mut self) {
         let aof: &[&str] = if self.durable { &["--appendonly", "yes", "--appendfsync", "always"] } else { &["--appendonly", "no"] };
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(aof)
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &self.admin_port.to_string(), "--bind", "127.0.0.1", "--save", ""]).args(aof).args(&self.extra);
+        if self.transport == Transport::Tls {
+            let d = self.dir.path();
+            let file = |name: &str| d.join(name).display().to_string();
+            command
+                .args(["--tls-port", &self.port.to_string()])
+                .args(["--tls-cert-file", &file("server.crt"), "--tls-key-file", &file("server.key"), "--tls-ca-cert-file", &file("ca.crt")])
+                .args(["--tls-auth-clients", "yes"])
+                // One argument per ACL word: redis-server quotes each argument as one token.
+                .args(["--user", ACL_USER, "on", &format!(">{ACL_PASSWORD}")])
+                .args(ACL_RULE.split_whitespace());
+        }
+        let child = command
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,7 +114,7 @@ impl Redis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("redis-server did not answer PING on port {}", self.port);
+        panic!("redis-server did not answer PING on port {}", self.admin_port);
     }
 
     /// Kills the server (as a crash would) and starts a new, empty one on the same port.
@@ -63,17 +129,49 @@ impl Redis {
         }
     }
 
-    /// Sends one inline command; returns the raw reply, or None when the server is not there.
-    pub async fn command(&self, cmd: &str) -> Option<String> {
-        let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
-        sock.write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
-        let mut buf = [0u8; 256];
-        let n = sock.read(&mut buf).await.ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    pub fn set_extra(&mut self, extra: Vec<String>) {
+        self.extra = extra;
     }
 
+    /// Sends one inline command on the plaintext port; returns the raw reply, or None when the
+    /// server is not there.
+    pub async fn command(&self, cmd: &str) -> Option<String> {
+        inline_command(self.admin_port, cmd).await
+    }
+
+    /// The `[engine]` table for this server: plaintext, or TLS with the CA, a client
+    /// certificate and the ACL user (password from a file).
     pub fn engine_toml(&self) -> String {
-        format!("[engine]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"t:\"\n", self.port)
+        match self.transport {
+            Transport::Plain => format!("[engine]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"t:\"\n", self.port),
+            Transport::Tls => {
+                let file = |name: &str| toml_path(&self.dir.path().join(name));
+                format!(
+                    "[engine]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:{}\"\nkey_prefix = \"t:\"\nusername = \"{ACL_USER}\"\npassword_file = {}\ntls_ca_file = {}\ntls_cert_file = {}\ntls_key_file = {}\n",
+                    self.port,
+                    file("redis-password"),
+                    file("ca.crt"),
+                    file("client.crt"),
+                    file("client.key"),
+                )
+            }
+        }
     }
 }
 
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One inline command to a plaintext port on loopback.
+pub async fn inline_command(port: u16, cmd: &str) -> Option<String> {
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    sock.write_all(format!("{cmd}\r\n").as_bytes()).await.ok()?;
+    let mut buf = [0u8; 4096];
+    let n = sock.read(&mut buf).await.ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+pub fn toml_path(p: &Path) -> String {
+    format!("{:?}", p.display().to_string())
+}

@@ -26,10 +26,21 @@
 //! **Faults.** While Redis is unreachable, `publish` and `open` fail at once with
 //! [`EngineError::Unavailable`] (503: nothing is reported stored that was not), `/readyz` is
 //! not ready, open streams stay open, and one task reconnects with capped, jittered backoff.
+//! A server that turned replica (`READONLY`) counts as unreachable too.
 //!
-//! What it does not do: TLS, Redis Cluster, or `WAIT` for replicas. An acknowledged publish is
-//! as durable as the Redis server's own persistence (`appendonly yes`, `appendfsync always`
-//! for no loss on a crash); without persistence a restart changes the epoch and clients resync.
+//! **Replicas and failover.** With `sentinels`, each (re)connect asks Sentinel for the
+//! primary. With `min_replicas` > 0 a publish is acknowledged only after `WAIT` confirmed that
+//! many replicas have it (else 503), and a failover goes on in the same epoch behind a fence
+//! (see [`scripts::init`]): nobody resyncs. With `min_replicas` = 0 a failover may have lost
+//! acknowledged events, so it starts a new epoch and every client resyncs.
+//!
+//! **One stream per session across nodes.** Every stream opened on a node is announced as a
+//! claim in the feed; the nodes read claims in feed order and close the older stream of a
+//! session with `closed` `superseded` (see [`crate::fanout`]).
+//!
+//! What it does not do: Redis Cluster (the scripts touch keys they compute, and every node
+//! reads one feed; ARCHITECTURE.md has the sharding plan). An acknowledged publish is as
+//! durable as the Redis server's persistence and `min_replicas` make it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -49,6 +60,7 @@ use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
 
+mod connect;
 mod feed;
 mod scripts;
 
@@ -66,9 +78,10 @@ pub enum StartError {
     /// Not called inside a Tokio runtime, which the connection task needs.
     #[error("the Redis engine needs a Tokio runtime")]
     NoRuntime,
-    /// `engine.url` is not a URL the Redis client accepts.
-    #[error("engine.url: {0}")]
-    Url(redis::RedisError),
+    /// A connection setting cannot be used: `engine.url` is not a Redis URL, a TLS file or a
+    /// password file cannot be read, … (the message names the setting, never a secret).
+    #[error("{0}")]
+    Settings(Box<crate::config::ConfigError>),
 }
 
 /// The engine handle the hub holds. Dropping it stops the connection task.
@@ -81,8 +94,9 @@ pub struct RedisEngine {
 /// State shared by the handle and the connection task.
 #[derive(Debug)]
 struct Inner {
-    client: redis::Client,
     config: RedisConfig,
+    /// Names this node's claims in the feed, so it skips its own (random per start).
+    node_id: String,
     history: HistoryConfig,
     keys: Keys,
     fanout: Arc<Fanout>,
@@ -106,10 +120,11 @@ impl RedisEngine {
     /// have to be up yet: the engine reports not ready until it connects.
     pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        let client = redis::Client::open(config.url.as_str()).map_err(StartError::Url)?;
+        let connector = connect::Connector::new(config, feed::FEED_BLOCK).map_err(|e| StartError::Settings(Box::new(e)))?;
+        fanout.enable_claims();
         let inner = Arc::new(Inner {
-            client,
             config: config.clone(),
+            node_id: format!("{:016x}", rand::random::<u64>()),
             history: history.clone(),
             keys: Keys::new(&config.key_prefix),
             fanout,
@@ -124,7 +139,7 @@ impl RedisEngine {
             maintain_script: scripts::maintain(),
         });
         let stop = CancellationToken::new();
-        runtime.spawn(feed::supervise(inner.clone(), stop.clone()));
+        runtime.spawn(feed::supervise(inner.clone(), connector, stop.clone()));
         Ok(Self { inner, _stop: stop.drop_guard() })
     }
 }
@@ -135,6 +150,8 @@ impl RedisEngine {
 struct Link {
     generation: u64,
     conn: MultiplexedConnection,
+    /// Publishes that `WAIT` for replicas (`min_replicas` > 0); `None`: they use `conn`.
+    acknowledged: Option<MultiplexedConnection>,
 }
 
 impl Inner {
@@ -145,7 +162,7 @@ impl Inner {
     /// Turns a Redis error into an engine error; a dropped connection is taken out of use and
     /// the connection task is woken to replace it.
     fn failed(&self, link: &Link, e: &redis::RedisError) -> EngineError {
-        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() {
+        if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || not_primary(e) {
             self.mark_down(link);
         }
         EngineError::Unavailable(e.to_string())
@@ -171,7 +188,7 @@ impl Inner {
 
     async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
         let link = self.connection()?;
-        let mut conn = link.conn.clone();
+        let mut conn = link.acknowledged.clone().unwrap_or_else(|| link.conn.clone());
         let epoch = self.epoch.load(Ordering::Acquire);
         let n = batch.len() as u64;
         let k = &self.keys;
@@ -189,7 +206,28 @@ impl Inner {
             return Err(EngineError::Unavailable("the Redis history changed epoch".into()));
         };
         self.saw(last);
+        if link.acknowledged.is_some() {
+            self.wait_for_replicas(&link, &mut conn).await?;
+        }
         Ok((last + 1 - n..=last).map(|seq| EventId::new(epoch, seq)).collect())
+    }
+
+    /// `WAIT`s until `min_replicas` replicas have every write of this connection so far, which
+    /// includes the publish just made. Fewer within `replica_timeout` is a 503: the event is
+    /// stored on the primary (and delivered) but could be lost in a failover, so the publisher
+    /// is told to try again (the retry may then be delivered twice).
+    async fn wait_for_replicas(&self, link: &Link, conn: &mut MultiplexedConnection) -> Result<(), EngineError> {
+        let want = self.config.min_replicas;
+        let confirmed: u32 = redis::cmd("WAIT")
+            .arg(want)
+            .arg(self.config.replica_timeout.as_millis() as u64)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.failed(link, &e))?;
+        if confirmed < want {
+            return Err(EngineError::Unavailable(format!("{confirmed} of {want} replicas confirmed the write within engine.replica_timeout")));
+        }
+        Ok(())
     }
 
     async fn open(&self, account: &str, last_event_id: LastEventId) -> Result<Opening, EngineError> {
@@ -198,22 +236,32 @@ impl Inner {
         let followed = self.epoch.load(Ordering::Acquire);
         let after = last_event_id.id().filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
-        type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8);
-        let (epoch, head, trimmed_through, entries, too_large): Reply = self
-            .open_script
-            .key(&k.epoch)
-            .key(&k.seq)
-            .key(&k.trimmed)
-            .key(&k.oldest)
-            .key(k.account(account))
-            .arg(account)
+        let claims = self.fanout.take_claims();
+        let mut inv = self.open_script.prepare_invoke();
+        inv.key(&k.epoch).key(&k.seq).key(&k.trimmed).key(&k.oldest).key(k.account(account)).key(&k.feed);
+        inv.arg(account)
             .arg(self.history.max_events)
             .arg(self.age_cutoff_ms())
             .arg(after.map(|s| s.to_string()).unwrap_or_default())
             .arg(self.history.replay_max_bytes)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(&link, &e))?;
+            .arg(self.config.feed_max_events)
+            .arg(&self.node_id);
+        for s in &claims {
+            inv.arg(s.account.as_bytes()).arg(s.session.as_bytes());
+        }
+        type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8, Vec<String>);
+        let (epoch, head, trimmed_through, entries, too_large, claimed): Reply = match inv.invoke_async(&mut conn).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.fanout.requeue_claims(claims);
+                return Err(self.failed(&link, &e));
+            }
+        };
+        for (stream, id) in claims.iter().zip(&claimed) {
+            if let Some(position) = entry_id(id) {
+                self.fanout.claimed(stream, position);
+            }
+        }
         let epoch = u64::from_str_radix(&epoch, 16).ok().filter(|e| *e == followed).ok_or_else(|| {
             self.mark_down(&link);
             EngineError::Unavailable("the Redis history changed epoch".into())
@@ -251,6 +299,18 @@ impl Inner {
 /// The seq of a stream entry id `<seq>-0`.
 fn entry_seq(id: &str) -> Option<u64> {
     id.split_once('-')?.0.parse().ok()
+}
+
+/// A feed entry id `<major>-<minor>` as a pair.
+fn entry_id(id: &str) -> Option<(u64, u64)> {
+    let (major, minor) = id.split_once('-')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// The server is (no longer) a primary: a failover demoted it, or Sentinel named a server
+/// that was not promoted yet. Reconnecting asks Sentinel again.
+fn not_primary(e: &redis::RedisError) -> bool {
+    matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "NOTPRIMARY" | "UNBLOCKED"))
 }
 
 /// An account-stream entry (`p`, payload, `t`, time) as a frame.

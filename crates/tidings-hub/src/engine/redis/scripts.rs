@@ -7,8 +7,10 @@
 //! primary with replicas), not Redis Cluster.
 //!
 //! Stream entry ids are `<seq>-0`. Per-account entries hold `p` (the activity payload) and `t`
-//! (milliseconds since the epoch, for age trimming) in that order; feed entries hold `a`
-//! (account), `e` (epoch, hex) and `p`.
+//! (milliseconds since the epoch, for age trimming) in that order. The feed holds three kinds
+//! of entry: events at `<seq>-0` (`a` account, `e` epoch in hex, `p`); fences at `<seq>-0`
+//! (`f`, the head the fence starts after, and `e`; see [`init`]); and session claims at
+//! `<head>-<n>`, `n` > 0 (`c` account, `s` session, `n` node), which take no seq.
 
 use redis::Script;
 
@@ -26,12 +28,14 @@ pub(super) struct Keys {
     pub trimmed: String,
     /// Sorted set: account -> time (ms) of its oldest kept event, for age trimming.
     pub oldest: String,
+    /// The replication id of the primary the seqs were last issued on (see [`init`]).
+    pub lineage: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         let k = |name: &str| format!("{prefix}{name}");
-        Self { prefix: prefix.to_owned(), epoch: k("epoch"), seq: k("seq"), feed: k("feed"), trimmed: k("trimmed"), oldest: k("oldest") }
+        Self { prefix: prefix.to_owned(), epoch: k("epoch"), seq: k("seq"), feed: k("feed"), trimmed: k("trimmed"), oldest: k("oldest"), lineage: k("lineage") }
     }
 
     /// The history stream of one account.
@@ -80,20 +84,66 @@ end
     };
 }
 
-/// Creates the epoch when missing, or a new one when history went backwards (restored from an
-/// older snapshot: the same seqs would then name other events).
-/// KEYS: epoch, seq. ARGV: candidate epoch, epoch this node followed (or ""), highest seq it saw.
-/// Returns `{epoch, head}`.
+/// Settles the history a node follows on the server it just reached, which must be a
+/// primary (otherwise it fails with `NOTPRIMARY` and the node asks Sentinel again).
+///
+/// - No epoch yet: a new one.
+/// - The server was promoted from a replica of the primary the seqs were issued on (its
+///   `master_replid2` is the recorded lineage): a failover. Events the old primary stored but
+///   had not replicated are gone, and some nodes may have delivered them. When every publish
+///   waited for a replica (ARGV[4] = 1), nothing acknowledged is gone, so the history goes
+///   on in the same epoch behind a **fence**: the seq counter jumps by ARGV[5] and a fence
+///   entry in the feed says so, so no seq a lost event had is issued again, and a node that
+///   delivered up to the old head or anywhere below the fence knows nothing was skipped.
+///   Otherwise acknowledged events may be gone: a new epoch, and every client resyncs.
+/// - The epoch is the one the node followed but the head is below the highest seq it saw
+///   (restored from an older snapshot): a new epoch.
+///
+/// A new epoch keeps the seq counter and empties the feed but for a fence at the head, so a
+/// node that follows it from seq 0 sees no gap and no entry of the old epoch.
+///
+/// KEYS: epoch, seq, lineage, feed. ARGV: candidate epoch, epoch this node followed (or ""),
+/// highest seq it saw, 1 when publishes wait for replicas, fence gap, feed length.
+/// Returns `{epoch, head, what happened}` (`""`, `"fenced"` or `"failover"`).
 pub(super) fn init() -> Script {
     Script::new(
         r#"
+local info = redis.call('INFO', 'replication')
+if not string.find(info, 'role:master', 1, true) then
+  return redis.error_reply('NOTPRIMARY this server is a replica')
+end
+local replid = string.match(info, 'master_replid:(%x+)')
+local replid2 = string.match(info, 'master_replid2:(%x+)')
 local epoch = redis.call('GET', KEYS[1])
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
-if (not epoch) or (epoch == ARGV[2] and head < tonumber(ARGV[3])) then
+local lineage = redis.call('GET', KEYS[3])
+local happened = ''
+-- A new epoch keeps the seq counter (account streams keep their ids increasing) and starts
+-- the feed afresh from a fence at the head: nodes read the new epoch from its start.
+local function new_epoch()
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[4])
+  if head > 0 then
+    redis.call('XADD', KEYS[4], string.format('%d-0', head), 'f', '0', 'e', epoch)
+  end
 end
-return {epoch, string.format('%d', head)}
+if epoch and lineage and replid ~= lineage and replid2 == lineage then
+  if ARGV[4] == '1' then
+    local fence = string.format('%d', head + tonumber(ARGV[5]))
+    redis.call('SET', KEYS[2], fence)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[6], fence .. '-0', 'f', string.format('%d', head), 'e', epoch)
+    head = tonumber(fence)
+    happened = 'fenced'
+  else
+    new_epoch()
+    happened = 'failover'
+  end
+elseif (not epoch) or (epoch == ARGV[2] and head < tonumber(ARGV[3])) then
+  new_epoch()
+end
+if replid then redis.call('SET', KEYS[3], replid) end
+return {epoch, string.format('%d', head), happened}
 "#,
     )
 }
@@ -129,17 +179,56 @@ return last
     ))
 }
 
+/// Shared by the scripts that announce streams: appends one claim per (account, session) in
+/// `ARGV[first..]` to the feed (see [`open`]) and returns their entry ids.
+macro_rules! claim_fn {
+    () => {
+        r#"
+local function claim(seq_key, feed, feed_len, node, first)
+  local head = redis.call('GET', seq_key) or '0'
+  local minor = 0
+  local last = redis.call('XREVRANGE', feed, '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    local major, n = string.match(last[1][1], '^(%d+)-(%d+)$')
+    if major and tonumber(major) >= tonumber(head) then
+      head = major
+      minor = tonumber(n)
+    end
+  end
+  local ids = {}
+  for i = first, #ARGV, 2 do
+    minor = minor + 1
+    local id = head .. '-' .. string.format('%d', minor)
+    redis.call('XADD', feed, 'MAXLEN', '~', feed_len, id, 'c', ARGV[i], 's', ARGV[i + 1], 'n', node)
+    ids[#ids + 1] = id
+  end
+  return ids
+end
+"#
+    };
+}
+
 /// Reads how a stream of one account starts: trims it, then returns the epoch (or "" when
 /// missing), the head, the account's `trimmed_through`, and, when asked, the entries after a
 /// seq, read in pages and only while their payloads add up to at most the replay budget; past
 /// it, no entries and a 1 in the last field (the stream gets `resync` `replay_too_large`), so
 /// a far-behind client never makes Redis build, or the hub wait for, a huge reply.
-/// KEYS: epoch, seq, trimmed, oldest, account stream.
-/// ARGV: account, max events, age cutoff (ms), seq to replay after (or ""), replay budget (bytes).
+///
+/// It also announces the streams this node registered since its last open, this one included:
+/// one **claim** per stream in the feed, at `<head>-<n>` after the last entry, taking no seq.
+/// The feed's order is the order in which opens reached Redis, the same for every node: of two
+/// streams of one session, the one claimed later supersedes the other (one stream per session
+/// across nodes). Returned last: the claims' entry ids, in order.
+///
+/// KEYS: epoch, seq, trimmed, oldest, account stream, feed.
+/// ARGV: account, max events, age cutoff (ms), seq to replay after (or ""), replay budget
+/// (bytes), feed length, node id, then account and session per claim.
 pub(super) fn open() -> Script {
     Script::new(concat!(
         trim_fn!(),
+        claim_fn!(),
         r#"
+local claims = claim(KEYS[2], KEYS[6], ARGV[6], ARGV[7], 8)
 trim(KEYS[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[3], KEYS[4])
 local epoch = redis.call('GET', KEYS[1]) or ''
 local head = redis.call('GET', KEYS[2]) or '0'
@@ -167,7 +256,7 @@ if ARGV[4] ~= '' then
   until too_large == 1 or #page < 64
   if too_large == 1 then replay = {} end
 end
-return {epoch, head, trimmed, replay, too_large}
+return {epoch, head, trimmed, replay, too_large, claims}
 "#
     ))
 }
