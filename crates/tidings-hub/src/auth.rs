@@ -21,6 +21,14 @@ const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
 /// Negative introspection answers are reused for at most this long, so a user who just signed
 /// in is not locked out by a cached "no".
 const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
+/// Introspection requests in flight at once. A reconnect storm of thousands of streams would
+/// otherwise open as many connections to the host application at the same moment (each kept
+/// in the client's pool afterwards, with its buffers: 20 KiB per stream at 10,000 streams),
+/// and hammer the one service that must stay up for anyone to sign in. Requests beyond it
+/// wait their turn within `auth.introspection.timeout`.
+const INTROSPECTION_IN_FLIGHT_MAX: usize = 32;
+/// Idle connections to the introspection endpoint kept for reuse: as many as may be in flight.
+const INTROSPECTION_IDLE_CONNECTIONS_MAX: usize = INTROSPECTION_IN_FLIGHT_MAX;
 /// Longest credential accepted; longer ones are refused before any provider sees them.
 pub const CREDENTIAL_LEN_MAX: usize = 8 * 1024;
 /// Shortest HS256 secret accepted: below 128 bits a shared secret can be brute-forced from
@@ -309,6 +317,11 @@ fn fnv1a(s: &str) -> u64 {
 struct Introspector {
     url: String,
     client: reqwest::Client,
+    /// Bounds requests in flight ([`INTROSPECTION_IN_FLIGHT_MAX`]); a permit is held for one
+    /// request and dropped with its answer.
+    in_flight: tokio::sync::Semaphore,
+    /// `auth.introspection.timeout`: also bounds the wait for a permit.
+    timeout: Duration,
     cache: moka::future::Cache<String, Result<Identity, AuthError>>,
 }
 
@@ -338,6 +351,7 @@ impl Introspector {
         }
         let client = reqwest::Client::builder()
             .timeout(c.timeout)
+            .pool_max_idle_per_host(INTROSPECTION_IDLE_CONNECTIONS_MAX)
             .build()
             .map_err(|e| ConfigError::Invalid(format!("auth.introspection: {e}")))?;
         let negative_ttl = c.cache_ttl.min(INTROSPECTION_NEGATIVE_TTL_MAX);
@@ -346,7 +360,7 @@ impl Introspector {
             .max_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
             .expire_after(IntrospectionExpiry { positive_ttl, negative_ttl })
             .build();
-        Ok(Self { url: c.url.clone(), client, cache })
+        Ok(Self { url: c.url.clone(), client, in_flight: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX), timeout: c.timeout, cache })
     }
 
     async fn identify(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
@@ -354,7 +368,13 @@ impl Introspector {
         if let Some(answer) = self.cache.get(&key).await {
             return answer;
         }
-        let answer = self.ask(token, source).await;
+        let answer = match tokio::time::timeout(self.timeout, self.in_flight.acquire()).await {
+            Ok(Ok(_permit)) => self.ask(token, source).await,
+            _ => {
+                tracing::warn!("introspection requests queued past the timeout");
+                Err(AuthError::Unavailable)
+            }
+        };
         if answer != Err(AuthError::Unavailable) {
             self.cache.insert(key, answer.clone()).await;
         }

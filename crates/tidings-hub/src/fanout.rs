@@ -81,6 +81,11 @@ struct ClaimState {
 #[derive(Debug)]
 struct QueueState {
     frames: VecDeque<Queued>,
+    /// The latest heartbeat not yet written. A slot rather than a queued frame: an idle
+    /// stream then holds no queue buffer at all (a `VecDeque` keeps its capacity once grown,
+    /// which was a few hundred bytes per idle stream), and heartbeats a stalled client has
+    /// not read coalesce into one.
+    ping: Option<Bytes>,
     waker: Option<Waker>,
     close: Option<(CloseReason, Instant)>,
     capacity: usize,
@@ -91,6 +96,8 @@ struct QueueState {
 pub enum Next {
     /// The one frame that was queued (the common case: no allocation).
     One(Queued),
+    /// A heartbeat, written after everything queued before it.
+    Ping(Bytes),
     /// Frames, in order (several at once to save writes).
     Frames(Vec<Queued>),
     /// The queue is drained and the stream must close for this reason.
@@ -133,6 +140,9 @@ impl StreamShared {
             0 => {}
             1 => return Next::One(s.frames.pop_front().expect("one frame")),
             n => return Next::Frames(s.frames.drain(..n.min(batch_max)).collect()),
+        }
+        if let Some(ping) = s.ping.take() {
+            return Next::Ping(ping);
         }
         if let Some((reason, _)) = s.close {
             return Next::Close(reason);
@@ -257,19 +267,23 @@ impl Fanout {
             old.close(CloseReason::Superseded);
             self.closing.lock().expect("closing lock").push(old);
         }
+        // Streams of one account share the registry's copy of its name: an identity decoded
+        // per request (JWT, introspection) brings its own, which then lives only as long as
+        // the request.
+        let account = reg.accounts.get_key_value(&new.account).map_or_else(|| new.account.clone(), |(k, _)| k.clone());
         let stream = Arc::new(StreamShared {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             arrived: new.arrived,
-            account: new.account.clone(),
+            account: account.clone(),
             session: new.session,
             deadline: new.deadline,
             connection: new.connection,
             finished: AtomicBool::new(false),
-            queue: Mutex::new(QueueState { frames: VecDeque::new(), waker: None, close: None, capacity: self.queue_capacity }),
+            queue: Mutex::new(QueueState { frames: VecDeque::new(), ping: None, waker: None, close: None, capacity: self.queue_capacity }),
             claim: Mutex::default(),
         });
-        reg.accounts.entry(new.account).or_default().insert(stream.id, stream.clone());
-        reg.sessions.insert(session_key, stream.id);
+        reg.accounts.entry(account.clone()).or_default().insert(stream.id, stream.clone());
+        reg.sessions.insert((account, stream.session.clone()), stream.id);
         reg.total += 1;
         self.metrics.streams_open.set(reg.total as i64);
         drop(reg);
@@ -372,9 +386,17 @@ impl Fanout {
         self.evict(evicted);
     }
 
-    /// Queues the same frame for every stream on the node (heartbeats, node-wide notices).
-    pub fn broadcast(&self, bytes: &Bytes) {
-        self.broadcast_queued(bytes, None);
+    /// Gives every stream on the node the heartbeat `ping` to write once its queue is empty
+    /// (replacing one it has not written yet).
+    pub fn heartbeat(&self, ping: &Bytes) {
+        let reg = self.registry.read().expect("registry lock");
+        for st in reg.accounts.values().flat_map(HashMap::values) {
+            let mut s = st.queue.lock().expect("queue lock");
+            if s.close.is_none() {
+                s.ping = Some(ping.clone());
+                wake(&mut s);
+            }
+        }
     }
 
     /// Sends a `resync` frame to every stream on the node (the engine lost continuity) and

@@ -49,7 +49,10 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
         };
         let _ = socket.set_nodelay(true);
         let conn = hard_stop.child_token();
-        let serving = h1::serve_connection(socket, peer, shared.clone(), conn.clone(), graceful.watcher());
+        // Boxed: moved into the task's `select!`, an inline future would take its room twice in
+        // the task (once as the captured value, once in the `select!`), for the connection's
+        // whole life.
+        let serving = Box::pin(h1::serve_connection(socket, peer, shared.clone(), conn.clone(), graceful.watcher()));
         let metrics = hub.metrics().clone();
         metrics.connections_open.inc();
         connections.spawn(async move {
