@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
+use crate::identity::Identity;
 use crate::report::{Machine, Report, markdown};
 use crate::scenario::{Harness, Scenario, Sizes};
 use crate::target::{self, Kind};
@@ -19,6 +20,9 @@ pub struct BenchArgs {
 pub enum BenchCommand {
     /// Start each target, run the scenarios against it, write results (JSON and markdown).
     Run(RunArgs),
+    /// The multi-node model: 1, 2, 4, 8 hub nodes on one Redis, a publish-rate sweep, CPU,
+    /// bytes read and latency per node and for Redis (BENCHMARKS.md, "Scale model").
+    Scale(crate::scale::ScaleArgs),
     /// Print the markdown tables of a results file.
     Report {
         /// A results file written by `tidings bench run`.
@@ -39,6 +43,10 @@ pub struct RunArgs {
     pub scenarios: Vec<Scenario>,
     #[command(flatten)]
     pub sizes: Sizes,
+    /// How Tidings streams authenticate, comma-separated: the idle scenario runs once per
+    /// identity source; the other scenarios use the first.
+    #[arg(long, value_delimiter = ',', default_values = ["static", "jwt", "introspection"])]
+    pub identities: Vec<Identity>,
     /// Smoke run: 1,000 streams over 100 accounts, 3 s of publishing (overrides the sizes).
     #[arg(long)]
     pub quick: bool,
@@ -73,6 +81,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchCommand::Worker => crate::streams::run_worker().await,
+        BenchCommand::Scale(a) => crate::scale::run(a).await,
     }
 }
 
@@ -104,9 +113,13 @@ async fn run_all(mut a: RunArgs) -> Result<()> {
             continue;
         }
         for scenario in &a.scenarios {
-            for rep in 0..a.repeat.max(1) {
-                eprintln!("[bench] {} / {:?} (run {})", kind.name(), scenario, rep + 1);
-                match harness.run(*kind, *scenario, &a.sizes).await {
+            let identities = match (kind, scenario) {
+                (Kind::Tidings, Scenario::Idle) => a.identities.clone(),
+                _ => a.identities.first().copied().into_iter().collect(),
+            };
+            for (identity, rep) in identities.iter().flat_map(|i| (0..a.repeat.max(1)).map(move |r| (*i, r))) {
+                eprintln!("[bench] {} / {:?} / {} (run {})", kind.name(), scenario, identity.name(), rep + 1);
+                match harness.run(*kind, *scenario, &a.sizes, identity).await {
                     Ok(o) => {
                         eprintln!("[bench]   {}", serde_json::to_string(&o)?);
                         report.results.push(o);

@@ -8,9 +8,11 @@
 
 pub mod cli;
 pub mod grip;
+pub mod identity;
 pub mod load;
 pub mod procfs;
 pub mod report;
+pub mod scale;
 pub mod scenario;
 pub mod streams;
 pub mod target;
@@ -18,4 +20,5 @@ pub mod wire;
 
 pub use cli::{BenchArgs, run};
 pub use scenario::{Harness, Outcome, Scenario, Sizes};
+pub use identity::Identity;
 pub use target::Kind;

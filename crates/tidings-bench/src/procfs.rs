@@ -81,6 +81,11 @@ pub fn tcp_mem_pages() -> Option<u64> {
     fields.windows(2).find(|w| w[0] == "mem").and_then(|w| w[1].parse().ok())
 }
 
+/// The machine's 1-minute load average.
+pub fn load_avg() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Size of a memory page, in bytes.
 pub const PAGE_BYTES: u64 = 4096;
 

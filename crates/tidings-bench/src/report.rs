@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::scenario::{Outcome, Scenario, Sizes};
 use crate::target::Kind;
 
@@ -130,50 +131,83 @@ fn fmt(v: Option<f64>, digits: usize) -> String {
     }
 }
 
+/// One column of a scenario's table: a target, and for Tidings the identity source when the
+/// scenario ran with more than one.
+#[derive(Debug, Clone, PartialEq)]
+struct Column {
+    kind: Kind,
+    identity: Option<Identity>,
+    label: String,
+}
+
+impl Column {
+    fn holds(&self, o: &Outcome) -> bool {
+        o.target == self.kind.name() && (self.identity.is_none() || o.identity == self.identity)
+    }
+}
+
+fn columns(runs: &[&Outcome]) -> Vec<Column> {
+    let mut out = Vec::new();
+    for kind in [Kind::Tidings, Kind::Nchan, Kind::Pushpin] {
+        let mut identities: Vec<Identity> = runs.iter().filter(|o| o.target == kind.name()).filter_map(|o| o.identity).collect();
+        identities.sort();
+        identities.dedup();
+        if identities.len() > 1 {
+            for i in identities {
+                out.push(Column { kind, identity: Some(i), label: format!("{} ({})", kind.name(), i.name()) });
+            }
+        } else if runs.iter().any(|o| o.target == kind.name()) {
+            out.push(Column { kind, identity: None, label: kind.name().to_owned() });
+        }
+    }
+    out
+}
+
 /// The markdown tables of a report.
 pub fn markdown(r: &Report) -> String {
     let mut out = String::new();
-    let kinds: Vec<Kind> = [Kind::Tidings, Kind::Nchan, Kind::Pushpin].into_iter().filter(|k| r.results.iter().any(|o| o.target == k.name())).collect();
-    let peers: Vec<Kind> = kinds.iter().copied().filter(|k| *k != Kind::Tidings).collect();
     let _ = writeln!(out, "Run started {} on {} ({}, {} CPUs, kernel {}).\n", r.started, r.machine.os, r.machine.cpu, r.machine.nproc, r.machine.kernel);
     for s in Scenario::ALL {
         let runs: Vec<&Outcome> = r.results.iter().filter(|o| o.scenario == s).collect();
         if runs.is_empty() {
             continue;
         }
+        let cols = columns(&runs);
+        let ours: Vec<&Column> = cols.iter().filter(|c| c.kind == Kind::Tidings).collect();
+        let peers: Vec<&Column> = cols.iter().filter(|c| c.kind != Kind::Tidings).collect();
         let any = runs[0];
         let sizes = &r.sizes;
         let detail = match s {
-            Scenario::Idle => format!("{} streams, one account, idle {:?}", any.streams, sizes.settle),
+            Scenario::Idle => format!("{} streams over {} accounts, idle {:?}", any.streams, any.accounts, sizes.settle),
             Scenario::Fanout => format!("{} streams in one account, {} publishes/s for {:?}", any.streams, sizes.fanout_rate, sizes.duration),
             Scenario::ManyAccounts => format!("{} streams over {} accounts, {} publishes/s for {:?}", any.streams, any.accounts, sizes.many_rate, sizes.duration),
             Scenario::ConnectStorm => format!("{} streams connecting at once", any.streams),
             Scenario::ResumeStorm => format!("hub restarted under {} streams over {} accounts, {} publishes/s throughout", any.streams, any.accounts, sizes.resume_rate),
         };
-        let repeats = kinds.iter().map(|k| runs.iter().filter(|o| o.target == k.name()).count()).max().unwrap_or(1);
+        let repeats = cols.iter().map(|c| runs.iter().filter(|o| c.holds(o)).count()).max().unwrap_or(1);
         let _ = writeln!(out, "### {} — {detail}{}\n", s.title(), if repeats > 1 { format!(" (median of {repeats} runs)") } else { String::new() });
         let mut header = String::from("| | ");
         let mut rule = String::from("|---|");
-        for k in &kinds {
-            header.push_str(&format!("{} | ", k.name()));
+        for c in &cols {
+            header.push_str(&format!("{} | ", c.label));
             rule.push_str("---:|");
         }
-        if kinds.contains(&Kind::Tidings) {
+        for o in &ours {
             for p in &peers {
-                header.push_str(&format!("tidings ÷ {} | ", p.name()));
+                header.push_str(&format!("{} ÷ {} | ", o.label, p.label));
                 rule.push_str("---:|");
             }
         }
         let _ = writeln!(out, "{}\n{rule}", header.trim_end());
-        let medians = |k: Kind, get: fn(&Outcome) -> Option<f64>| median(runs.iter().filter(|o| o.target == k.name()).filter_map(|o| get(o)).collect());
+        let medians = |c: &Column, get: fn(&Outcome) -> Option<f64>| median(runs.iter().filter(|o| c.holds(o)).filter_map(|o| get(o)).collect());
         for m in metrics(s) {
             let mut row = format!("| {} |", m.name);
-            for k in &kinds {
-                row.push_str(&format!(" {} |", fmt(medians(*k, m.get), m.digits)));
+            for c in &cols {
+                row.push_str(&format!(" {} |", fmt(medians(c, m.get), m.digits)));
             }
-            if kinds.contains(&Kind::Tidings) {
+            for o in &ours {
                 for p in &peers {
-                    let ratio = match (m.ratio, medians(Kind::Tidings, m.get), medians(*p, m.get)) {
+                    let ratio = match (m.ratio, medians(o, m.get), medians(p, m.get)) {
                         (true, Some(t), Some(v)) if v.abs() > f64::EPSILON => format!("{:.2}×", t / v),
                         _ => "".into(),
                     };
@@ -184,17 +218,22 @@ pub fn markdown(r: &Report) -> String {
         }
         let engines: BTreeMap<&str, &str> = runs.iter().map(|o| (o.target.as_str(), o.engine.as_str())).collect();
         let _ = writeln!(out, "\nEngines: {}.", engines.iter().map(|(t, e)| format!("{t}: {e}")).collect::<Vec<_>>().join("; "));
+        let loads: Vec<String> = runs.iter().filter_map(|o| o.load_avg.map(|l| format!("{} {l:.2}", label_of(o)))).collect();
+        if !loads.is_empty() {
+            let _ = writeln!(out, "Load average (1 min) when each run measured: {}.", loads.join(", "));
+        }
         for o in &runs {
+            let who = label_of(o);
             if !o.errors.is_empty() {
                 let list: Vec<String> = o.errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                let _ = writeln!(out, "Stream errors, {}: {}.", o.target, list.join(", "));
+                let _ = writeln!(out, "Stream errors, {who}: {}.", list.join(", "));
             }
             if !o.publish_errors.is_empty() {
                 let list: Vec<String> = o.publish_errors.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-                let _ = writeln!(out, "Publish errors, {}: {}.", o.target, list.join(", "));
+                let _ = writeln!(out, "Publish errors, {who}: {}.", list.join(", "));
             }
             for n in &o.notes {
-                let _ = writeln!(out, "Note, {}: {n}.", o.target);
+                let _ = writeln!(out, "Note, {who}: {n}.");
             }
         }
         let _ = writeln!(out);
@@ -203,6 +242,13 @@ pub fn markdown(r: &Report) -> String {
         let _ = writeln!(out, "- not run: {f}");
     }
     out
+}
+
+fn label_of(o: &Outcome) -> String {
+    match o.identity {
+        Some(i) => format!("{} ({})", o.target, i.name()),
+        None => o.target.clone(),
+    }
 }
 
 #[cfg(test)]

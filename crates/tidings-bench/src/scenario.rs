@@ -11,6 +11,7 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::load::{Counts, StreamPlan};
 use crate::procfs;
 use crate::streams::Streams;
@@ -94,6 +95,9 @@ pub struct Harness {
 pub struct Outcome {
     pub target: String,
     pub scenario: Scenario,
+    /// Tidings: how the streams authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
     pub engine: String,
     pub streams: usize,
     pub accounts: usize,
@@ -160,6 +164,10 @@ pub struct Outcome {
     /// Resume storm: seconds from the stop signal until every stream was open again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub back_secs: Option<f64>,
+    /// The machine's 1-minute load average when the run measured (the machine is shared:
+    /// CPU and latency figures are read beside it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_avg: Option<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
 }
@@ -176,6 +184,12 @@ pub struct Published {
 /// Publishes `rate` events per second round robin over `accounts` accounts for `duration`
 /// (or until `stop`), on its own thread and runtime so stream load cannot delay the ticks.
 pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Published> {
+    spawn_publisher_over(api, rate, duration, (0..accounts).collect(), accounts, stop)
+}
+
+/// Like [`spawn_publisher`], round robin over the accounts in `mine` only (of `accounts`
+/// numbered from 0), so several publishers can share the accounts without sharing one.
+pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine: Vec<usize>, accounts: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Published> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("publisher runtime");
         rt.block_on(async move {
@@ -186,6 +200,7 @@ pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts:
             let mut sent = 0u64;
             let mut next_account = 0usize;
             let start = Instant::now();
+            let mine = if mine.is_empty() { vec![0] } else { mine };
             // Requests overlap (up to IN_FLIGHT), as a fleet of backend services would publish:
             // a target that answers a publish slowly is not also starved of publishes.
             const IN_FLIGHT: usize = 32;
@@ -212,8 +227,8 @@ pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts:
                     let n = (due - sent).min(500);
                     let batch: Vec<(usize, u64)> = (0..n)
                         .map(|_| {
-                            let a = next_account;
-                            next_account = (next_account + 1) % accounts;
+                            let a = mine[next_account];
+                            next_account = (next_account + 1) % mine.len();
                             seq[a] += 1;
                             (a, seq[a])
                         })
@@ -286,16 +301,18 @@ impl Harness {
         StreamPlan { endpoint: target.endpoint.clone(), first: 0, count: streams, accounts, sources: self.sources, reconnect, connect_rate }
     }
 
-    /// Runs one scenario against a fresh `kind` target.
-    pub async fn run(&self, kind: Kind, scenario: Scenario, sizes: &Sizes) -> Result<Outcome> {
+    /// Runs one scenario against a fresh `kind` target whose streams (Tidings) authenticate
+    /// with `identity`.
+    pub async fn run(&self, kind: Kind, scenario: Scenario, sizes: &Sizes, identity: Identity) -> Result<Outcome> {
         let n = sizes.streams;
         let accounts = match scenario {
-            Scenario::Idle | Scenario::Fanout | Scenario::ConnectStorm => 1,
-            Scenario::ManyAccounts | Scenario::ResumeStorm => sizes.accounts.min(n).max(1),
+            Scenario::Fanout | Scenario::ConnectStorm => 1,
+            Scenario::Idle | Scenario::ManyAccounts | Scenario::ResumeStorm => sizes.accounts.min(n).max(1),
         };
-        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, nofile: self.nofile };
+        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_url: None, nofile: self.nofile };
         let mut target = Target::start(kind, &opts).await?;
-        let mut out = Outcome { target: kind.name().into(), scenario, engine: target.engine.clone(), streams: n, accounts, ..Default::default() };
+        let identity = (kind == Kind::Tidings).then_some(identity);
+        let mut out = Outcome { target: kind.name().into(), scenario, identity, engine: target.engine.clone(), streams: n, accounts, ..Default::default() };
         tokio::time::sleep(Duration::from_secs(1)).await;
         let rss_before = target.rss_kib();
         let sock_before = procfs::tcp_mem_pages().unwrap_or(0);
@@ -323,6 +340,7 @@ impl Harness {
                 out.rss_per_stream_kib = Some((rss as f64 - rss_before as f64) / open);
                 out.sock_mem_per_stream_kib = Some((sock as f64 - sock_before as f64) * procfs::PAGE_BYTES as f64 / 1024.0 / open);
                 out.processes = target.processes();
+                out.load_avg = procfs::load_avg();
             }
             Scenario::Fanout | Scenario::ManyAccounts => {
                 let rate = if scenario == Scenario::Fanout { sizes.fanout_rate } else { sizes.many_rate };
@@ -351,6 +369,7 @@ impl Harness {
                 out.delivered = delivered;
                 out.lost = expected.saturating_sub(delivered);
                 out.deliveries_per_sec = Some(delivered as f64 / last.duration_since(t_pub).as_secs_f64().max(1e-3));
+                out.load_avg = procfs::load_avg();
             }
             Scenario::ConnectStorm => {}
             Scenario::ResumeStorm => {
@@ -406,7 +425,7 @@ impl Harness {
 }
 
 /// Deliveries owed: each acknowledged event once to every stream of its account.
-fn expected(published: &Published, streams: usize, accounts: usize) -> u64 {
+pub(crate) fn expected(published: &Published, streams: usize, accounts: usize) -> u64 {
     (0..accounts).map(|a| published.per_account[a] * streams_of(a, streams, accounts)).sum()
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::{self, Identity, Introspection};
 use crate::procfs;
 use crate::wire;
 
@@ -47,6 +48,12 @@ impl Kind {
 pub struct Endpoint {
     pub kind: Kind,
     pub addr: SocketAddr,
+    /// How Tidings streams authenticate.
+    #[serde(default)]
+    pub identity: Identity,
+    /// Expiry (Unix seconds) of the JWTs the streams present.
+    #[serde(default)]
+    pub exp: u64,
 }
 
 impl Endpoint {
@@ -54,16 +61,19 @@ impl Endpoint {
         format!("a{n}")
     }
 
-    /// The static token of stream `idx` (Tidings; one session per stream).
-    pub fn token(idx: usize) -> String {
-        format!("bench-token-{idx}")
+    /// The credential of stream `idx` (Tidings; one session per stream).
+    pub fn token(&self, idx: usize, account: &str) -> String {
+        match self.identity {
+            Identity::Jwt => identity::jwt(idx, account, self.exp),
+            Identity::Static | Identity::Introspection => identity::opaque(idx),
+        }
     }
 
     /// The HTTP/1.1 request that opens stream `idx`.
     pub fn subscribe_request(&self, idx: usize, account: &str, last_event_id: &str) -> String {
         let resume = if last_event_id.is_empty() { String::new() } else { format!("Last-Event-ID: {last_event_id}\r\n") };
         let (path, auth) = match self.kind {
-            Kind::Tidings => ("/events/stream".to_owned(), format!("Authorization: Bearer {}\r\n", Self::token(idx))),
+            Kind::Tidings => ("/events/stream".to_owned(), format!("Authorization: Bearer {}\r\n", self.token(idx, account))),
             Kind::Nchan | Kind::Pushpin => (format!("/sub/{account}"), String::new()),
         };
         format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n{auth}{resume}\r\n", self.addr)
@@ -81,6 +91,10 @@ pub struct TargetOptions {
     pub accounts: usize,
     /// Tidings: the durable (SQLite) engine instead of the in-memory one.
     pub durable: bool,
+    /// Tidings: how streams authenticate.
+    pub identity: Identity,
+    /// Tidings: the Redis engine on this server (`redis://…`), sharing it with other nodes.
+    pub redis_url: Option<String>,
     /// File descriptors a peer may open (nginx `worker_rlimit_nofile`).
     pub nofile: u64,
 }
@@ -100,6 +114,8 @@ pub struct Target {
     control: SocketAddr,
     /// Pushpin's GRIP backend; lives as long as the target.
     _grip: Option<crate::grip::Backend>,
+    /// Tidings with introspection: the host application's endpoint; lives as long as the target.
+    _introspection: Option<Introspection>,
 }
 
 fn free_port() -> Result<u16> {
@@ -135,23 +151,39 @@ impl Target {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut grip = None;
+        let mut introspection = None;
+        let exp = identity::expiry_from_now();
         let (command, publish_url, control, engine) = match kind {
             Kind::Tidings => {
-                let engine = if opts.durable { "[engine]\nkind = \"durable\"\ndata_dir = \"data\"\nfsync = \"never\"\n" } else { "[engine]\nkind = \"memory\"\n" };
-                let conf = fill(TIDINGS_CONF, &[("PORT", port.to_string()), ("PUBLISHER_KEY", PUBLISHER_KEY.into()), ("ENGINE", engine.into())]);
-                std::fs::write(dir.path().join("hub.toml"), conf)?;
-                let mut tokens = String::with_capacity(opts.max_streams * 100);
-                for i in 0..opts.max_streams {
-                    tokens.push_str(&format!(
-                        "[[tokens]]\ntoken = \"{}\"\naccount = \"a{}\"\nuser = \"u{i}\"\nsession = \"s{i}\"\n",
-                        Endpoint::token(i),
-                        i % opts.accounts.max(1)
-                    ));
+                let engine = match (&opts.redis_url, opts.durable) {
+                    (Some(url), _) => format!("[engine]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"bench:\"\n"),
+                    (None, true) => "[engine]\nkind = \"durable\"\ndata_dir = \"data\"\nfsync = \"never\"\n".to_owned(),
+                    (None, false) => "[engine]\nkind = \"memory\"\n".to_owned(),
+                };
+                if opts.identity == Identity::Introspection {
+                    introspection = Some(Introspection::start(opts.accounts, exp).await?);
                 }
-                std::fs::write(dir.path().join("tokens.toml"), tokens)?;
+                let auth = identity::hub_section(opts.identity, introspection.as_ref().map(|i| i.addr));
+                let conf = fill(TIDINGS_CONF, &[("PORT", port.to_string()), ("PUBLISHER_KEY", PUBLISHER_KEY.into()), ("ENGINE", engine), ("IDENTITY", auth)]);
+                std::fs::write(dir.path().join("hub.toml"), conf)?;
+                if opts.identity == Identity::Static {
+                    let mut tokens = String::with_capacity(opts.max_streams * 100);
+                    for i in 0..opts.max_streams {
+                        tokens.push_str(&format!(
+                            "[[tokens]]\ntoken = \"{}\"\naccount = \"a{}\"\nuser = \"u{i}\"\nsession = \"s{i}\"\n",
+                            identity::opaque(i),
+                            i % opts.accounts.max(1)
+                        ));
+                    }
+                    std::fs::write(dir.path().join("tokens.toml"), tokens)?;
+                }
                 let bin = opts.tidings_bin.display().to_string();
                 let cmd = vec![bin, "serve".into(), "--log".into(), "warn".into(), "--config".into(), format!("{d}/hub.toml")];
-                let engine = if opts.durable { "durable (SQLite, fsync never)" } else { "memory" };
+                let engine = match (&opts.redis_url, opts.durable) {
+                    (Some(_), _) => "redis",
+                    (None, true) => "durable (SQLite, fsync never)",
+                    (None, false) => "memory",
+                };
                 (cmd, format!("http://{addr}/events"), addr, engine.to_owned())
             }
             Kind::Nchan => {
@@ -187,7 +219,7 @@ impl Target {
                 (cmd, format!("http://{control}/publish/"), control, "none (no history)".to_owned())
             }
         };
-        let mut target = Target { kind, endpoint: Endpoint { kind, addr }, engine, dir, child: None, command, publish_url, control, _grip: grip };
+        let mut target = Target { kind, endpoint: Endpoint { kind, addr, identity: opts.identity, exp }, engine, dir, child: None, command, publish_url, control, _grip: grip, _introspection: introspection };
         target.spawn().await?;
         Ok(target)
     }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tidings_bench::{Harness, Kind, Scenario, Sizes};
+use tidings_bench::{Harness, Identity, Kind, Scenario, Sizes};
 
 fn harness(per_process: usize) -> Harness {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_tidings"));
@@ -34,7 +34,7 @@ fn assert_exact(o: &tidings_bench::Outcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_counts_every_delivery_once() {
-    let o = harness(10_000).run(Kind::Tidings, Scenario::Fanout, &sizes()).await.unwrap();
+    let o = harness(10_000).run(Kind::Tidings, Scenario::Fanout, &sizes(), Identity::Static).await.unwrap();
     // One account: every acknowledged event reaches all 200 streams.
     assert_eq!(o.expected, o.published * 200, "{o:?}");
     assert_exact(&o);
@@ -44,16 +44,18 @@ async fn fanout_counts_every_delivery_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_accounts_split_over_worker_processes_add_up() {
     // 200 streams at 80 per process: three `tidings bench worker` processes carry them.
-    let o = harness(80).run(Kind::Tidings, Scenario::ManyAccounts, &sizes()).await.unwrap();
+    let o = harness(80).run(Kind::Tidings, Scenario::ManyAccounts, &sizes(), Identity::Static).await.unwrap();
     // 20 accounts of 10 streams each: every event reaches the 10 streams of its account.
     assert_eq!(o.expected, o.published * 10, "{o:?}");
     assert_exact(&o);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_memory_is_measured() {
-    let o = harness(10_000).run(Kind::Tidings, Scenario::Idle, &sizes()).await.unwrap();
-    assert!(o.all_open, "{o:?}");
-    assert!(o.rss_after_kib.unwrap() > 0 && o.rss_per_stream_kib.is_some(), "{o:?}");
-    assert_eq!(o.processes, vec!["tidings".to_owned()], "{o:?}");
+async fn idle_memory_is_measured_for_every_identity_source() {
+    for identity in [Identity::Static, Identity::Jwt, Identity::Introspection] {
+        let o = harness(10_000).run(Kind::Tidings, Scenario::Idle, &sizes(), identity).await.unwrap();
+        assert!(o.all_open, "{identity:?}: {o:?}");
+        assert!(o.rss_after_kib.unwrap() > 0 && o.rss_per_stream_kib.is_some(), "{identity:?}: {o:?}");
+        assert_eq!(o.processes, vec!["tidings".to_owned()], "{identity:?}: {o:?}");
+    }
 }

@@ -1,0 +1,427 @@
+//! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, all on
+//! one Redis server on loopback, the streams spread over them, and a publish-rate sweep; for
+//! every node count and rate it records, per node and for Redis, CPU, bytes read (the feed),
+//! publish→delivery latency, loss and duplicates, and which part saturated first.
+//!
+//! Everything shares this machine's cores (Redis, every node, the load generator): the
+//! numbers are for ratios and trends (what one more node costs Redis, what one more event
+//! costs a node), not for absolute capacity.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::identity::Identity;
+use crate::load::{LocalStreams, StreamPlan};
+use crate::procfs;
+use crate::report::Machine;
+use crate::scenario::{Published, spawn_publisher_over};
+use crate::target::{Kind, Target, TargetOptions};
+
+/// A node or Redis counts as saturated from this share of one core busy: Redis runs commands
+/// on one thread, and a node's work on this machine competes with everything else.
+const SATURATED_CORE_SHARE: f64 = 0.9;
+/// A rate counts as kept up with when at least this share of the asked publishes was accepted.
+const KEPT_UP_SHARE: f64 = 0.95;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// Node counts to model, comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
+    pub nodes: Vec<usize>,
+    /// Publishes per second to sweep, comma-separated (spread over every node and account).
+    #[arg(long, value_delimiter = ',', default_values_t = [250.0, 500.0, 1000.0, 2000.0, 4000.0])]
+    pub rates: Vec<f64>,
+    /// Streams in all, spread evenly over the nodes.
+    #[arg(long, default_value_t = 4_000)]
+    pub streams: usize,
+    /// Accounts the streams belong to (stream `i` to account `i % accounts`).
+    #[arg(long, default_value_t = 1_000)]
+    pub accounts: usize,
+    /// How long each rate publishes.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Run every (nodes, rate) point this many times; tables show medians.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
+    /// The `tidings` binary serving the nodes (default: this binary).
+    #[arg(long, env = "BENCH_TIDINGS_BIN")]
+    pub tidings_bin: Option<PathBuf>,
+    /// The Redis server to start.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_server: PathBuf,
+    /// Loopback source addresses (127.0.0.2 and up) the client sockets are spread over.
+    #[arg(long, default_value_t = 16)]
+    pub sources: u8,
+    /// Results file (JSON); the markdown goes next to it with `.md`.
+    #[arg(long, default_value = "bench/results/scale-latest.json")]
+    pub out: PathBuf,
+}
+
+/// One node's share of one point.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeOutcome {
+    pub streams: usize,
+    pub cpu_cores: f64,
+    /// Bytes the node read from its sockets per second: the Redis feed (every event of every
+    /// account, whatever the node holds), plus its share of the publish requests.
+    pub read_bytes_per_sec: f64,
+    pub delivered: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// One (nodes, rate) point.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Point {
+    pub nodes: usize,
+    pub rate_asked: f64,
+    pub rate_achieved: f64,
+    pub published: u64,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub publish_errors: BTreeMap<String, u64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub redis_cpu_cores: f64,
+    /// Bytes Redis wrote to its sockets per second (the feed to every node, publish and open
+    /// answers).
+    pub redis_write_bytes_per_sec: f64,
+    pub loadgen_cpu_cores: f64,
+    pub per_node: Vec<NodeOutcome>,
+    /// 1-minute load average at the end of the point.
+    pub load_avg: Option<f64>,
+}
+
+impl Point {
+    fn node_cpu_max(&self) -> f64 {
+        self.per_node.iter().map(|n| n.cpu_cores).fold(0.0, f64::max)
+    }
+
+    fn node_read_mean(&self) -> f64 {
+        self.per_node.iter().map(|n| n.read_bytes_per_sec).sum::<f64>() / self.per_node.len().max(1) as f64
+    }
+
+    /// What gave out first at this point, if anything did.
+    pub fn saturated(&self) -> Option<String> {
+        let mut what = Vec::new();
+        if self.redis_cpu_cores >= SATURATED_CORE_SHARE {
+            what.push(format!("Redis ({:.2} cores)", self.redis_cpu_cores));
+        }
+        if self.node_cpu_max() >= SATURATED_CORE_SHARE {
+            what.push(format!("a node ({:.2} cores)", self.node_cpu_max()));
+        }
+        if self.rate_achieved < self.rate_asked * KEPT_UP_SHARE {
+            what.push("publishes fell behind".into());
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleReport {
+    pub started: String,
+    pub command: String,
+    pub machine: Machine,
+    pub redis_version: String,
+    pub streams: usize,
+    pub accounts: usize,
+    #[serde(with = "humantime_serde")]
+    pub duration: Duration,
+    pub points: Vec<Point>,
+    pub failures: Vec<String>,
+}
+
+/// A `redis-server` of the run's own: loopback, free port, no persistence.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    async fn start(bin: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("tidings-bench-redis-").tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = std::process::Command::new(bin)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {} (apt-get install redis-server)", bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("redis-server did not listen within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self { child, port, _dir: dir })
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Bytes a process read from and wrote to files and sockets so far (`rchar`, `wchar`).
+fn io_bytes(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (field("rchar:"), field("wchar:"))
+}
+
+pub async fn run(a: ScaleArgs) -> Result<()> {
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let tidings_bin = a.tidings_bin.clone().unwrap_or(exe);
+    let version = std::process::Command::new(&a.redis_server).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    let mut report = ScaleReport {
+        started: time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: Machine::current(),
+        redis_version: version,
+        streams: a.streams,
+        accounts: a.accounts,
+        duration: a.duration,
+        points: Vec::new(),
+        failures: Vec::new(),
+    };
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    for &nodes in &a.nodes {
+        eprintln!("[scale] {nodes} node(s)");
+        match run_nodes(&a, &tidings_bin, nodes, &mut report).await {
+            Ok(()) => {}
+            Err(e) => {
+                eprintln!("[scale]   failed: {e:#}");
+                report.failures.push(format!("{nodes} nodes: {e:#}"));
+            }
+        }
+        write(&a.out, &report)?;
+    }
+    eprintln!("[scale] wrote {} and {}", a.out.display(), a.out.with_extension("md").display());
+    print!("{}", markdown(&report));
+    Ok(())
+}
+
+async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleReport) -> Result<()> {
+    let redis = RedisServer::start(&a.redis_server).await?;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let mut targets = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let opts = TargetOptions {
+            tidings_bin: bin.to_owned(),
+            max_streams: a.streams,
+            accounts: a.accounts,
+            durable: false,
+            identity: Identity::Static,
+            redis_url: Some(url.clone()),
+            nofile: 20_000,
+        };
+        targets.push(Target::start(Kind::Tidings, &opts).await?);
+    }
+    // Stream i goes to node i * nodes / streams: contiguous ranges, so a node holds streams
+    // of about min(accounts, streams / nodes) accounts, as a load balancer spreading sessions
+    // at random would give it.
+    let mut streams = Vec::with_capacity(nodes);
+    for (k, t) in targets.iter().enumerate() {
+        let first = k * a.streams / nodes;
+        let count = (k + 1) * a.streams / nodes - first;
+        let plan = StreamPlan { endpoint: t.endpoint.clone(), first, count, accounts: a.accounts, sources: a.sources, reconnect: true, connect_rate: 2_000 };
+        streams.push(LocalStreams::start(&plan));
+    }
+    let open = || streams.iter().map(|s| s.counts().open).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while open() < a.streams as u64 {
+        if Instant::now() > deadline {
+            bail!("only {} of {} streams open after 60 s", open(), a.streams);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for &rate in &a.rates {
+        for rep in 0..a.repeat.max(1) {
+            eprintln!("[scale]   {rate} publishes/s (run {})", rep + 1);
+            let point = run_point(a, &targets, &streams, redis.child.id(), nodes, rate).await?;
+            eprintln!("[scale]   {}", serde_json::to_string(&point)?);
+            report.points.push(point);
+            write(&a.out, report)?;
+        }
+    }
+    for s in streams {
+        s.stop().await;
+    }
+    for mut t in targets {
+        t.stop().await;
+    }
+    Ok(())
+}
+
+async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], redis_pid: u32, nodes: usize, rate: f64) -> Result<Point> {
+    for s in streams {
+        s.reset_latency();
+    }
+    let delivered0: Vec<u64> = streams.iter().map(|s| s.counts().delivered).collect();
+    let dup0: u64 = streams.iter().map(|s| s.counts().duplicated).sum();
+    let pids: Vec<u32> = targets.iter().filter_map(Target::pid).collect();
+    let cpu0: Vec<f64> = pids.iter().map(|p| procfs::tree_cpu_secs(*p)).collect();
+    let io0: Vec<(u64, u64)> = pids.iter().map(|p| io_bytes(*p)).collect();
+    let redis_cpu0 = procfs::cpu_secs(redis_pid).unwrap_or(0.0);
+    let redis_io0 = io_bytes(redis_pid);
+    let me = std::process::id();
+    let all_cpu0 = procfs::tree_cpu_secs(me);
+    let t0 = Instant::now();
+    // One publisher per node, each for its own share of the accounts (so per-account order
+    // and sequence numbers stay one publisher's), together at `rate`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(k, t)| {
+            let mine: Vec<usize> = (0..a.accounts).filter(|acc| acc % nodes == k).collect();
+            let share = rate * mine.len() as f64 / a.accounts as f64;
+            spawn_publisher_over(t.publish_api(), share, a.duration, mine, a.accounts, stop.clone())
+        })
+        .collect();
+    let mut published = Published { per_account: vec![0; a.accounts], ..Default::default() };
+    for p in publishers {
+        let one = tokio::task::spawn_blocking(move || p.join()).await?.map_err(|_| anyhow::anyhow!("publisher panicked"))?;
+        for (i, n) in one.per_account.iter().enumerate() {
+            published.per_account[i] += n;
+        }
+        published.acked += one.acked;
+        for (k, v) in one.failures {
+            *published.failures.entry(k).or_default() += v;
+        }
+        published.elapsed = published.elapsed.max(one.elapsed);
+    }
+    let expected = crate::scenario::expected(&published, a.streams, a.accounts);
+    let delivered_now = || streams.iter().zip(&delivered0).map(|(s, d0)| s.counts().delivered - d0).sum::<u64>();
+    // Wait for the deliveries, or for them to stop moving for 3 s.
+    let (mut last, mut last_change) = (delivered_now(), Instant::now());
+    while last < expected && last_change.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let d = delivered_now();
+        if d != last {
+            (last, last_change) = (d, Instant::now());
+        }
+    }
+    let window = t0.elapsed().as_secs_f64();
+    let mut all = crate::load::histogram();
+    let mut per_node = Vec::with_capacity(targets.len());
+    for (k, s) in streams.iter().enumerate() {
+        let h = s.latency();
+        all.add(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let (r1, _) = io_bytes(pids[k]);
+        per_node.push(NodeOutcome {
+            streams: (k + 1) * a.streams / nodes - k * a.streams / nodes,
+            cpu_cores: (procfs::tree_cpu_secs(pids[k]) - cpu0[k]) / window,
+            read_bytes_per_sec: (r1 - io0[k].0) as f64 / window,
+            delivered: s.counts().delivered - delivered0[k],
+            p50_ms: quantile(&h, 0.5),
+            p99_ms: quantile(&h, 0.99),
+        });
+    }
+    let nodes_cpu: f64 = pids.iter().zip(&cpu0).map(|(p, c)| procfs::tree_cpu_secs(*p) - c).sum();
+    let redis_cpu = procfs::cpu_secs(redis_pid).unwrap_or(0.0) - redis_cpu0;
+    let (_, redis_w) = io_bytes(redis_pid);
+    let loadgen = procfs::tree_cpu_secs(me) - all_cpu0 - nodes_cpu - redis_cpu;
+    let delivered = delivered_now();
+    Ok(Point {
+        nodes,
+        rate_asked: rate,
+        rate_achieved: published.acked as f64 / published.elapsed.as_secs_f64().max(1e-3),
+        published: published.acked,
+        expected,
+        delivered,
+        lost: expected.saturating_sub(delivered),
+        duplicated: streams.iter().map(|s| s.counts().duplicated).sum::<u64>() - dup0,
+        publish_errors: published.failures,
+        p50_ms: quantile(&all, 0.5),
+        p99_ms: quantile(&all, 0.99),
+        redis_cpu_cores: redis_cpu / window,
+        redis_write_bytes_per_sec: (redis_w - redis_io0.1) as f64 / window,
+        loadgen_cpu_cores: loadgen / window,
+        per_node,
+        load_avg: procfs::load_avg(),
+    })
+}
+
+fn quantile(h: &hdrhistogram::Histogram<u64>, q: f64) -> Option<f64> {
+    (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / 1_000.0)
+}
+
+fn write(path: &Path, report: &ScaleReport) -> Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+    std::fs::write(path.with_extension("md"), markdown(report))?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// The markdown tables: one row per (nodes, rate), medians over repeats.
+pub fn markdown(r: &ScaleReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Run started {} on {} ({} CPUs); {}; {} streams over {} accounts, each rate for {:?}.\n",
+        r.started, r.machine.os, r.machine.nproc, r.redis_version, r.streams, r.accounts, r.duration
+    );
+    let _ = writeln!(
+        out,
+        "| nodes | publishes/s asked | achieved | p50 (ms) | p99 (ms) | lost | dup | Redis CPU (cores) | Redis out (MB/s) | node CPU, mean / max (cores) | read per node (MB/s) | Redis CPU ms per 1,000 events | node CPU ms per 1,000 events | load avg | saturated |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let mut keys: Vec<(usize, u64)> = r.points.iter().map(|p| (p.nodes, p.rate_asked as u64)).collect();
+    keys.dedup();
+    keys.sort();
+    keys.dedup();
+    for (nodes, rate) in keys {
+        let runs: Vec<&Point> = r.points.iter().filter(|p| p.nodes == nodes && p.rate_asked as u64 == rate).collect();
+        let med = |f: &dyn Fn(&Point) -> f64| median(runs.iter().map(|p| f(p)).collect());
+        let achieved = med(&|p| p.rate_achieved);
+        let node_mean = med(&|p| p.per_node.iter().map(|n| n.cpu_cores).sum::<f64>() / p.per_node.len().max(1) as f64);
+        let saturated: Vec<String> = runs.iter().filter_map(|p| p.saturated()).collect();
+        let _ = writeln!(
+            out,
+            "| {nodes} | {rate} | {achieved:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {node_mean:.2} / {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {} |",
+            med(&|p| p.p50_ms.unwrap_or(f64::NAN)),
+            med(&|p| p.p99_ms.unwrap_or(f64::NAN)),
+            med(&|p| p.lost as f64),
+            med(&|p| p.duplicated as f64),
+            med(&|p| p.redis_cpu_cores),
+            med(&|p| p.redis_write_bytes_per_sec / 1e6),
+            med(&|p| p.node_cpu_max()),
+            med(&|p| p.node_read_mean() / 1e6),
+            med(&|p| p.redis_cpu_cores * 1000.0 / p.rate_achieved.max(1e-9)),
+            med(&|p| p.per_node.iter().map(|n| n.cpu_cores).sum::<f64>() / p.per_node.len().max(1) as f64 * 1000.0 / p.rate_achieved.max(1e-9)),
+            med(&|p| p.load_avg.unwrap_or(f64::NAN)),
+            if saturated.is_empty() { "–".to_owned() } else { saturated.join("; ") },
+        );
+    }
+    for f in &r.failures {
+        let _ = writeln!(out, "- not run: {f}");
+    }
+    out
+}
