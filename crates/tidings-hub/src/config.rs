@@ -63,6 +63,11 @@ pub const HISTORY_EVENTS_DEFAULT: usize = 1_000;
 pub const HISTORY_AGE_DEFAULT: Duration = Duration::from_secs(3_600);
 /// Default replay budget of one resume (see [`HistoryConfig::replay_max_bytes`]).
 pub const REPLAY_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// Default bytes of retained events per account: the default replay budget, since retaining
+/// more serves no resume (a client behind by more gets `replay_too_large` anyway).
+pub const HISTORY_BYTES_DEFAULT: usize = REPLAY_BYTES_DEFAULT;
+/// Default bytes of retained events of the whole node, all accounts together.
+pub const HISTORY_NODE_BYTES_DEFAULT: usize = 256 * 1024 * 1024;
 
 /// Default Redis server: a local one.
 pub const REDIS_URL_DEFAULT: &str = "redis://127.0.0.1:6379";
@@ -325,11 +330,26 @@ pub struct HistoryConfig {
     /// refetching is cheaper than replaying megabytes, and neither the hub nor Redis has to
     /// hold or ship the whole gap at once.
     pub replay_max_bytes: usize,
+    /// Bytes of retained events kept per account (encoded size), oldest trimmed first; a
+    /// resume from before the cut gets `resync` `history_trimmed`. An event larger than this
+    /// is delivered live but not retained.
+    pub max_bytes: usize,
+    /// Bytes of retained events kept by the whole node, across accounts (memory and durable
+    /// engines; the Redis engine bounds each account with `max_bytes` and Redis itself with
+    /// its own `maxmemory`). Past it the oldest events of the node go first, whatever their
+    /// account.
+    pub node_max_bytes: usize,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { max_events: HISTORY_EVENTS_DEFAULT, max_age: HISTORY_AGE_DEFAULT, replay_max_bytes: REPLAY_BYTES_DEFAULT }
+        Self {
+            max_events: HISTORY_EVENTS_DEFAULT,
+            max_age: HISTORY_AGE_DEFAULT,
+            replay_max_bytes: REPLAY_BYTES_DEFAULT,
+            max_bytes: HISTORY_BYTES_DEFAULT,
+            node_max_bytes: HISTORY_NODE_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -729,6 +749,9 @@ impl Config {
         }
         if self.history.replay_max_bytes == 0 {
             return invalid("history.replay_max_bytes must be > 0".into());
+        }
+        if self.history.max_bytes == 0 || self.history.node_max_bytes < self.history.max_bytes {
+            return invalid("history: max_bytes must be > 0 and node_max_bytes >= max_bytes".into());
         }
         let mut seen = std::collections::HashSet::new();
         for t in &self.auth.tokens {

@@ -386,6 +386,11 @@ impl Fanout {
         self.evict(evicted);
     }
 
+    /// Whether any stream of `account` is open on this node.
+    pub fn has_streams(&self, account: &str) -> bool {
+        self.registry.read().expect("registry lock").accounts.contains_key(account)
+    }
+
     /// Gives every stream on the node the heartbeat `ping` to write once its queue is empty
     /// (replacing one it has not written yet).
     pub fn heartbeat(&self, ping: &Bytes) {

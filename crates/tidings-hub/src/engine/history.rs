@@ -3,15 +3,15 @@
 //!
 //! The memory engine keeps its whole history here; the durable engine keeps here a copy of
 //! what its data file retains, so that opening a stream never reads the disk. Both answer
-//! [`History::open`], so the rules of the window (trimming by count and age, what counts as
-//! trimmed, the replay budget) are written once. The Redis engine keeps its window inside
+//! [`History::open`], so the rules of the window (trimming by count, age and bytes, what
+//! counts as trimmed, forgetting idle accounts, the replay budget) are written once. The Redis engine keeps its window inside
 //! Redis but shares [`new_epoch`] and [`now_ms`] from here.
 //!
 //! What it does not do: assign ids durably, talk to a store, or deliver to the fan-out. The
 //! engine that owns a `History` does those, under the same lock, which is what keeps the
 //! replay/live boundary exact.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -40,6 +40,16 @@ fn oldest_kept_ms(now_ms: u64, max_age: Duration) -> u64 {
     now_ms.saturating_sub(max_age.as_millis() as u64)
 }
 
+/// Buckets of the floor that stands in for forgotten accounts (see [`History::forget_idle`]):
+/// 32 KiB per history, whatever the number of accounts ever seen.
+pub const FLOOR_BUCKETS: usize = 4_096;
+
+/// The floor bucket of an account: a hash of its name that stays the same across restarts
+/// (the durable engine stores the floors) and is written the same in the Redis scripts.
+pub fn floor_bucket(account: &str) -> usize {
+    account.bytes().fold(0, |h, b| (h * 31 + usize::from(b)) % FLOOR_BUCKETS)
+}
+
 /// One retained event. Per-event facts that history rules need (who may see it, a publisher's
 /// idempotency key) belong here, beside the frame.
 #[derive(Debug, Clone)]
@@ -50,6 +60,9 @@ pub struct Entry {
     pub frame: StoredFrame,
 }
 
+/// One incoming event as trimming sees it: `(seq, at_ms, encoded bytes)`.
+type Incoming = (u64, u64, usize);
+
 /// The events of one account still retained, oldest first.
 #[derive(Debug, Default)]
 struct AccountLog {
@@ -57,25 +70,42 @@ struct AccountLog {
     /// Every event of this account with a seq at or below this may have been dropped. An
     /// empty log keeps this: it is what proves a gap later.
     trimmed_through: u64,
+    /// Encoded bytes of `entries`.
+    bytes: usize,
 }
 
 impl AccountLog {
-    /// Where a trim must cut (the new `trimmed_through`) once `incoming` `(seq, at_ms)` are
-    /// appended, so that at most `max_events` remain and none stored before `oldest_ms`;
+    fn front(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.frame.seq)
+    }
+
+    /// Where a trim must cut (the new `trimmed_through`) once `incoming` are appended, so
+    /// that at most `max_events` and `max_bytes` remain and none stored before `oldest_ms`;
     /// `None` if nothing goes.
-    fn cut(&self, incoming: &[(u64, u64)], max_events: usize, oldest_ms: u64) -> Option<u64> {
-        let held = self.entries.iter().map(|e| (e.frame.seq, e.at_ms));
+    fn cut(&self, incoming: &[Incoming], bounds: &HistoryConfig, oldest_ms: u64) -> Option<u64> {
+        let held = self.entries.iter().map(|e| (e.frame.seq, e.at_ms, e.frame.bytes.len()));
         let all = || held.clone().chain(incoming.iter().copied());
         let total = self.entries.len() + incoming.len();
-        let by_count = total.checked_sub(max_events + 1).and_then(|k| all().nth(k)).map(|(seq, _)| seq);
-        let by_age = all().take_while(|(_, at)| *at < oldest_ms).last().map(|(seq, _)| seq);
-        by_count.max(by_age).filter(|&cut| cut > self.trimmed_through)
+        let by_count = total.checked_sub(bounds.max_events + 1).and_then(|k| all().nth(k)).map(|(seq, ..)| seq);
+        let by_age = all().take_while(|(_, at, _)| *at < oldest_ms).last().map(|(seq, ..)| seq);
+        let mut excess = (self.bytes + incoming.iter().map(|(.., len)| len).sum::<usize>()).saturating_sub(bounds.max_bytes);
+        let by_bytes = (excess > 0)
+            .then(|| {
+                all().find(|(.., len)| {
+                    excess = excess.saturating_sub(*len);
+                    excess == 0
+                })
+            })
+            .flatten()
+            .map(|(seq, ..)| seq);
+        by_count.max(by_age).max(by_bytes).filter(|&cut| cut > self.trimmed_through)
     }
 
     /// Drops every event at or below `through` and records it as trimmed.
     fn apply_cut(&mut self, through: u64) {
         while self.entries.front().is_some_and(|e| e.frame.seq <= through) {
-            self.entries.pop_front();
+            let e = self.entries.pop_front().expect("checked");
+            self.bytes -= e.frame.bytes.len();
         }
         self.trimmed_through = self.trimmed_through.max(through);
         if self.entries.is_empty() {
@@ -93,6 +123,14 @@ impl AccountLog {
 }
 
 /// The retained window of one history (one epoch): every account's log and the head.
+///
+/// Bounded by what is retained, not by every account ever seen: an account whose log is
+/// empty and that no stream holds is forgotten ([`History::forget_idle`]). What proves a gap
+/// for it afterwards is its bucket's **floor**, the highest `trimmed_through` of the accounts
+/// forgotten in that bucket: an account not in the map (forgotten, or never seen) counts as
+/// trimmed through its floor, and an account seen again starts from it. A resume from below
+/// the floor therefore gets `resync` `history_trimmed`, never a silent gap; the price is a
+/// resync a forgotten account's client could sometimes have been spared.
 #[derive(Debug)]
 pub struct History {
     epoch: u64,
@@ -100,12 +138,27 @@ pub struct History {
     head: u64,
     bounds: HistoryConfig,
     accounts: HashMap<Arc<str>, AccountLog>,
+    /// Encoded bytes retained across accounts (`history.node_max_bytes` bounds it).
+    bytes: usize,
+    /// `(oldest retained seq, account)` of every account with events: the node's oldest event
+    /// is the first, which is where trimming by `node_max_bytes` starts.
+    fronts: BTreeSet<(u64, Arc<str>)>,
+    /// Per [`floor_bucket`], the highest `trimmed_through` of an account forgotten there.
+    floors: Box<[u64]>,
 }
 
 impl History {
     /// An empty window of history `epoch` whose last assigned seq is `head`.
     pub fn new(epoch: u64, head: u64, bounds: &HistoryConfig) -> Self {
-        Self { epoch, head, bounds: bounds.clone(), accounts: HashMap::new() }
+        Self {
+            epoch,
+            head,
+            bounds: bounds.clone(),
+            accounts: HashMap::new(),
+            bytes: 0,
+            fronts: BTreeSet::new(),
+            floors: vec![0; FLOOR_BUCKETS].into_boxed_slice(),
+        }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -128,64 +181,162 @@ impl History {
         self.head = self.head.max(head);
     }
 
+    /// Changes one account's log (created, from its floor, when missing) and keeps the node's
+    /// byte count and oldest-event index in step.
+    fn update<R>(&mut self, account: &Arc<str>, change: impl FnOnce(&mut AccountLog) -> R) -> R {
+        let floor = self.floors[floor_bucket(account)];
+        let log = self.accounts.entry(account.clone()).or_insert_with(|| AccountLog { trimmed_through: floor, ..AccountLog::default() });
+        let (front, bytes) = (log.front(), log.bytes);
+        let r = change(log);
+        let (new_front, new_bytes) = (log.front(), log.bytes);
+        self.bytes = self.bytes - bytes + new_bytes;
+        if front != new_front {
+            if let Some(seq) = front {
+                self.fronts.remove(&(seq, account.clone()));
+            }
+            if let Some(seq) = new_front {
+                self.fronts.insert((seq, account.clone()));
+            }
+        }
+        r
+    }
+
     /// Appends an event to its account's log; seqs of one account must increase.
     pub fn push(&mut self, account: &Arc<str>, entry: Entry) {
-        let log = self.accounts.entry(account.clone()).or_default();
-        debug_assert!(log.entries.back().is_none_or(|last| last.frame.seq < entry.frame.seq));
-        log.entries.push_back(entry);
+        self.update(account, |log| {
+            debug_assert!(log.entries.back().is_none_or(|last| last.frame.seq < entry.frame.seq));
+            log.bytes += entry.frame.bytes.len();
+            log.entries.push_back(entry);
+        });
     }
 
     /// Records how far an account was trimmed before this window was loaded.
     pub fn restore_trimmed(&mut self, account: &Arc<str>, through: u64) {
-        let log = self.accounts.entry(account.clone()).or_default();
-        log.trimmed_through = log.trimmed_through.max(through);
+        self.update(account, |log| log.trimmed_through = log.trimmed_through.max(through));
     }
 
-    /// The cuts that appending `incoming` (`(account, seq)`, stored at `at_ms`) will require,
-    /// one `(account, trimmed_through)` per account touched that must be trimmed. Nothing
-    /// changes until [`History::apply_cut`]: a store commits the cuts first.
-    pub fn cuts_after<'a>(&self, incoming: impl IntoIterator<Item = (&'a Arc<str>, u64)>, at_ms: u64) -> Vec<(Arc<str>, u64)> {
+    /// Records a floor stored before this window was loaded.
+    pub fn restore_floor(&mut self, bucket: usize, through: u64) {
+        if let Some(floor) = self.floors.get_mut(bucket) {
+            *floor = (*floor).max(through);
+        }
+    }
+
+    /// The cuts that appending `incoming` (`(account, seq, encoded bytes)`, stored at
+    /// `at_ms`) will require by the per-account bounds, one `(account, trimmed_through)` per
+    /// account touched that must be trimmed. Nothing changes until [`History::apply_cut`]: a
+    /// store commits the cuts first.
+    pub fn cuts_after<'a>(&self, incoming: impl IntoIterator<Item = (&'a Arc<str>, u64, usize)>, at_ms: u64) -> Vec<(Arc<str>, u64)> {
         let oldest = oldest_kept_ms(at_ms, self.bounds.max_age);
-        let mut by_account: HashMap<&Arc<str>, Vec<(u64, u64)>> = HashMap::new();
-        for (account, seq) in incoming {
-            by_account.entry(account).or_default().push((seq, at_ms));
+        let mut by_account: HashMap<&Arc<str>, Vec<Incoming>> = HashMap::new();
+        for (account, seq, len) in incoming {
+            by_account.entry(account).or_default().push((seq, at_ms, len));
         }
         let empty = AccountLog::default();
         by_account
             .into_iter()
             .filter_map(|(account, new)| {
                 let log = self.accounts.get(account).unwrap_or(&empty);
-                log.cut(&new, self.bounds.max_events, oldest).map(|cut| (account.clone(), cut))
+                log.cut(&new, &self.bounds, oldest).map(|cut| (account.clone(), cut))
             })
             .collect()
     }
 
-    /// Every cut due now, by count and age, across all accounts (periodic upkeep). Nothing
-    /// changes until [`History::apply_cut`].
+    /// Every cut due now by the per-account bounds (count, age, bytes), across all accounts
+    /// (periodic upkeep). Nothing changes until [`History::apply_cut`].
     pub fn cuts_due(&self, now_ms: u64) -> Vec<(Arc<str>, u64)> {
         let oldest = oldest_kept_ms(now_ms, self.bounds.max_age);
-        self.accounts.iter().filter_map(|(a, log)| log.cut(&[], self.bounds.max_events, oldest).map(|c| (a.clone(), c))).collect()
+        self.accounts.iter().filter_map(|(a, log)| log.cut(&[], &self.bounds, oldest).map(|c| (a.clone(), c))).collect()
     }
 
     /// Drops every event of `account` at or below `through`.
     pub fn apply_cut(&mut self, account: &Arc<str>, through: u64) {
-        self.accounts.entry(account.clone()).or_default().apply_cut(through);
+        self.update(account, |log| log.apply_cut(through));
     }
 
-    /// Trims one account by count and age at once (a history that needs no store to agree).
+    /// Trims one account by its bounds at once (a history that needs no store to agree).
     pub fn trim(&mut self, account: &Arc<str>, now_ms: u64) {
         let oldest = oldest_kept_ms(now_ms, self.bounds.max_age);
-        let Some(log) = self.accounts.get_mut(account) else { return };
-        if let Some(cut) = log.cut(&[], self.bounds.max_events, oldest) {
-            log.apply_cut(cut);
-        }
+        let Some(cut) = self.accounts.get(account).and_then(|log| log.cut(&[], &self.bounds, oldest)) else { return };
+        self.apply_cut(account, cut);
     }
 
-    /// Trims every account by count and age at once.
+    /// Trims every account by its bounds at once.
     pub fn trim_all(&mut self, now_ms: u64) {
         for (account, through) in self.cuts_due(now_ms) {
             self.apply_cut(&account, through);
         }
+    }
+
+    /// Drops the node's oldest events, whatever their account, until what is retained fits
+    /// `history.node_max_bytes`; returns the cuts made (a store applies the same afterwards:
+    /// a window trimmed further than its store only answers `resync` sooner).
+    pub fn trim_node(&mut self) -> Vec<(Arc<str>, u64)> {
+        let mut cuts = Vec::new();
+        while self.bytes > self.bounds.node_max_bytes {
+            let mut oldest = self.fronts.iter();
+            let Some((_, account)) = oldest.next() else { break };
+            let account = account.clone();
+            let next_front = oldest.next().map_or(u64::MAX, |(seq, _)| *seq);
+            let mut excess = self.bytes - self.bounds.node_max_bytes;
+            let mut through = 0;
+            // This account's events older than every other account's oldest, as many as the
+            // excess needs (its first is the node's oldest, so at least one goes).
+            for e in &self.accounts[&account].entries {
+                if e.frame.seq > next_front {
+                    break;
+                }
+                through = e.frame.seq;
+                excess = excess.saturating_sub(e.frame.bytes.len());
+                if excess == 0 {
+                    break;
+                }
+            }
+            self.apply_cut(&account, through);
+            cuts.push((account, through));
+        }
+        cuts
+    }
+
+    /// The accounts [`History::forget_idle`] would forget, each with its `trimmed_through`
+    /// (a store records the same before the window forgets them): those with no retained
+    /// event that `live` (the accounts with streams on the node) does not claim.
+    pub fn forgettable(&self, live: impl Fn(&str) -> bool) -> Vec<(Arc<str>, u64)> {
+        self.accounts.iter().filter(|(a, log)| log.entries.is_empty() && !live(a)).map(|(a, log)| (a.clone(), log.trimmed_through)).collect()
+    }
+
+    /// Forgets `account` if it has no retained event, raising its bucket's floor to its
+    /// `trimmed_through`.
+    pub fn forget(&mut self, account: &Arc<str>) {
+        if self.accounts.get(account).is_some_and(|log| log.entries.is_empty()) {
+            let log = self.accounts.remove(account).expect("checked");
+            let floor = &mut self.floors[floor_bucket(account)];
+            *floor = (*floor).max(log.trimmed_through);
+        }
+    }
+
+    /// Forgets every account with no retained event and no stream (`live` says which have
+    /// one), so memory follows what is retained and live, not every account ever seen.
+    /// Returns how many were forgotten.
+    pub fn forget_idle(&mut self, live: impl Fn(&str) -> bool) -> usize {
+        let idle = self.forgettable(live);
+        for (account, _) in &idle {
+            self.forget(account);
+        }
+        self.shrink();
+        idle.len()
+    }
+
+    /// Gives back the map's room once most of it is empty (a map keeps its capacity).
+    pub fn shrink(&mut self) {
+        if self.accounts.capacity() > 4 * self.accounts.len().max(1_024) {
+            self.accounts.shrink_to_fit();
+        }
+    }
+
+    /// The floor of `account`'s bucket.
+    pub fn floor(&self, account: &str) -> u64 {
+        self.floors[floor_bucket(account)]
     }
 
     /// Events retained across all accounts.
@@ -193,12 +344,22 @@ impl History {
         self.accounts.values().map(|l| l.entries.len()).sum()
     }
 
+    /// Encoded bytes retained across all accounts.
+    pub fn retained_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Accounts the window holds (with events, with a stream, or not yet forgotten).
+    pub fn accounts(&self) -> usize {
+        self.accounts.len()
+    }
+
     /// How a stream of `account` starts from `last_event_id`, as of `now_ms`: the decision,
     /// and for a replay every retained event after the client's id, within the replay budget.
     pub fn open(&self, account: &str, last_event_id: LastEventId, now_ms: u64) -> Opening {
         let oldest = oldest_kept_ms(now_ms, self.bounds.max_age);
         let log = self.accounts.get(account);
-        let trimmed_through = log.map_or(0, |l| l.trimmed_through_at(oldest));
+        let trimmed_through = log.map_or_else(|| self.floor(account), |l| l.trimmed_through_at(oldest));
         let window = HistoryWindow { epoch: self.epoch, head: self.head, trimmed_through };
         let decision = decide(last_event_id, &window);
         let retained = log.into_iter().flat_map(|l| l.entries.iter().map(|e| &e.frame));
@@ -220,6 +381,20 @@ mod tests {
         Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) } }
     }
 
+    /// An event of exactly `len` encoded bytes.
+    fn sized(seq: u64, at_ms: u64, len: usize) -> Entry {
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(vec![b'x'; len]) } }
+    }
+
+    /// Publishes one event of `len` bytes to `account` as the memory engine does.
+    fn publish(h: &mut History, account: &Arc<str>, len: usize, at_ms: u64) -> u64 {
+        let id = h.next_id();
+        h.push(account, sized(id.seq, at_ms, len));
+        h.trim(account, at_ms);
+        h.trim_node();
+        id.seq
+    }
+
     fn bounds(max_events: usize) -> HistoryConfig {
         HistoryConfig { max_events, max_age: Duration::from_millis(HOUR_MS), ..HistoryConfig::default() }
     }
@@ -234,15 +409,17 @@ mod tests {
     fn cuts_keep_the_newest_events_by_count_and_age() {
         let mut log = AccountLog::default();
         for seq in 1..=4u64 {
-            log.entries.push_back(entry(seq, seq * 10));
+            let e = entry(seq, seq * 10);
+            log.bytes += e.frame.bytes.len();
+            log.entries.push_back(e);
         }
-        assert_eq!(log.cut(&[], 4, 0), None);
-        assert_eq!(log.cut(&[(5, 50)], 4, 0), Some(1));
-        assert_eq!(log.cut(&[(5, 50), (6, 60)], 1, 0), Some(5));
-        assert_eq!(log.cut(&[], 10, 25), Some(2), "events older than the cut-off go");
+        assert_eq!(log.cut(&[], &bounds(4), 0), None);
+        assert_eq!(log.cut(&[(5, 50, 1)], &bounds(4), 0), Some(1));
+        assert_eq!(log.cut(&[(5, 50, 1), (6, 60, 1)], &bounds(1), 0), Some(5));
+        assert_eq!(log.cut(&[], &bounds(10), 25), Some(2), "events older than the cut-off go");
         log.apply_cut(2);
         assert_eq!((log.trimmed_through, log.entries.len()), (2, 2));
-        assert_eq!(log.cut(&[], 10, 25), None, "nothing below trimmed_through is cut again");
+        assert_eq!(log.cut(&[], &bounds(10), 25), None, "nothing below trimmed_through is cut again");
     }
 
     #[test]
@@ -288,7 +465,7 @@ mod tests {
         let mut h = History::new(1, 0, &bounds(2));
         h.push(&a, entry(1, 0));
         h.push(&a, entry(2, 0));
-        let cuts = h.cuts_after([(&a, 3), (&b, 4)], 0);
+        let cuts = h.cuts_after([(&a, 3, 10), (&b, 4, 10)], 0);
         assert_eq!(cuts, vec![(a.clone(), 1)], "only the account over its bound is cut");
         assert_eq!(h.retained_events(), 2, "nothing is dropped until the cut is applied");
         h.apply_cut(&a, 1);
@@ -308,6 +485,87 @@ mod tests {
         assert_eq!(resume(&h, "a", 1, 0), (ResumeDecision::Replay { after: 1 }, vec![2, 3]));
         let o = h.open("a", LastEventId::Id(EventId::new(1, 0)), 0);
         assert_eq!((o.decision, o.position), (ResumeDecision::Resync(ResyncReason::ReplayTooLarge), EventId::new(1, 3)));
+    }
+
+    #[test]
+    fn an_account_over_its_byte_budget_loses_its_oldest_events() {
+        let a: Arc<str> = "a".into();
+        let mut h = History::new(1, 0, &HistoryConfig { max_bytes: 250, ..bounds(100) });
+        let seqs: Vec<u64> = (0..4).map(|_| publish(&mut h, &a, 100, 0)).collect();
+        assert_eq!((h.retained_events(), h.retained_bytes()), (2, 200), "two of 100 bytes fit in 250");
+        assert_eq!(resume(&h, "a", seqs[0], 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed), "a resume from before the cut");
+        assert_eq!(resume(&h, "a", seqs[1], 0), (ResumeDecision::Replay { after: seqs[1] }, vec![seqs[2], seqs[3]]));
+        let big = publish(&mut h, &a, 300, 0);
+        assert_eq!(h.retained_bytes(), 0, "an event larger than the budget is not retained");
+        assert_eq!(resume(&h, "a", big - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
+        assert_eq!(resume(&h, "a", big, 0), (ResumeDecision::Replay { after: big }, vec![]));
+    }
+
+    #[test]
+    fn the_node_byte_budget_trims_the_oldest_events_of_any_account() {
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
+        let mut h = History::new(1, 0, &HistoryConfig { node_max_bytes: 500, ..bounds(100) });
+        let a1 = publish(&mut h, &a, 100, 0);
+        let b1 = publish(&mut h, &b, 100, 0);
+        let a2 = publish(&mut h, &a, 100, 0);
+        let c1 = publish(&mut h, &c, 100, 0);
+        let b2 = publish(&mut h, &b, 100, 0);
+        assert_eq!(h.retained_bytes(), 500, "at the budget, nothing goes");
+        let c2 = publish(&mut h, &c, 150, 0);
+        assert_eq!(h.retained_bytes(), 450, "the two oldest (a1, b1) went to make room for 150 more");
+        assert_eq!(resume(&h, "a", a1, 0), (ResumeDecision::Replay { after: a1 }, vec![a2]), "a1 went, but its client saw it");
+        assert_eq!(resume(&h, "a", a1 - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
+        assert_eq!(resume(&h, "b", b1, 0), (ResumeDecision::Replay { after: b1 }, vec![b2]));
+        assert_eq!(resume(&h, "b", b1 - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
+        assert_eq!(resume(&h, "c", c1 - 1, 0), (ResumeDecision::Replay { after: c1 - 1 }, vec![c1, c2]), "c is untouched");
+        publish(&mut h, &c, 500, 0);
+        assert_eq!(h.retained_bytes(), 500, "everything older goes for an event of the whole budget");
+        assert_eq!(h.fronts.len(), 1, "only accounts with events are indexed");
+    }
+
+    #[test]
+    fn an_idle_account_is_forgotten_and_an_old_position_still_resyncs() {
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let mut h = History::new(1, 0, &bounds(100));
+        let a1 = publish(&mut h, &a, 10, 0);
+        let a2 = publish(&mut h, &a, 10, 0);
+        let b1 = publish(&mut h, &b, 10, 0);
+        assert_eq!(h.forget_idle(|_| false), 0, "accounts with events are kept");
+        h.trim_all(HOUR_MS + 1);
+        assert_eq!(h.forget_idle(|acc| acc == "b"), 1, "b has a stream open, a is forgotten");
+        assert_eq!(h.accounts(), 1);
+        assert_eq!(resume(&h, "a", a1, HOUR_MS + 1).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed), "never a silent gap");
+        assert_eq!(resume(&h, "a", a2, HOUR_MS + 1), (ResumeDecision::Replay { after: a2 }, vec![]), "its client saw everything");
+        assert_eq!(resume(&h, "b", b1, HOUR_MS + 1), (ResumeDecision::Replay { after: b1 }, vec![]));
+        // Seen again, the account starts from the floor: the events it lost stay lost.
+        let a3 = publish(&mut h, &a, 10, HOUR_MS + 2);
+        assert_eq!(resume(&h, "a", a1, HOUR_MS + 2).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
+        assert_eq!(resume(&h, "a", a2, HOUR_MS + 2), (ResumeDecision::Replay { after: a2 }, vec![a3]));
+    }
+
+    #[test]
+    fn forgetting_many_accounts_gives_their_room_back() {
+        let mut h = History::new(1, 0, &bounds(100));
+        let accounts: Vec<Arc<str>> = (0..20_000).map(|i| Arc::from(format!("acct-{i}"))).collect();
+        let firsts: Vec<u64> = accounts.iter().map(|a| publish(&mut h, a, 10, 0)).collect();
+        let _seconds: Vec<u64> = accounts.iter().map(|a| publish(&mut h, a, 10, 0)).collect();
+        let full = h.accounts.capacity();
+        h.trim_all(HOUR_MS + 1);
+        assert_eq!(h.forget_idle(|_| false), accounts.len());
+        assert_eq!((h.accounts(), h.retained_bytes(), h.fronts.len()), (0, 0, 0));
+        assert!(h.accounts.capacity() < full / 4, "capacity {} of {full}", h.accounts.capacity());
+        for (a, first) in accounts.iter().zip(&firsts) {
+            assert_eq!(resume(&h, a, *first, HOUR_MS + 1).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed), "account {a}");
+        }
+    }
+
+    #[test]
+    fn floor_buckets_are_stable_and_spread() {
+        assert_eq!(floor_bucket(""), 0);
+        assert_eq!(floor_bucket("a"), 97);
+        assert_eq!(floor_bucket("ab"), (97 * 31 + 98) % FLOOR_BUCKETS);
+        let used: std::collections::HashSet<usize> = (0..FLOOR_BUCKETS).map(|i| floor_bucket(&format!("account-{i}"))).collect();
+        assert!(used.len() > FLOOR_BUCKETS / 2, "{} buckets used", used.len());
     }
 
     #[test]

@@ -19,7 +19,8 @@ use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
 use crate::fanout::Fanout;
 
-/// History of every account, bounded by count and age per account.
+/// History of every account, bounded by count, age and bytes per account and by bytes for the
+/// node; accounts with neither events nor streams are forgotten.
 #[derive(Debug)]
 pub struct MemoryEngine {
     fanout: Arc<Fanout>,
@@ -48,6 +49,7 @@ impl Engine for MemoryEngine {
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
             h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes: bytes.clone() } });
             h.trim(&ev.account, at_ms);
+            h.trim_node();
             self.fanout.deliver(&ev.account, id.seq, &bytes);
             ids.push(id);
         }
@@ -65,7 +67,10 @@ impl Engine for MemoryEngine {
     }
 
     fn maintain(&self) {
-        self.history.lock().expect("history lock").trim_all(now_ms());
+        let mut h = self.history.lock().expect("history lock");
+        h.trim_all(now_ms());
+        h.trim_node();
+        h.forget_idle(|account| self.fanout.has_streams(account));
     }
 
     fn name(&self) -> &'static str {

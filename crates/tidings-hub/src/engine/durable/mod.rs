@@ -16,7 +16,8 @@
 //! The epoch lives in the file (a new file draws a new one), and the head is committed with
 //! every group, so seqs continue after any restart. Trimming (by count on publish, by age on
 //! [`Engine::maintain`]) deletes rows and records each account's `trimmed_through`, which is
-//! what proves a gap later. It does not replicate: one hub per data file (the file is locked).
+//! what proves a gap later; an account with neither events nor streams is forgotten, its
+//! `trimmed_through` folded into its bucket's floor (meta `floor:<bucket>`, see [`History`]). It does not replicate: one hub per data file (the file is locked).
 //!
 //! Why SQLite (bundled, via `rusqlite`) and not `redb`: SQLite's WAL mode with
 //! `synchronous = NORMAL` keeps acknowledged commits through a crash of the process (the OS
@@ -81,6 +82,9 @@ impl DurableEngine {
         let (store, loaded) = Store::open(data_dir, fsync)?;
         let path = store.path().to_owned();
         let mut h = History::new(loaded.epoch, loaded.head, bounds);
+        for (bucket, through) in loaded.floors {
+            h.restore_floor(bucket, through);
+        }
         for (account, through) in loaded.trims {
             h.restore_trimmed(&account.into(), through);
         }
@@ -230,7 +234,9 @@ impl Writer {
             }
             ids.push(batch_ids);
         }
-        let trims = self.history.lock().expect("history lock").cuts_after(rows.iter().map(|r| (&r.account, r.seq)), at_ms);
+        let frames: Vec<Bytes> = rows.iter().map(|r| Bytes::from(encode_data_frame(Some(EventId::new(epoch, r.seq)), &r.payload))).collect();
+        let incoming = rows.iter().zip(&frames).map(|(r, f)| (&r.account, r.seq, f.len()));
+        let trims = self.history.lock().expect("history lock").cuts_after(incoming, at_ms);
         let store = self.store.as_mut().expect("checked above");
         if let Err(e) = store.commit(head, &rows, &trims) {
             tracing::error!(path = %store.path().display(), error = %e, events = rows.len(), "commit failed; nothing in this group was published");
@@ -241,8 +247,7 @@ impl Writer {
             return;
         }
         self.healthy.store(true, Ordering::Release);
-        let frames: Vec<Bytes> = rows.iter().map(|r| Bytes::from(encode_data_frame(Some(EventId::new(epoch, r.seq)), &r.payload))).collect();
-        {
+        let node_trims = {
             let mut h = self.history.lock().expect("history lock");
             for (row, bytes) in rows.iter().zip(&frames) {
                 h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() } });
@@ -256,33 +261,67 @@ impl Writer {
             for (row, bytes) in rows.iter().zip(&frames) {
                 self.fanout.deliver(&row.account, row.seq, bytes);
             }
-        }
+            h.trim_node()
+        };
+        self.commit_trims(head, &node_trims);
         for (p, batch_ids) in group.into_iter().zip(ids) {
             let _ = p.reply.send(Ok(batch_ids));
         }
     }
 
-    /// Trims every account by count and age, then returns freed pages to the file system.
+    /// Trims every account by its bounds and the node by its byte budget, forgets accounts
+    /// with neither events nor streams, then returns freed pages to the file system.
     fn maintain(&mut self) {
         let Some(store) = self.store.as_mut() else { return };
         let (head, trims) = {
             let h = self.history.lock().expect("history lock");
             (h.head(), h.cuts_due(now_ms()))
         };
+        if !trims.is_empty() {
+            if let Err(e) = store.commit(head, &[], &trims) {
+                tracing::warn!(path = %store.path().display(), error = %e, "trimming history failed; will retry");
+                return;
+            }
+            let mut h = self.history.lock().expect("history lock");
+            for (account, through) in &trims {
+                h.apply_cut(account, *through);
+            }
+        }
+        let node_trims = self.history.lock().expect("history lock").trim_node();
+        self.commit_trims(head, &node_trims);
+        let forgotten = self.history.lock().expect("history lock").forgettable(|account| self.fanout.has_streams(account));
+        let Some(store) = self.store.as_mut() else { return };
+        if !forgotten.is_empty() {
+            // The file first: a window that forgot what the file still holds would come back
+            // after a restart with an older `trimmed_through` than its clients were told.
+            if let Err(e) = store.forget(&forgotten) {
+                tracing::warn!(path = %store.path().display(), error = %e, "forgetting idle accounts failed; will retry");
+                return;
+            }
+            let mut h = self.history.lock().expect("history lock");
+            for (account, _) in &forgotten {
+                h.forget(account);
+            }
+            h.shrink();
+        }
+        if trims.is_empty() && node_trims.is_empty() && forgotten.is_empty() {
+            return;
+        }
+        if let Err(e) = store.reclaim() {
+            tracing::warn!(path = %store.path().display(), error = %e, "returning free space to the file system failed");
+        }
+    }
+
+    /// Records in the file cuts the window already made (by the node's byte budget). Failing
+    /// only leaves the file holding more than the window, which the next cut or forgetting of
+    /// the account removes.
+    fn commit_trims(&mut self, head: u64, trims: &[(std::sync::Arc<str>, u64)]) {
+        let Some(store) = self.store.as_mut() else { return };
         if trims.is_empty() {
             return;
         }
-        if let Err(e) = store.commit(head, &[], &trims) {
-            tracing::warn!(path = %store.path().display(), error = %e, "trimming history failed; will retry");
-            return;
-        }
-        let mut h = self.history.lock().expect("history lock");
-        for (account, through) in &trims {
-            h.apply_cut(account, *through);
-        }
-        drop(h);
-        if let Err(e) = store.reclaim() {
-            tracing::warn!(path = %store.path().display(), error = %e, "returning free space to the file system failed");
+        if let Err(e) = store.commit(head, &[], trims) {
+            tracing::warn!(path = %store.path().display(), error = %e, "recording the node's byte-budget trims failed");
         }
     }
 

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use crate::config::FsyncPolicy;
+use crate::engine::history::floor_bucket;
 
 /// The data file inside `data_dir`.
 pub const DATA_FILE_NAME: &str = "tidings.db";
@@ -69,6 +70,8 @@ pub struct Loaded {
     pub head: u64,
     /// `(account, trimmed_through)`.
     pub trims: Vec<(String, u64)>,
+    /// `(bucket, floor)` of the buckets where accounts were forgotten (meta `floor:<bucket>`).
+    pub floors: Vec<(usize, u64)>,
     /// Every retained event, ordered by account then seq.
     pub events: Vec<Row>,
 }
@@ -190,6 +193,11 @@ impl Store {
             .prepare("SELECT account, trimmed_through FROM accounts")?
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
+        let floors = self
+            .conn
+            .prepare("SELECT CAST(substr(key, 7) AS INTEGER), value FROM meta WHERE key LIKE 'floor:%'")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as u64)))?
+            .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::new();
         let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload FROM events ORDER BY account, seq")?;
         let mut rows = stmt.query([])?;
@@ -202,7 +210,7 @@ impl Store {
             let payload: String = r.get(3)?;
             events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into() });
         }
-        Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, events })
+        Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, floors, events })
     }
 
     /// Stores new events, applies trims (`(account, trimmed_through)`: every event of the
@@ -225,6 +233,28 @@ impl Store {
                 mark.execute(params![&**account, *through as i64])?;
             }
             tx.prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'head'")?.execute([head as i64])?;
+        }
+        tx.commit()
+    }
+
+    /// Forgets accounts (`(account, trimmed_through)`) that retain no event, raising the floor
+    /// of each one's bucket to its `trimmed_through`, in one transaction.
+    pub fn forget(&mut self, forgotten: &[(std::sync::Arc<str>, u64)]) -> rusqlite::Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            // Events too: the window may have trimmed further than the file (see
+            // `History::trim_node`) when committing that cut failed.
+            let mut events = tx.prepare_cached("DELETE FROM events WHERE account = ?1")?;
+            let mut account = tx.prepare_cached("DELETE FROM accounts WHERE account = ?1")?;
+            let mut floor = tx.prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('floor:' || ?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+            )?;
+            for (name, through) in forgotten {
+                events.execute([&**name])?;
+                account.execute([&**name])?;
+                floor.execute(params![floor_bucket(name) as i64, *through as i64])?;
+            }
         }
         tx.commit()
     }

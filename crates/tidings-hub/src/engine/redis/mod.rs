@@ -13,7 +13,10 @@
 //! `history.max_age`, trimmed exactly inside the scripts; the seq of the last event trimmed is
 //! kept per account (`<prefix>trimmed`), which is what proves a gap to a resuming client. A
 //! sorted set of each account's oldest event time lets upkeep trim idle accounts by age
-//! without scanning keys.
+//! without scanning keys. `history.max_bytes` bounds each account's payload bytes the same way
+//! (counted in `<prefix>trimmed:bytes`). An account left without events is forgotten, keeping
+//! Redis's size to what is retained: its `trimmed_through` is folded into a floor per bucket
+//! of accounts (`<prefix>trimmed:floors`), which answers its old ids with `resync`.
 //!
 //! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
 //! (plus one multiplexed connection for publish and open: two per node, whatever the number
@@ -194,7 +197,12 @@ impl Inner {
         let k = &self.keys;
         let mut inv = self.publish_script.prepare_invoke();
         inv.key(&k.epoch).key(&k.seq).key(&k.feed).key(&k.trimmed).key(&k.oldest);
-        inv.arg(format!("{epoch:x}")).arg(now_ms()).arg(self.history.max_events).arg(self.age_cutoff_ms()).arg(self.config.feed_max_events);
+        inv.arg(format!("{epoch:x}"))
+            .arg(now_ms())
+            .arg(self.history.max_events)
+            .arg(self.age_cutoff_ms())
+            .arg(self.config.feed_max_events)
+            .arg(self.history.max_bytes);
         for ev in &batch {
             inv.key(k.account(&ev.account));
             inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes());
@@ -245,7 +253,8 @@ impl Inner {
             .arg(after.map(|s| s.to_string()).unwrap_or_default())
             .arg(self.history.replay_max_bytes)
             .arg(self.config.feed_max_events)
-            .arg(&self.node_id);
+            .arg(&self.node_id)
+            .arg(self.history.max_bytes);
         for s in &claims {
             inv.arg(s.account.as_bytes()).arg(s.session.as_bytes());
         }
@@ -286,6 +295,7 @@ impl Inner {
             .arg(self.history.max_events)
             .arg(self.age_cutoff_ms())
             .arg(MAINTAIN_ACCOUNTS_MAX)
+            .arg(self.history.max_bytes)
             .invoke_async(&mut conn)
             .await;
         match result {

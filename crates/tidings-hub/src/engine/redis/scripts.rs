@@ -24,7 +24,10 @@ pub(super) struct Keys {
     pub seq: String,
     /// The stream every node reads to deliver events to its own streams.
     pub feed: String,
-    /// Hash: account -> seq of its last trimmed event (what proves a gap).
+    /// Hash: account -> seq of its last trimmed event (what proves a gap), for accounts with
+    /// retained events. Beside it, built by the scripts: `<trimmed>:bytes` (account -> payload
+    /// bytes retained) and `<trimmed>:floors` (floor bucket -> highest `trimmed_through` of a
+    /// forgotten account there).
     pub trimmed: String,
     /// Sorted set: account -> time (ms) of its oldest kept event, for age trimming.
     pub oldest: String,
@@ -44,17 +47,30 @@ impl Keys {
     }
 }
 
-/// Shared by the scripts that trim: drops an account's oldest entries beyond `max` or older
-/// than `cutoff` (ms), records the last dropped seq as the account's `trimmed_through`, and
-/// indexes the time of the oldest entry kept (or forgets the account's stream when none is).
+/// Shared by the scripts that trim: drops an account's oldest entries beyond `max`, older
+/// than `cutoff` (ms) or beyond `max_bytes` of payload, records the last dropped seq as the
+/// account's `trimmed_through`, and indexes the time of the oldest entry kept. An account left
+/// with no entry is forgotten: its stream, its byte count and its `trimmed_through` go, and
+/// the floor of its bucket (`<trimmed>:floors`, bucket as [`floor_bucket`]) rises to what
+/// proved a gap, which is what answers its old ids from then on.
+///
+/// [`floor_bucket`]: crate::engine::history::floor_bucket
 macro_rules! trim_fn {
     () => {
         r#"
-local function trim(key, account, max, cutoff, trimmed, oldest)
+local function floor_bucket(account)
+  local h = 0
+  for i = 1, #account do h = (h * 31 + string.byte(account, i)) % 4096 end
+  return h
+end
+local function trim(key, account, max, cutoff, trimmed, oldest, max_bytes)
+  local sizes = trimmed .. ':bytes'
+  local held = tonumber(redis.call('HGET', sizes, account) or '0')
   local last = nil
   local excess = redis.call('XLEN', key) - max
   if excess > 0 then
     local old = redis.call('XRANGE', key, '-', '+', 'COUNT', excess)
+    for _, e in ipairs(old) do held = held - #e[2][2] end
     last = old[#old][1]
   end
   local first = nil
@@ -63,7 +79,8 @@ local function trim(key, account, max, cutoff, trimmed, oldest)
     if last then from = '(' .. last end
     local batch = redis.call('XRANGE', key, from, '+', 'COUNT', 64)
     for _, e in ipairs(batch) do
-      if tonumber(e[2][4]) >= cutoff then first = e; break end
+      if tonumber(e[2][4]) >= cutoff and held <= max_bytes then first = e; break end
+      held = held - #e[2][2]
       last = e[1]
     end
     if first or #batch < 64 then break end
@@ -75,9 +92,20 @@ local function trim(key, account, max, cutoff, trimmed, oldest)
   end
   if first then
     redis.call('ZADD', oldest, first[2][4], account)
+    redis.call('HSET', sizes, account, math.max(held, 0))
   else
     redis.call('DEL', key)
     redis.call('ZREM', oldest, account)
+    redis.call('HDEL', sizes, account)
+    local through = redis.call('HGET', trimmed, account)
+    if through then
+      local floors = trimmed .. ':floors'
+      local bucket = floor_bucket(account)
+      if tonumber(through) > tonumber(redis.call('HGET', floors, bucket) or '0') then
+        redis.call('HSET', floors, bucket, through)
+      end
+      redis.call('HDEL', trimmed, account)
+    end
   end
 end
 "#
@@ -150,8 +178,8 @@ return {epoch, string.format('%d', head), happened}
 
 /// Stores a batch: assigns seqs, appends to each account's history and to the feed, trims.
 /// KEYS: epoch, seq, feed, trimmed, oldest, then one account stream per event.
-/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, then account and
-/// payload per event. Returns the last seq assigned, or -1 when the epoch is not the expected
+/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, max bytes per
+/// account, then account and payload per event. Returns the last seq assigned, or -1 when the epoch is not the expected
 /// one (nothing is written then).
 pub(super) fn publish() -> Script {
     Script::new(concat!(
@@ -166,13 +194,14 @@ local touched = {}
 for i = 1, n do
   seq = seq + 1
   local id = string.format('%d-0', seq)
-  local account, payload = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
+  local account, payload = ARGV[5 + 2 * i], ARGV[6 + 2 * i]
   redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2])
+  redis.call('HINCRBY', KEYS[4] .. ':bytes', account, #payload)
   redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
   touched[KEYS[5 + i]] = account
 end
 for key, account in pairs(touched) do
-  trim(key, account, tonumber(ARGV[3]), tonumber(ARGV[4]), KEYS[4], KEYS[5])
+  trim(key, account, tonumber(ARGV[3]), tonumber(ARGV[4]), KEYS[4], KEYS[5], tonumber(ARGV[6]))
 end
 return last
 "#
@@ -222,17 +251,20 @@ end
 ///
 /// KEYS: epoch, seq, trimmed, oldest, account stream, feed.
 /// ARGV: account, max events, age cutoff (ms), seq to replay after (or ""), replay budget
-/// (bytes), feed length, node id, then account and session per claim.
+/// (bytes), feed length, node id, max bytes per account, then account and session per claim.
 pub(super) fn open() -> Script {
     Script::new(concat!(
         trim_fn!(),
         claim_fn!(),
         r#"
-local claims = claim(KEYS[2], KEYS[6], ARGV[6], ARGV[7], 8)
-trim(KEYS[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[3], KEYS[4])
+local claims = claim(KEYS[2], KEYS[6], ARGV[6], ARGV[7], 9)
+trim(KEYS[5], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[3], KEYS[4], tonumber(ARGV[8]))
 local epoch = redis.call('GET', KEYS[1]) or ''
 local head = redis.call('GET', KEYS[2]) or '0'
-local trimmed = redis.call('HGET', KEYS[3], ARGV[1]) or '0'
+-- An account forgotten (or never seen) counts as trimmed through its bucket's floor.
+local own = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local floor = tonumber(redis.call('HGET', KEYS[3] .. ':floors', floor_bucket(ARGV[1])) or '0')
+local trimmed = string.format('%d', math.max(own, floor))
 local replay = {}
 local too_large = 0
 if ARGV[4] ~= '' then
@@ -262,7 +294,8 @@ return {epoch, head, trimmed, replay, too_large, claims}
 }
 
 /// Trims by age the accounts whose oldest kept event is older than the cutoff, a bounded
-/// number per call. KEYS: trimmed, oldest. ARGV: key prefix, max events, cutoff (ms), limit.
+/// number per call. KEYS: trimmed, oldest. ARGV: key prefix, max events, cutoff (ms), limit,
+/// max bytes per account.
 /// Returns how many accounts were trimmed.
 pub(super) fn maintain() -> Script {
     Script::new(concat!(
@@ -270,7 +303,7 @@ pub(super) fn maintain() -> Script {
         r#"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3], 'LIMIT', 0, tonumber(ARGV[4]))
 for _, account in ipairs(due) do
-  trim(ARGV[1] .. 'a:' .. account, account, tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[1], KEYS[2])
+  trim(ARGV[1] .. 'a:' .. account, account, tonumber(ARGV[2]), tonumber(ARGV[3]), KEYS[1], KEYS[2], tonumber(ARGV[5]))
 end
 return #due
 "#
