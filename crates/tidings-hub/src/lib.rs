@@ -42,8 +42,12 @@ use crate::metrics::Metrics;
 
 /// How often deadlines (token expiry, lifetime) and stuck closing streams are checked.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// How often engines trim history by age when no publish does it for them.
+/// How often engines trim history by age when no publish does it for them, and forget idle
+/// accounts: at most this, and a quarter of `history.max_age` when that is shorter, so memory
+/// follows a short history closely.
 const MAINTAIN_INTERVAL: Duration = Duration::from_secs(10);
+/// The shortest upkeep interval, whatever `history.max_age`.
+const MAINTAIN_INTERVAL_MIN: Duration = Duration::from_millis(250);
 /// Pending connections the kernel may hold for the accept loop (see [`Hub::bind`]).
 pub const LISTEN_BACKLOG: u32 = 4096;
 /// Share of the open files limit kept for what is not a stream (see [`open_files_reserve`]):
@@ -162,7 +166,7 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
     let every = hub.config().heartbeat;
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(every));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
+    let mut maintain = tokio::time::interval((hub.config().history.max_age / 4).clamp(MAINTAIN_INTERVAL_MIN, MAINTAIN_INTERVAL));
     for i in [&mut sweep, &mut heartbeat, &mut maintain] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
@@ -174,7 +178,15 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
                 let ping = Bytes::from(encode_ping(&humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()));
                 hub.fanout().heartbeat(&ping);
             }
-            _ = maintain.tick() => hub.engine().maintain(),
+            _ = maintain.tick() => {
+                hub.engine().maintain();
+                if let Some(r) = hub.engine().retained() {
+                    let m = hub.metrics();
+                    m.history_accounts.set(r.accounts as i64);
+                    m.history_retained_events.set(r.events as i64);
+                    m.history_retained_bytes.set(r.bytes as i64);
+                }
+            }
         }
     }
 }

@@ -41,6 +41,11 @@ pub struct Metrics {
     pub request_timeouts: Family<PhaseLabel, Counter>,
     /// 1 while the engine answers, 0 while it does not; refreshed on each scrape.
     pub engine_ready: Gauge,
+    /// Accounts the node's history window holds (memory and durable engines), as of the last
+    /// upkeep: those with retained events or open streams, and idle ones not yet forgotten.
+    pub history_accounts: Gauge,
+    pub history_retained_events: Gauge,
+    pub history_retained_bytes: Gauge,
     pub streams_opened: Counter,
     /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
     pub stream_closes: Family<ReasonLabel, Counter>,
@@ -82,6 +87,9 @@ impl Metrics {
             connections_open: Gauge::default(),
             request_timeouts: Family::default(),
             engine_ready: Gauge::default(),
+            history_accounts: Gauge::default(),
+            history_retained_events: Gauge::default(),
+            history_retained_bytes: Gauge::default(),
             streams_opened: Counter::default(),
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
@@ -104,6 +112,9 @@ impl Metrics {
         r.register("connections_open", "Client connections open, streams or not", m.connections_open.clone());
         r.register("request_timeouts", "Requests cut off by a time bound, by phase (head, body, response)", m.request_timeouts.clone());
         r.register("engine_ready", "1 while the engine answers, 0 while it does not", m.engine_ready.clone());
+        r.register("history_accounts", "Accounts held by the node's history window (memory and durable engines), as of the last upkeep", m.history_accounts.clone());
+        r.register("history_retained_events", "Events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_events.clone());
+        r.register("history_retained_bytes", "Encoded bytes of the events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_bytes.clone());
         r.register("streams_opened", "Streams opened", m.streams_opened.clone());
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());

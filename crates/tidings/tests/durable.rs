@@ -220,3 +220,25 @@ async fn a_gap_past_the_replay_budget_answers_resync() {
     let hub = Hub::start(&durable(&format!("[history]\n{REPLAY_BUDGET_TOML}"))).await;
     replay_budget_holds(&hub).await;
 }
+
+#[tokio::test]
+async fn byte_budgets_hold_and_survive_a_restart() {
+    let cfg = durable(&format!("[history]\n{BYTE_BUDGET_TOML}"));
+    let hub = Hub::start(&cfg).await;
+    let acme = account_byte_budget_holds(&hub).await;
+    node_byte_budget_holds(&hub, &acme).await;
+    let hub = restart(hub, &cfg, false).await;
+    assert_eq!(resume_outcome(&hub, "tok-alice", &acme[4], 3).await, Ok(vec![6, 7, 8]));
+    assert_eq!(resume_outcome(&hub, "tok-alice", &acme[3], 0).await, Err("history_trimmed".to_owned()), "the file was trimmed too");
+}
+
+#[tokio::test]
+async fn forgotten_accounts_stay_forgotten_across_a_restart() {
+    let cfg = durable("[history]\nmax_age = \"1s\"\n");
+    let hub = Hub::start(&cfg).await;
+    let acme = idle_accounts_are_forgotten(&hub, true).await;
+    let hub = restart(hub, &cfg, false).await;
+    // The floor is in the file: the forgotten account's old id still resyncs.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(resume_outcome(&hub, "tok-alice-3", &acme[0], 0).await, Err("history_trimmed".to_owned()));
+}

@@ -591,3 +591,33 @@ over_both_transports!(
     a_second_open_on_another_node_supersedes_the_first,
     min_replicas_acknowledges_only_replicated_publishes,
 );
+
+#[tokio::test]
+async fn history_bytes_per_account_are_bounded_inside_redis() {
+    let redis = Redis::start().await;
+    let hub = node(&redis, &format!("[history]\n{BYTE_BUDGET_TOML}")).await;
+    account_byte_budget_holds(&hub).await;
+    let held = int_reply(&redis, "HGET t:trimmed:bytes acme").await;
+    assert!(held <= 40_960 && held > 3 * 8_192, "payload bytes held: {held}");
+}
+
+#[tokio::test]
+async fn idle_accounts_are_forgotten_inside_redis() {
+    let redis = Redis::start().await;
+    let hub = node(&redis, "[history]\nmax_age = \"1s\"\n").await;
+    idle_accounts_are_forgotten(&hub, false).await;
+    // globex's events aged out too; nothing of the idle tenants is left in Redis.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(int_reply(&redis, "HEXISTS t:trimmed tenant-7").await, 0);
+    assert_eq!(int_reply(&redis, "EXISTS t:a:tenant-7").await, 0);
+    assert_eq!(int_reply(&redis, "HEXISTS t:trimmed:bytes tenant-7").await, 0);
+    let floors = int_reply(&redis, "HLEN t:trimmed:floors").await;
+    assert!(floors > 100, "{floors} floor buckets for 300 forgotten accounts");
+}
+
+/// A number answered by Redis to an inline command (an integer reply, or a bulk string).
+async fn int_reply(redis: &Redis, cmd: &str) -> u64 {
+    let reply = redis.command(cmd).await.expect("redis answers");
+    let value = reply.strip_prefix(':').map_or_else(|| reply.lines().nth(1).unwrap_or(""), |v| v.trim_end());
+    value.trim().parse().unwrap_or_else(|_| panic!("{cmd}: {reply:?}"))
+}

@@ -228,3 +228,16 @@ async fn a_gap_past_the_replay_budget_answers_resync() {
     let hub = Hub::start(&config("", &format!("[history]\n{REPLAY_BUDGET_TOML}"))).await;
     replay_budget_holds(&hub).await;
 }
+
+#[tokio::test]
+async fn idle_accounts_are_forgotten_without_a_silent_gap() {
+    let hub = Hub::start(&config("", "[history]\nmax_age = \"1s\"\n")).await;
+    idle_accounts_are_forgotten(&hub, true).await;
+}
+
+#[tokio::test]
+async fn byte_budgets_per_account_and_per_node_trim_oldest_first() {
+    let hub = Hub::start(&config("", &format!("[history]\n{BYTE_BUDGET_TOML}"))).await;
+    let acme = account_byte_budget_holds(&hub).await;
+    node_byte_budget_holds(&hub, &acme).await;
+}

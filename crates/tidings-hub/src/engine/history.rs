@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime};
 use tidings_protocol::EventId;
 use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 
-use super::{Opening, StoredFrame};
+use super::{Opening, Retained, StoredFrame};
 use crate::config::HistoryConfig;
 
 /// A fresh epoch: 32 random bits keep ids short, and never 0. Two histories drawing the same
@@ -352,6 +352,11 @@ impl History {
     /// Accounts the window holds (with events, with a stream, or not yet forgotten).
     pub fn accounts(&self) -> usize {
         self.accounts.len()
+    }
+
+    /// Accounts, events and bytes held.
+    pub fn retained(&self) -> Retained {
+        Retained { accounts: self.accounts(), events: self.retained_events(), bytes: self.bytes }
     }
 
     /// How a stream of `account` starts from `last_event_id`, as of `now_ms`: the decision,

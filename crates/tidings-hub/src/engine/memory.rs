@@ -15,7 +15,7 @@ use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::LastEventId;
 
 use super::history::{Entry, History, new_epoch, now_ms};
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::{Engine, EngineError, NewEvent, Opening, Retained, StoredFrame};
 use crate::config::HistoryConfig;
 use crate::fanout::Fanout;
 
@@ -71,6 +71,10 @@ impl Engine for MemoryEngine {
         h.trim_all(now_ms());
         h.trim_node();
         h.forget_idle(|account| self.fanout.has_streams(account));
+    }
+
+    fn retained(&self) -> Option<Retained> {
+        Some(self.history.lock().expect("history lock").retained())
     }
 
     fn name(&self) -> &'static str {

@@ -85,6 +85,14 @@ impl Opening {
     }
 }
 
+/// The size of a history window held in the hub's memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retained {
+    pub accounts: usize,
+    pub events: usize,
+    pub bytes: usize,
+}
+
 /// Why an engine cannot start; the hub refuses to run rather than serve without history.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -119,8 +127,13 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;
 
-    /// Periodic upkeep (age trimming); called by the hub's ticker.
+    /// Periodic upkeep (age trimming, forgetting idle accounts); called by the hub's ticker.
     fn maintain(&self) {}
+
+    /// What the node's own history window holds, for engines that keep one in this process.
+    fn retained(&self) -> Option<Retained> {
+        None
+    }
 
     /// Finishes pending work and releases the backing store; called once when the hub stops.
     /// Publishes after it fail with [`EngineError::Unavailable`].

@@ -438,3 +438,96 @@ pub async fn replay_budget_holds(hub: &Hub) {
     assert_eq!(far.activities(1, T).await, vec![17], "after the resync the stream is live from the head");
     assert_eq!(hub.metric("tidings_resyncs_total{reason=\"replay_too_large\"}").await, resyncs_before + 1.0);
 }
+
+/// `[history]` settings for [`account_byte_budget_holds`] and [`node_byte_budget_holds`]: 40 KiB
+/// per account (four events of a little over 8 KiB fit, five do not) and 64 KiB for the node
+/// (seven fit, eight do not).
+pub const BYTE_BUDGET_TOML: &str = "max_bytes = 40960\nnode_max_bytes = 65536\n";
+
+/// An activity padded past 8 KiB.
+pub fn padded(n: u64) -> Value {
+    let mut a = activity(n);
+    a["padding"] = "p".repeat(8 * 1024).into();
+    a
+}
+
+/// The decision a resume of `token` from `id` gets: `Ok(replayed activities)` when it resumed
+/// (reading `expect` of them), `Err(resync reason)` otherwise.
+pub async fn resume_outcome(hub: &Hub, token: &str, id: &str, expect: usize) -> Result<Vec<u64>, String> {
+    let mut s = Sse::resume(hub, token, id).await;
+    let connected = s.next_within(T).await.expect("connected");
+    assert_eq!(connected.kind(), "connected");
+    if connected.data["resumed"].as_bool() == Some(true) {
+        return Ok(s.activities(expect, T).await);
+    }
+    let resync = s.next_within(T).await.expect("resync");
+    assert_eq!(resync.kind(), "resync");
+    Err(resync.data["reason"].as_str().unwrap_or("").to_owned())
+}
+
+/// With [`BYTE_BUDGET_TOML`]: eight padded events into one account leave the newest four; a
+/// client that saw the fourth resumes exactly, one that saw only the third gets `resync`
+/// `history_trimmed`. Returns the ids published.
+pub async fn account_byte_budget_holds(hub: &Hub) -> Vec<String> {
+    let ids = hub.publish("acme", &(1..=8).map(padded).collect::<Vec<_>>()).await;
+    assert_eq!(resume_outcome(hub, "tok-alice", &ids[3], 4).await, Ok(vec![5, 6, 7, 8]));
+    assert_eq!(resume_outcome(hub, "tok-alice", &ids[2], 0).await, Err("history_trimmed".to_owned()));
+    ids
+}
+
+/// With [`BYTE_BUDGET_TOML`], after [`account_byte_budget_holds`] (acme holds events 5..=8): four
+/// padded events into globex put the node past its budget, so the node's oldest event (acme's
+/// 5) goes and nothing of globex does.
+pub async fn node_byte_budget_holds(hub: &Hub, acme: &[String]) {
+    hub.publish("globex", &(101..=104).map(padded).collect::<Vec<_>>()).await;
+    assert_eq!(resume_outcome(hub, "tok-alice", &acme[4], 3).await, Ok(vec![6, 7, 8]));
+    assert_eq!(resume_outcome(hub, "tok-alice", &acme[3], 0).await, Err("history_trimmed".to_owned()));
+    assert_eq!(resume_outcome(hub, "tok-bob", &acme[7], 4).await, Ok(vec![101, 102, 103, 104]), "globex keeps all four");
+}
+
+/// Polls `metric` until it equals `want`, for up to `within`; returns the last value seen.
+pub async fn metric_settles(hub: &Hub, metric: &str, want: f64, within: Duration) -> f64 {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = hub.metric(metric).await;
+        if v == want || tokio::time::Instant::now() > deadline {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes one event into each of `n` accounts named `<prefix><i>`, in one request.
+pub async fn publish_to_many_accounts(hub: &Hub, prefix: &str, n: usize) {
+    let body: Vec<Value> = (0..n).map(|i| serde_json::json!({"account": format!("{prefix}{i}"), "data": activity(i as u64)})).collect();
+    let (status, answer) = hub.publish_raw(&Value::Array(body).to_string(), "application/json", PUBLISHER_KEY).await;
+    assert_eq!(status, 202, "publish failed: {answer}");
+}
+
+/// With `history.max_age = "1s"`: accounts whose events aged out and that have no stream are
+/// forgotten (the node holds only globex, which has one), and the old ids of a forgotten
+/// account still get `resync` `history_trimmed`, never a silent gap, while a client that saw
+/// its last event resumes exactly, also once the account has events again. Returns acme's
+/// ids.
+pub async fn idle_accounts_are_forgotten(hub: &Hub, count_accounts: bool) -> Vec<String> {
+    let mut bob = Sse::token(hub, "tok-bob").await;
+    bob.next_within(T).await.unwrap();
+    // Other accounts first: acme's floor is then its own last id, whichever bucket it shares.
+    publish_to_many_accounts(hub, "tenant-", 300).await;
+    let acme = hub.publish("acme", &[activity(1), activity(2)]).await;
+    hub.publish("globex", &[activity(3)]).await;
+    assert_eq!(bob.activities(1, T).await, vec![3]);
+    if count_accounts {
+        assert_eq!(metric_settles(hub, "tidings_history_retained_events", 0.0, Duration::from_secs(10)).await, 0.0);
+        assert_eq!(metric_settles(hub, "tidings_history_accounts", 1.0, Duration::from_secs(10)).await, 1.0, "only globex, which has a stream");
+    } else {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    assert_eq!(resume_outcome(hub, "tok-alice", &acme[0], 0).await, Err("history_trimmed".to_owned()), "never a silent gap");
+    assert_eq!(resume_outcome(hub, "tok-alice", &acme[1], 0).await, Ok(vec![]), "its client saw everything");
+    let more = hub.publish("acme", &[activity(4)]).await;
+    assert_eq!(resume_outcome(hub, "tok-alice-2", &acme[1], 1).await, Ok(vec![4]));
+    assert_eq!(resume_outcome(hub, "tok-alice-2", &acme[0], 0).await, Err("history_trimmed".to_owned()));
+    assert!(!more.is_empty());
+    acme
+}

@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::store::{DATA_FILE_NAME, StoreError};
 use self::store::{Row, Store};
 use super::history::{Entry, History, now_ms};
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::{Engine, EngineError, NewEvent, Opening, Retained, StoredFrame};
 use crate::config::{FsyncPolicy, HistoryConfig};
 use crate::fanout::Fanout;
 
@@ -150,6 +150,10 @@ impl Engine for DurableEngine {
             tracing::info!(path = %self.path.display(), "durable history closed");
         }
         .boxed()
+    }
+
+    fn retained(&self) -> Option<Retained> {
+        Some(self.history.lock().expect("history lock").retained())
     }
 
     fn name(&self) -> &'static str {
