@@ -23,6 +23,10 @@ pub enum BenchCommand {
     /// The multi-node model: 1, 2, 4, 8 hub nodes on one Redis, a publish-rate sweep, CPU,
     /// bytes read and latency per node and for Redis (BENCHMARKS.md, "Scale model").
     Scale(crate::scale::ScaleArgs),
+    /// Memory against accounts ever seen: publish into N distinct accounts with a short
+    /// `history.max_age`, then watch the hub's RSS return once their events aged out
+    /// (BENCHMARKS.md, "Accounts come and go").
+    Accounts(crate::accounts::AccountsArgs),
     /// Print the markdown tables of a results file.
     Report {
         /// A results file written by `tidings bench run`.
@@ -82,6 +86,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         BenchCommand::Worker => crate::streams::run_worker().await,
         BenchCommand::Scale(a) => crate::scale::run(a).await,
+        BenchCommand::Accounts(a) => crate::accounts::run(a).await,
     }
 }
 

@@ -6,6 +6,7 @@
 //! events, time to connect, and the hub's resident memory. `tidings bench run` drives it;
 //! `bench/run.sh` installs the peers and runs every scenario; BENCHMARKS.md holds the results.
 
+pub mod accounts;
 pub mod cli;
 pub mod grip;
 pub mod identity;

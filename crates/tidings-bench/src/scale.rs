@@ -231,6 +231,7 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
             identity: Identity::Static,
             redis_url: Some(url.clone()),
             nofile: 20_000,
+            history: String::new(),
         };
         targets.push(Target::start(Kind::Tidings, &opts).await?);
     }

@@ -97,6 +97,8 @@ pub struct TargetOptions {
     pub redis_url: Option<String>,
     /// File descriptors a peer may open (nginx `worker_rlimit_nofile`).
     pub nofile: u64,
+    /// Tidings: lines added to the `[history]` table (e.g. `max_age = "3s"`).
+    pub history: String,
 }
 
 /// A running target.
@@ -164,7 +166,7 @@ impl Target {
                     introspection = Some(Introspection::start(opts.accounts, exp).await?);
                 }
                 let auth = identity::hub_section(opts.identity, introspection.as_ref().map(|i| i.addr));
-                let conf = fill(TIDINGS_CONF, &[("PORT", port.to_string()), ("PUBLISHER_KEY", PUBLISHER_KEY.into()), ("ENGINE", engine), ("IDENTITY", auth)]);
+                let conf = fill(TIDINGS_CONF, &[("PORT", port.to_string()), ("PUBLISHER_KEY", PUBLISHER_KEY.into()), ("ENGINE", engine), ("IDENTITY", auth), ("HISTORY", opts.history.clone())]);
                 std::fs::write(dir.path().join("hub.toml"), conf)?;
                 if opts.identity == Identity::Static {
                     let mut tokens = String::with_capacity(opts.max_streams * 100);
