@@ -88,10 +88,10 @@ impl HubState {
         let keys = self.resolve(data);
         let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
         let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
-        let ids = self.engine.publish(vec![NewEvent { account: account.into(), payload: payload.into() }]).await?;
+        let accepted = self.engine.publish(vec![NewEvent { account: account.into(), payload: payload.into(), key: None }]).await?;
         self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
         self.metrics.events_published.inc();
-        Ok(ids.into_iter().next().expect("one id per published event"))
+        Ok(accepted.into_iter().next().expect("one id per published event").id)
     }
 }
 

@@ -80,3 +80,9 @@ async fn updated_is_accepted_and_numeric_accounts_are_text() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(s.activities(1, T).await, vec![5]);
 }
+
+#[tokio::test]
+async fn a_key_is_stored_once_in_the_memory_engine() {
+    let hub = Hub::start(&config("", IDEMPOTENCY_HISTORY_TOML)).await;
+    idempotent_publish_holds(&hub).await;
+}

@@ -423,3 +423,48 @@ async fn a_gap_past_the_replay_budget_answers_resync() {
     replay_budget_holds(&hub).await;
     assert!(ready(&hub).await, "the engine stays up");
 }
+
+#[tokio::test]
+async fn a_key_is_stored_once_in_the_redis_engine() {
+    let redis = Redis::start().await;
+    let hub = node(&redis, IDEMPOTENCY_HISTORY_TOML).await;
+    idempotent_publish_holds(&hub).await;
+}
+
+#[tokio::test]
+async fn two_nodes_receiving_one_key_at_once_store_it_once() {
+    const KEYS: u64 = 40;
+    let redis = Redis::start().await;
+    let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
+    let mut watcher = connected(&n1, "tok-alice").await;
+    let mut answers = Vec::new();
+    for k in 1..=KEYS {
+        let key = format!("order-{k}");
+        let items = [("acme", Some(key.as_str()), k)];
+        // Both nodes get the same key at the same moment, as a retrying publisher behind a
+        // load balancer would cause.
+        let (a, b) = tokio::join!(publish_keyed(&n1, &items), publish_keyed(&n2, &items));
+        answers.push((a, b));
+    }
+    for (k, ((ids_a, dups_a), (ids_b, dups_b))) in answers.iter().enumerate() {
+        assert_eq!(ids_a, ids_b, "key {k}: both nodes answer the one id");
+        assert_eq!(dups_a.len() + dups_b.len(), 1, "key {k}: exactly one of the two was a duplicate");
+    }
+    assert_eq!(watcher.activities(KEYS as usize, T).await, (1..=KEYS).collect::<Vec<_>>());
+    watcher.expect_quiet(Duration::from_millis(500)).await;
+    assert_eq!(n1.metric("tidings_publish_duplicates_total").await + n2.metric("tidings_publish_duplicates_total").await, KEYS as f64);
+}
+
+#[tokio::test]
+async fn key_sets_stay_bounded_by_the_history() {
+    let redis = Redis::start().await;
+    let hub = node(&redis, "[history]\nmax_events = 3\n").await;
+    for n in 1..=20u64 {
+        publish_keyed(&hub, &[("acme", Some(&format!("k{n}")), n)]).await;
+    }
+    let card = redis.command("ZCARD t:k:acme").await.unwrap();
+    assert_eq!(card.trim(), ":3", "one key per retained event");
+    let ttl = redis.command("PTTL t:k:acme").await.unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "the key set expires with the history's max_age: {ttl}");
+}

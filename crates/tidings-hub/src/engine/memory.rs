@@ -15,7 +15,8 @@ use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::{HistoryWindow, decide};
 
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::idempotency::KeyMemory;
+use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
 use crate::fanout::Fanout;
 
@@ -34,6 +35,8 @@ pub struct MemoryEngine {
 struct State {
     head: u64,
     accounts: HashMap<Arc<str>, AccountLog>,
+    /// Idempotency keys of the retained events, forgotten as their events are trimmed.
+    keys: KeyMemory,
 }
 
 #[derive(Debug, Default)]
@@ -71,22 +74,37 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
         let now = Instant::now();
         let oldest = self.oldest_kept(now);
-        let mut state = self.state.lock().expect("engine lock");
+        let mut guard = self.state.lock().expect("engine lock");
+        let state = &mut *guard;
         let mut ids = Vec::with_capacity(batch.len());
         for ev in batch {
+            if let (Some(key), Some(log)) = (&ev.key, state.accounts.get_mut(&ev.account)) {
+                // Exactly the window a resuming client sees: events past their age are gone
+                // even if the upkeep tick has not trimmed them yet.
+                log.trim(self.max_events, oldest);
+                state.keys.forget_through(&ev.account, log.trimmed_through);
+                if let Some(seq) = state.keys.get(&ev.account, key) {
+                    ids.push(Accepted { id: EventId::new(self.epoch, seq), duplicate: true });
+                    continue;
+                }
+            }
             state.head += 1;
             let id = EventId::new(self.epoch, state.head);
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
             let log = state.accounts.entry(ev.account.clone()).or_default();
             log.events.push_back((now, StoredFrame { seq: id.seq, bytes: bytes.clone() }));
             log.trim(self.max_events, oldest);
+            if let Some(key) = &ev.key {
+                state.keys.insert(&ev.account, key, id.seq);
+            }
+            state.keys.forget_through(&ev.account, log.trimmed_through);
             self.fanout.deliver(&ev.account, id.seq, &bytes);
-            ids.push(id);
+            ids.push(Accepted { id, duplicate: false });
         }
-        drop(state);
+        drop(guard);
         async move { Ok(ids) }.boxed()
     }
 
@@ -99,6 +117,7 @@ impl Engine for MemoryEngine {
             l.trim(self.max_events, oldest);
             l.trimmed_through
         });
+        state.keys.forget_through(account, trimmed_through);
         let window = HistoryWindow { epoch: self.epoch, head, trimmed_through };
         let decision = decide(last_event_id, &window);
         let retained = state.accounts.get(account).into_iter().flat_map(|l| l.events.iter().map(|(_, f)| f));
@@ -114,8 +133,10 @@ impl Engine for MemoryEngine {
     fn maintain(&self) {
         let oldest = self.oldest_kept(Instant::now());
         let mut state = self.state.lock().expect("engine lock");
-        for log in state.accounts.values_mut() {
+        let state = &mut *state;
+        for (account, log) in &mut state.accounts {
             log.trim(self.max_events, oldest);
+            state.keys.forget_through(account, log.trimmed_through);
             // An empty log keeps its entry: `trimmed_through` is what proves a gap later.
             if log.events.is_empty() && log.events.capacity() > 0 {
                 log.events = VecDeque::new();

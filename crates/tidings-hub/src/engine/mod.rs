@@ -16,14 +16,28 @@ use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::ResumeDecision;
 
 pub mod durable;
+mod idempotency;
 pub mod memory;
 pub mod redis;
 
-/// One activity to store: its account and its `activity` payload (JSON, encoded once).
+/// One activity to store: its account, its `activity` payload (JSON, encoded once) and its
+/// idempotency key, if the publisher gave one.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub account: Arc<str>,
     pub payload: Arc<str>,
+    /// Within `account`, an event whose key is still remembered is not stored again (see
+    /// `idempotency`): the publisher is answered with the id the key got first.
+    pub key: Option<Arc<str>>,
+}
+
+/// What the engine did with one event of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The event's id; for a duplicate, the id its key got the first time.
+    pub id: EventId,
+    /// The key was already accepted: nothing was stored or delivered for this event.
+    pub duplicate: bool,
 }
 
 /// A stored event's frame, ready to write.
@@ -87,9 +101,11 @@ pub enum EngineError {
 
 /// The engine interface. Object-safe so the hub holds `Arc<dyn Engine>`.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
-    /// Stores a batch, all or nothing, and returns the assigned ids in order. An `Ok` means
-    /// every event is stored as durably as the engine promises.
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
+    /// Stores a batch, all or nothing, and returns what became of each event, in order. An
+    /// `Ok` means every new event is stored as durably as the engine promises; events whose key
+    /// is already remembered (or repeats an earlier item's of the batch) are answered with the
+    /// first id and not stored again.
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>>;
 
     /// Decides how a stream of `account` starts and reads what it must replay.
     fn open<'a>(&'a self, account: &'a str, last_event_id: Option<&'a str>) -> BoxFuture<'a, Result<Opening, EngineError>>;

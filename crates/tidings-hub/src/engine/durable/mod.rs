@@ -43,7 +43,8 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use self::store::{DATA_FILE_NAME, StoreError};
 use self::store::{Row, Store};
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::idempotency::{Dedup, KeyMemory};
+use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{FsyncPolicy, HistoryConfig};
 use crate::fanout::Fanout;
 
@@ -71,7 +72,7 @@ pub struct DurableEngine {
 
 #[derive(Debug)]
 enum Command {
-    Publish { batch: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<EventId>, EngineError>> },
+    Publish { batch: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Accepted>, EngineError>> },
     /// Trim every account by count and age, then give freed space back.
     Maintain,
     Close { done: oneshot::Sender<()> },
@@ -82,6 +83,9 @@ struct History {
     epoch: u64,
     head: u64,
     accounts: HashMap<Arc<str>, AccountLog>,
+    /// Idempotency keys of the retained events (stored with them in the file), forgotten as
+    /// their events are trimmed.
+    keys: KeyMemory,
 }
 
 #[derive(Debug, Default)]
@@ -105,6 +109,13 @@ impl AccountLog {
         by_count.max(by_age).filter(|&cut| cut > self.trimmed_through)
     }
 
+    /// Whether the event `seq` is still in the window a resuming client sees (not trimmed,
+    /// and not past its age even if the upkeep has not trimmed it yet).
+    fn retains(&self, seq: u64, oldest_ms: u64) -> bool {
+        seq > self.trimmed_through
+            && self.events.binary_search_by_key(&seq, |(_, f)| f.seq).is_ok_and(|i| self.events[i].0 >= oldest_ms)
+    }
+
     fn apply_cut(&mut self, through: u64) {
         while self.events.front().is_some_and(|(_, f)| f.seq <= through) {
             self.events.pop_front();
@@ -119,13 +130,16 @@ impl DurableEngine {
     pub fn open(data_dir: &std::path::Path, fsync: FsyncPolicy, bounds: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StoreError> {
         let (store, loaded) = Store::open(data_dir, fsync)?;
         let path = store.path().to_owned();
-        let mut h = History { epoch: loaded.epoch, head: loaded.head, accounts: HashMap::new() };
+        let mut h = History { epoch: loaded.epoch, head: loaded.head, accounts: HashMap::new(), keys: KeyMemory::default() };
         for (account, through) in loaded.trims {
             h.accounts.entry(account.into()).or_default().trimmed_through = through;
         }
         let mut events = 0usize;
         for row in loaded.events {
             let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch, row.seq)), &row.payload));
+            if let Some(key) = &row.key {
+                h.keys.insert(&row.account, key, row.seq);
+            }
             let log = h.accounts.entry(row.account).or_default();
             log.events.push_back((row.at_ms, StoredFrame { seq: row.seq, bytes }));
             events += 1;
@@ -163,7 +177,7 @@ fn oldest_kept_ms(now_ms: u64, max_age: Duration) -> u64 {
 }
 
 impl Engine for DurableEngine {
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
         async move {
             if batch.is_empty() {
                 return Ok(Vec::new());
@@ -233,7 +247,7 @@ struct Writer {
 /// One publish request inside a group.
 struct Pending {
     batch: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<EventId>, EngineError>>,
+    reply: oneshot::Sender<Result<Vec<Accepted>, EngineError>>,
 }
 
 impl Writer {
@@ -283,20 +297,39 @@ impl Writer {
             return;
         };
         let at_ms = now_ms();
-        let (epoch, mut head) = {
+        let (epoch, head, rows, ids) = {
             let h = self.history.lock().expect("history lock");
-            (h.epoch, h.head)
-        };
-        let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
-        let mut ids = Vec::with_capacity(group.len());
-        for p in &group {
-            let mut batch_ids = Vec::with_capacity(p.batch.len());
-            for ev in &p.batch {
-                head += 1;
-                rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone() });
-                batch_ids.push(EventId::new(epoch, head));
+            let oldest = oldest_kept_ms(at_ms, self.max_age);
+            let mut dedup = Dedup::new(&h.keys);
+            let mut head = h.head;
+            let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
+            let mut ids = Vec::with_capacity(group.len());
+            for p in &group {
+                let mut batch_ids = Vec::with_capacity(p.batch.len());
+                for ev in &p.batch {
+                    let known = dedup.seen(ev).filter(|&seq| {
+                        // A key whose event left the window is not a duplicate any more.
+                        seq > h.head || h.accounts.get(&ev.account).is_some_and(|log| log.retains(seq, oldest))
+                    });
+                    if let Some(seq) = known {
+                        batch_ids.push(Accepted { id: EventId::new(h.epoch, seq), duplicate: true });
+                        continue;
+                    }
+                    head += 1;
+                    dedup.record(ev, head);
+                    rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone(), key: ev.key.clone() });
+                    batch_ids.push(Accepted { id: EventId::new(h.epoch, head), duplicate: false });
+                }
+                ids.push(batch_ids);
             }
-            ids.push(batch_ids);
+            (h.epoch, head, rows, ids)
+        };
+        if rows.is_empty() {
+            // Every event was a duplicate: nothing to commit.
+            for (p, batch_ids) in group.into_iter().zip(ids) {
+                let _ = p.reply.send(Ok(batch_ids));
+            }
+            return;
         }
         let trims = self.trims_after(&rows, at_ms);
         let store = self.store.as_mut().expect("checked above");
@@ -315,9 +348,13 @@ impl Writer {
             for (row, bytes) in rows.iter().zip(&frames) {
                 let log = h.accounts.entry(row.account.clone()).or_default();
                 log.events.push_back((row.at_ms, StoredFrame { seq: row.seq, bytes: bytes.clone() }));
+                if let Some(key) = &row.key {
+                    h.keys.insert(&row.account, key, row.seq);
+                }
             }
             for (account, through) in &trims {
                 h.accounts.entry(account.clone()).or_default().apply_cut(*through);
+                h.keys.forget_through(account, *through);
             }
             h.head = head;
             // Under the lock, in seq order: a stream opening now sees either the history
@@ -368,6 +405,7 @@ impl Writer {
         }
         let mut h = self.history.lock().expect("history lock");
         for (account, through) in &trims {
+            h.keys.forget_through(account, *through);
             if let Some(log) = h.accounts.get_mut(account) {
                 log.apply_cut(*through);
                 // An empty log keeps its entry: `trimmed_through` is what proves a gap later.
