@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod postgres;
 pub mod redis;
 
 pub const PUBLISHER_KEY: &str = "pub-secret-key";
