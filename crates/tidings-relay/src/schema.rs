@@ -93,9 +93,15 @@ BEGIN
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS {bare}_notify ON {t};
-CREATE TRIGGER {bare}_notify AFTER INSERT ON {t}
-    FOR EACH STATEMENT EXECUTE FUNCTION {bare}_notify();
+DO $$
+BEGIN
+    -- Created only when missing: replacing it would lock the table against inserts.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{bare}_notify' AND tgrelid = '{t}'::regclass) THEN
+        CREATE TRIGGER {bare}_notify AFTER INSERT ON {t}
+            FOR EACH STATEMENT EXECUTE FUNCTION {bare}_notify();
+    END IF;
+END
+$$;
 "#
     )
 }

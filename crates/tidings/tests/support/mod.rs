@@ -123,29 +123,7 @@ impl Hub {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn tidings");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
-            let output = output.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    output.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = rx.recv().await?;
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return Some(rest.split_whitespace().next().unwrap().to_owned());
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("hub did not start: {:?}", output.lock().unwrap()));
+        let (output, addr) = follow_until_listening(&mut child).await;
         match addr {
             Some(addr) => Ok(Hub { child, addr, output, dir, config_path, log_filter: log_filter.to_owned() }),
             None => Err(dir),
@@ -240,6 +218,36 @@ impl Hub {
         }
         panic!("hub did not restart on {}", self.addr);
     }
+}
+
+/// Collects a child's stdout and stderr lines, and waits (at most 30 s) for the line that
+/// says `listening on http://<addr>`; `None` when the process exited before it.
+pub async fn follow_until_listening(child: &mut Child) -> (Arc<Mutex<Vec<String>>>, Option<String>) {
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
+        let output = output.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                output.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+    }
+    drop(tx);
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let line = rx.recv().await?;
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                return Some(rest.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `listening on` line within 30 s: {:?}", output.lock().unwrap()));
+    (output, addr)
 }
 
 /// An activity with a recognisable marker.

@@ -11,7 +11,6 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Where Debian installs the server; `TIDINGS_PG_BIN` points elsewhere.
@@ -205,30 +204,8 @@ impl Relay {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn tidings relay");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-        for pipe in [Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Unpin + Send>, Box::new(child.stderr.take().unwrap())] {
-            let (output, tx) = (output.clone(), tx.clone());
-            tokio::spawn(async move {
-                let mut lines = BufReader::new(pipe).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    output.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                let line = rx.recv().await?;
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    return Some(rest.split_whitespace().next().unwrap().to_owned());
-                }
-            }
-        })
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("relay did not start: {:?}", output.lock().unwrap()));
+        let (output, addr) = super::follow_until_listening(&mut child).await;
+        let addr = addr.unwrap_or_else(|| panic!("relay exited before listening: {:?}", output.lock().unwrap()));
         Relay { child, addr, output, args }
     }
 
