@@ -14,11 +14,13 @@ cd "$(dirname "$0")/.."
 pg_bin="${TIDINGS_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1)}"
 [ -x "$pg_bin/postgres" ] || { echo "error: PostgreSQL server not found; install it (Debian: apt-get install postgresql) or set TIDINGS_PG_BIN" >&2; exit 1; }
 
-cargo build --release -p tidings -p tidings-relay --example outbox_bench
+cargo build --release -p tidings --bin tidings
+cargo build --release -p tidings-relay --example outbox_bench
 target="${CARGO_TARGET_DIR:-target}"
 bin="$target/release/tidings"
 
 work="$(mktemp -d)"
+chmod 755 "$work"   # the postgres user must reach its directory inside
 pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
@@ -54,11 +56,13 @@ TOML
 TIDINGS_LOG=warn "$bin" serve --config "$work/hub.toml" >"$work/hub.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on http://" "$work/hub.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "listening on http://" "$work/hub.out" || { cat "$work/hub.out" >&2; exit 1; }
 hub="http://$(grep -o 'listening on http://[^ ]*' "$work/hub.out" | head -n1 | sed 's|listening on http://||')"
 
 TIDINGS_LOG=warn "$bin" relay postgres --database-url "$db" --url "$hub" --key "$key" --create-schema --listen 127.0.0.1:0 >"$work/relay.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q "listening on http://" "$work/relay.out" 2>/dev/null && break; sleep 0.1; done
+grep -q "listening on http://" "$work/relay.out" || { cat "$work/relay.out" >&2; exit 1; }
 relay="http://$(grep -o 'listening on http://[^ ]*' "$work/relay.out" | head -n1 | sed 's|listening on http://||')"
 for _ in $(seq 100); do curl -fs "$relay/readyz" | grep -q '"role":"active"' && break; sleep 0.1; done
 
