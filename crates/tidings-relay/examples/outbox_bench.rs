@@ -5,6 +5,9 @@
 //! - **throughput**: `--concurrency` writers send `--count` activities as fast as they can
 //!   (outbox: one `INSERT` per transaction; direct: one `POST /events` per activity), timed
 //!   from the first send to the last delivery to one subscriber;
+//! - **relay drain** (outbox only): `--count` rows committed in one transaction, timed from
+//!   the commit to the last delivery: what the relay itself moves, without the writers'
+//!   commit cost;
 //! - **latency**: `--latency-count` activities paced at `--rate` per second; each is timed
 //!   from the moment it is committed (outbox: `COMMIT` returned; direct: just before the
 //!   `POST`, where a backend would publish after its own commit) to its delivery.
@@ -97,6 +100,9 @@ async fn main() {
             println!("round {round} {path:?}: throughput {rate:.0} activities/s");
             results.entry(("throughput", path)).or_default().push(rate);
         }
+        let rate = drain(&a, &next, &delivered).await;
+        println!("round {round} relay drain: {rate:.0} rows/s");
+        results.entry(("drain", Path::Outbox)).or_default().push(rate);
         for path in [Path::Direct, Path::Outbox] {
             let (p50, p99) = latency(&a, path, &next, &delivered).await;
             println!("round {round} {path:?}: latency p50 {:.1} ms, p99 {:.1} ms at {}/s", p50 * 1e3, p99 * 1e3, a.rate);
@@ -105,12 +111,15 @@ async fn main() {
         }
     }
     println!("\nmedians of {} rounds ({} activities at concurrency {}; latency: {} activities at {}/s):", a.repeat, a.count, a.concurrency, a.latency_count, a.rate);
-    println!("| path | throughput (activities/s) | commit → delivery p50 (ms) | p99 (ms) |");
-    println!("|---|---|---|---|");
+    println!("| path | throughput, {} writers (activities/s) | relay drain (rows/s) | commit → delivery p50 (ms) | p99 (ms) |", a.concurrency);
+    println!("|---|---|---|---|---|");
     for path in [Path::Direct, Path::Outbox] {
         let m = |k| median(results[&(k, path)].clone());
-        let name = if path == Path::Direct { "direct `POST /events`" } else { "outbox + `tidings relay postgres`" };
-        println!("| {name} | {:.0} | {:.1} | {:.1} |", m("throughput"), m("p50"), m("p99"));
+        let (name, drain) = match path {
+            Path::Direct => ("direct `POST /events`, one activity per request".to_owned(), "—".to_owned()),
+            Path::Outbox => ("outbox, one row per transaction, + `tidings relay postgres`".to_owned(), format!("{:.0}", m("drain"))),
+        };
+        println!("| {name} | {:.0} | {drain} | {:.1} | {:.1} |", m("throughput"), m("p50"), m("p99"));
     }
     let o = |k| median(results[&(k, Path::Outbox)].clone());
     let d = |k| median(results[&(k, Path::Direct)].clone());
@@ -226,6 +235,25 @@ async fn throughput(a: &Args, path: Path, next: &AtomicU64, delivered: &Delivere
     }
     let last = wait_delivered(delivered, first..end).await;
     a.count as f64 / last.duration_since(started).unwrap().as_secs_f64()
+}
+
+async fn drain(a: &Args, next: &AtomicU64, delivered: &Delivered) -> f64 {
+    let first = next.fetch_add(a.count, Ordering::SeqCst);
+    let (mut db, connection) = tokio_postgres::connect(&a.database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    let tx = db.transaction().await.expect("begin");
+    tx.execute(
+        "INSERT INTO tidings_outbox (account, data)
+         SELECT $1, jsonb_build_object('activity_type', 'created', 'resource', jsonb_build_object('type', 'bench_item', 'id', n), 'metadata', jsonb_build_object('n', n))
+         FROM generate_series($2::bigint, $3::bigint) AS n",
+        &[&a.account, &(first as i64), &((first + a.count - 1) as i64)],
+    )
+    .await
+    .expect("insert");
+    tx.commit().await.expect("commit");
+    let committed = SystemTime::now();
+    let last = wait_delivered(delivered, first..first + a.count).await;
+    a.count as f64 / last.duration_since(committed).unwrap().as_secs_f64()
 }
 
 async fn latency(a: &Args, path: Path, next: &AtomicU64, delivered: &Delivered) -> (f64, f64) {

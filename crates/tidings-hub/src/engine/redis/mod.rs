@@ -15,6 +15,11 @@
 //! sorted set of each account's oldest event time lets upkeep trim idle accounts by age
 //! without scanning keys.
 //!
+//! **Idempotency keys.** The publish script also checks each item's key against its
+//! account's key set (`<prefix>k:<account>`, key → seq) and answers a key whose event is still
+//! retained with that event's seq instead of storing it again; one script at a time means two
+//! nodes receiving one key at once store it once (see `scripts::publish`).
+//!
 //! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
 //! (plus one multiplexed connection for publish and open: two per node, whatever the number
 //! of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
