@@ -85,24 +85,50 @@ impl RelayConfig {
         }
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what can be checked before connecting; [`run`] does it first.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=BATCH_ROWS_MAX).contains(&self.batch_rows) {
-            return Err(format!("batch rows must be 1 to {BATCH_ROWS_MAX} (the hub's batch limit)"));
+            return Err(ConfigError::BatchRows(self.batch_rows));
         }
         if self.batch_bytes == 0 {
-            return Err("batch bytes must be more than 0".into());
+            return Err(ConfigError::BatchBytes);
         }
         if self.poll_interval.is_zero() {
-            return Err("the poll interval must be more than 0".into());
+            return Err(ConfigError::PollInterval);
         }
-        self.database_url.parse::<tokio_postgres::Config>().map_err(|e| format!("invalid database url: {e}"))?;
+        self.database_url.parse::<tokio_postgres::Config>().map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
         Ok(())
     }
 }
 
+/// Relay settings that cannot work: found before anything connects, and never retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The table name is not a plain lowercase name ([`TableName::parse`]).
+    #[error(
+        "table name {0:?} must be lowercase letters, digits and _ (at most {max} bytes), optionally schema-qualified",
+        max = schema::TABLE_NAME_LEN_MAX
+    )]
+    TableName(String),
+    /// [`RelayConfig::batch_rows`] is 0 or above what the hub accepts in one publish.
+    #[error("batch rows must be 1 to {BATCH_ROWS_MAX} (the hub's batch limit), not {0}")]
+    BatchRows(usize),
+    /// [`RelayConfig::batch_bytes`] is 0.
+    #[error("batch bytes must be more than 0")]
+    BatchBytes,
+    /// [`RelayConfig::poll_interval`] is 0.
+    #[error("the poll interval must be more than 0")]
+    PollInterval,
+    /// The database URL does not parse (the parser's reason; the URL itself is not repeated,
+    /// since it may hold a password).
+    #[error("invalid database url: {0}")]
+    DatabaseUrl(String),
+}
+
 /// Runs the relay until `shutdown` is cancelled. Returns an error only for what retrying
-/// cannot fix (an unusable database URL); everything else is logged, counted and retried.
-pub async fn run(config: RelayConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Result<(), String> {
+/// cannot fix (settings that cannot work); everything else is logged, counted and retried.
+pub async fn run(config: RelayConfig, metrics: Arc<Metrics>, shutdown: CancellationToken) -> Result<(), ConfigError> {
     config.validate()?;
     let publisher = Publisher::new(&config.hub_url, config.publisher_key.clone())
         .with_retry(RetryPolicy { give_up_after: HUB_RETRY_WINDOW, ..RetryPolicy::default() });
@@ -117,7 +143,7 @@ pub async fn run(config: RelayConfig, metrics: Arc<Metrics>, shutdown: Cancellat
         metrics.database_up.set(0);
         match result {
             Ok(()) => break,
-            Err(ConnectError::Url(e)) => return Err(format!("invalid database url: {e}")),
+            Err(ConnectError::Url(e)) => return Err(ConfigError::DatabaseUrl(e)),
             Err(e) => {
                 failures += 1;
                 let delay = RECONNECT_BACKOFF.delay(failures.min(16) - 1, Default::default(), rand::random());
@@ -192,7 +218,7 @@ async fn relay_batch(
     for row in &batch {
         match row.item(&config.table) {
             Ok(item) => items.push(item),
-            Err(e) => return reject(outbox, metrics, row, &e).await,
+            Err(e) => return reject(outbox, metrics, row, &format!("data is not JSON: {e}")).await,
         }
     }
     let result = tokio::select! {
@@ -254,4 +280,28 @@ fn hub_unavailable(metrics: &Metrics, e: &PublishError) {
         tracing::warn!(error = %e, "cannot publish to the hub; the rows stay in the outbox and are sent again");
     }
     metrics.hub_up.set(0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_named_before_connecting() {
+        let ok = RelayConfig::new("postgres://app@127.0.0.1:5432/app", "http://127.0.0.1:8080", "k");
+        assert_eq!(ok.validate(), Ok(()));
+        let cases = [
+            (RelayConfig { batch_rows: 0, ..ok.clone() }, ConfigError::BatchRows(0)),
+            (RelayConfig { batch_rows: BATCH_ROWS_MAX + 1, ..ok.clone() }, ConfigError::BatchRows(BATCH_ROWS_MAX + 1)),
+            (RelayConfig { batch_bytes: 0, ..ok.clone() }, ConfigError::BatchBytes),
+            (RelayConfig { poll_interval: Duration::ZERO, ..ok.clone() }, ConfigError::PollInterval),
+        ];
+        for (config, expected) in cases {
+            assert_eq!(config.validate(), Err(expected));
+        }
+        let url = RelayConfig { database_url: "postgres://app:secret@127.0.0.1:notaport/app".into(), ..ok.clone() }.validate();
+        let Err(e @ ConfigError::DatabaseUrl(_)) = url else { panic!("{url:?}") };
+        assert!(!e.to_string().contains("secret"), "the password stays out of the message: {e}");
+        assert!(TableName::parse("Bad;Name").unwrap_err().to_string().contains("\"Bad;Name\""));
+    }
 }

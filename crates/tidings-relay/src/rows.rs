@@ -30,9 +30,10 @@ impl OutboxRow {
         format!("{}:{}:{}", table.bare(), self.id, self.created_us)
     }
 
-    /// The row as a publish item, or why it cannot be one.
-    pub fn item(&self, table: &TableName) -> Result<PublishItem, String> {
-        let data = serde_json::from_str(&self.data).map_err(|e| format!("data is not JSON: {e}"))?;
+    /// The row as a publish item, or why its data is not JSON (never with the schema's `jsonb`
+    /// column; a table made by hand may hold anything).
+    pub fn item(&self, table: &TableName) -> Result<PublishItem, serde_json::Error> {
+        let data = serde_json::from_str(&self.data)?;
         Ok(PublishItem::new(self.account.clone(), data).with_key(self.key(table)))
     }
 }

@@ -16,7 +16,7 @@ pub const TABLE_NAME_LEN_MAX: usize = 54;
 pub struct TableName(String);
 
 impl TableName {
-    pub fn parse(name: &str) -> Result<Self, String> {
+    pub fn parse(name: &str) -> Result<Self, crate::ConfigError> {
         let part_ok = |p: &str| {
             !p.is_empty()
                 && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
@@ -24,9 +24,7 @@ impl TableName {
         };
         let parts: Vec<&str> = name.split('.').collect();
         if parts.len() > 2 || !parts.iter().all(|p| part_ok(p)) || parts.last().is_some_and(|t| t.len() > TABLE_NAME_LEN_MAX) {
-            return Err(format!(
-                "table name {name:?} must be lowercase letters, digits and _ (at most {TABLE_NAME_LEN_MAX} bytes), optionally schema-qualified"
-            ));
+            return Err(crate::ConfigError::TableName(name.to_owned()));
         }
         Ok(Self(name.to_owned()))
     }

@@ -71,7 +71,7 @@ struct PostgresArgs {
 
 pub async fn run(args: RelayArgs) -> Result<()> {
     let Source::Postgres(args) = args.source;
-    let table = TableName::parse(&args.table).map_err(anyhow::Error::msg).context("--table")?;
+    let table = TableName::parse(&args.table).context("--table")?;
     if args.print_schema {
         print!("{}", tidings_relay::schema::sql(&table));
         return Ok(());
@@ -85,7 +85,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         create_schema: args.create_schema,
         ..RelayConfig::new(database_url, args.url, key)
     };
-    config.validate().map_err(anyhow::Error::msg).context("invalid relay settings")?;
+    config.validate().context("invalid relay settings")?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
     crate::signals::spawn(shutdown.clone());
@@ -96,7 +96,7 @@ pub async fn run(args: RelayArgs) -> Result<()> {
         let stop = shutdown.clone();
         tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await });
     }
-    tidings_relay::run(config, metrics, shutdown).await.map_err(anyhow::Error::msg)?;
+    tidings_relay::run(config, metrics, shutdown).await?;
     tracing::info!("relay stopped");
     Ok(())
 }
