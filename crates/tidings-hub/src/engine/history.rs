@@ -4,8 +4,11 @@
 //! The memory engine keeps its whole history here; the durable engine keeps here a copy of
 //! what its data file retains, so that opening a stream never reads the disk. Both answer
 //! [`History::open`], so the rules of the window (trimming by count, age and bytes, what
-//! counts as trimmed, forgetting idle accounts, the replay budget) are written once. The Redis engine keeps its window inside
-//! Redis but shares [`new_epoch`] and [`now_ms`] from here.
+//! counts as trimmed, forgetting idle accounts, the replay budget) are written once. The same
+//! goes for idempotency keys: which events of a publish are duplicates is [`History::admit`],
+//! and a key is forgotten with its event (the key index itself is [`super::idempotency`]).
+//! The Redis engine keeps its window inside Redis (and the key rule inside its publish
+//! script) but shares [`new_epoch`] and [`now_ms`] from here.
 //!
 //! What it does not do: assign ids durably, talk to a store, or deliver to the fan-out. The
 //! engine that owns a `History` does those, under the same lock, which is what keeps the
@@ -18,7 +21,8 @@ use std::time::{Duration, SystemTime};
 use tidings_protocol::EventId;
 use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 
-use super::{Opening, Retained, StoredFrame};
+use super::idempotency::KeyMemory;
+use super::{Accepted, NewEvent, Opening, Retained, StoredFrame};
 use crate::config::HistoryConfig;
 
 /// A fresh epoch: 32 random bits keep ids short, and never 0. Two histories drawing the same
@@ -58,6 +62,9 @@ pub struct Entry {
     pub at_ms: u64,
     /// Its seq and its frame, id included, ready to write.
     pub frame: StoredFrame,
+    /// The idempotency key it was published with: while the event is retained, the key
+    /// names it ([`History::admit`]).
+    pub key: Option<Arc<str>>,
 }
 
 /// One incoming event as trimming sees it: `(seq, at_ms, encoded bytes)`.
@@ -145,6 +152,8 @@ pub struct History {
     fronts: BTreeSet<(u64, Arc<str>)>,
     /// Per [`floor_bucket`], the highest `trimmed_through` of an account forgotten there.
     floors: Box<[u64]>,
+    /// The keys of the retained events; a cut forgets the keys of the events it drops.
+    keys: KeyMemory,
 }
 
 impl History {
@@ -158,6 +167,7 @@ impl History {
             bytes: 0,
             fronts: BTreeSet::new(),
             floors: vec![0; FLOOR_BUCKETS].into_boxed_slice(),
+            keys: KeyMemory::default(),
         }
     }
 
@@ -201,13 +211,52 @@ impl History {
         r
     }
 
-    /// Appends an event to its account's log; seqs of one account must increase.
+    /// Appends an event to its account's log (and its key to the account's keys); seqs of
+    /// one account must increase.
     pub fn push(&mut self, account: &Arc<str>, entry: Entry) {
+        if let Some(key) = &entry.key {
+            self.keys.insert(account, key, entry.frame.seq);
+        }
         self.update(account, |log| {
             debug_assert!(log.entries.back().is_none_or(|last| last.frame.seq < entry.frame.seq));
             log.bytes += entry.frame.bytes.len();
             log.entries.push_back(entry);
         });
+    }
+
+    /// The idempotency rule, for events about to be published together (one batch, or a
+    /// group of batches committed at once) at `at_ms`, before anything is stored: an event is
+    /// a duplicate when its key names an event of its account that is still in the window a
+    /// resuming client sees as of `at_ms` (not trimmed, not past its age even if upkeep has
+    /// not trimmed it yet), or an earlier event of the same group. A duplicate is answered
+    /// with that event's id and stored nowhere; every other event gets the next seq after the
+    /// head, in order. A key whose event has left the window is new again.
+    ///
+    /// Nothing changes here: the engine stores the new events under the ids given, then
+    /// [`History::push`]es them with their keys.
+    pub fn admit<'e>(&self, events: impl IntoIterator<Item = &'e NewEvent>, at_ms: u64) -> Vec<Accepted> {
+        let oldest = oldest_kept_ms(at_ms, self.bounds.max_age);
+        let mut fresh: HashMap<(&Arc<str>, &Arc<str>), u64> = HashMap::new();
+        let mut head = self.head;
+        let mut accepted = Vec::new();
+        for ev in events {
+            let known = ev.key.as_ref().and_then(|key| {
+                let retained = self.keys.get(&ev.account, key).filter(|&seq| {
+                    self.accounts.get(&ev.account).is_some_and(|log| seq > log.trimmed_through_at(oldest))
+                });
+                retained.or_else(|| fresh.get(&(&ev.account, key)).copied())
+            });
+            if let Some(seq) = known {
+                accepted.push(Accepted { id: EventId::new(self.epoch, seq), duplicate: true });
+                continue;
+            }
+            head += 1;
+            if let Some(key) = &ev.key {
+                fresh.insert((&ev.account, key), head);
+            }
+            accepted.push(Accepted { id: EventId::new(self.epoch, head), duplicate: false });
+        }
+        accepted
     }
 
     /// Records how far an account was trimmed before this window was loaded.
@@ -249,9 +298,10 @@ impl History {
         self.accounts.iter().filter_map(|(a, log)| log.cut(&[], &self.bounds, oldest).map(|c| (a.clone(), c))).collect()
     }
 
-    /// Drops every event of `account` at or below `through`.
+    /// Drops every event of `account` at or below `through`, and forgets their keys.
     pub fn apply_cut(&mut self, account: &Arc<str>, through: u64) {
         self.update(account, |log| log.apply_cut(through));
+        self.keys.forget_through(account, through);
     }
 
     /// Trims one account by its bounds at once (a history that needs no store to agree).
@@ -383,16 +433,16 @@ mod tests {
     const HOUR_MS: u64 = 3_600_000;
 
     fn entry(seq: u64, at_ms: u64) -> Entry {
-        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) } }
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) }, key: None }
     }
 
     /// An event of exactly `len` encoded bytes.
     fn sized(seq: u64, at_ms: u64, len: usize) -> Entry {
-        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(vec![b'x'; len]) } }
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(vec![b'x'; len]) }, key: None }
     }
 
     /// Publishes one event of `len` bytes to `account` as the memory engine does.
-    fn publish(h: &mut History, account: &Arc<str>, len: usize, at_ms: u64) -> u64 {
+    fn publish_sized(h: &mut History, account: &Arc<str>, len: usize, at_ms: u64) -> u64 {
         let id = h.next_id();
         h.push(account, sized(id.seq, at_ms, len));
         h.trim(account, at_ms);
@@ -492,15 +542,57 @@ mod tests {
         assert_eq!((o.decision, o.position), (ResumeDecision::Resync(ResyncReason::ReplayTooLarge), EventId::new(1, 3)));
     }
 
+    fn keyed(account: &str, key: &str) -> NewEvent {
+        NewEvent { account: account.into(), payload: "{}".into(), key: Some(key.into()) }
+    }
+
+    /// Publishes `events` at `at_ms` as the engines do (admit, then push the new ones and
+    /// trim); returns `(seq, duplicate)` per event.
+    fn publish(h: &mut History, events: &[NewEvent], at_ms: u64) -> Vec<(u64, bool)> {
+        let accepted = h.admit(events, at_ms);
+        for (ev, a) in events.iter().zip(&accepted) {
+            if !a.duplicate {
+                assert_eq!(h.next_id(), a.id, "new events take the next seqs in order");
+                h.push(&ev.account, Entry { key: ev.key.clone(), ..entry(a.id.seq, at_ms) });
+                h.trim(&ev.account, at_ms);
+            }
+        }
+        accepted.iter().map(|a| (a.id.seq, a.duplicate)).collect()
+    }
+
+    #[test]
+    fn a_key_is_stored_once_per_account_while_its_event_is_retained() {
+        let mut h = History::new(1, 0, &bounds(3));
+        let plain = NewEvent { key: None, ..keyed("a", "-") };
+        let first = publish(&mut h, &[keyed("a", "k"), keyed("a", "k"), keyed("b", "k"), plain.clone(), plain.clone()], 0);
+        assert_eq!(first, vec![(1, false), (1, true), (2, false), (3, false), (4, false)], "a repeat in one batch gets the first id; keys are per account; no key, never a duplicate");
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], 0), vec![(1, true)], "a later publish of the same key");
+        assert_eq!(publish(&mut h, &[plain], 0), vec![(5, false)], "a duplicate takes no seq");
+        // Event 1 is trimmed by count now (a holds 3, 4, 5): its key is new again.
+        assert_eq!(publish(&mut h, &[keyed("a", "k"), keyed("a", "k")], 0), vec![(6, false), (6, true)]);
+        assert_eq!(h.keys.get("a", "k"), Some(6));
+    }
+
+    #[test]
+    fn a_key_whose_event_aged_out_is_new_before_and_after_the_tick() {
+        let mut h = History::new(1, 0, &bounds(100));
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], 0), vec![(1, false)]);
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS - 1), vec![(1, true)]);
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS + 1), vec![(2, false)], "past its age, though not trimmed yet");
+        h.trim_all(HOUR_MS * 2 + 2);
+        assert_eq!(h.keys.get("a", "k"), None, "the tick forgets the keys of what it trims");
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS * 2 + 2), vec![(3, false)]);
+    }
+
     #[test]
     fn an_account_over_its_byte_budget_loses_its_oldest_events() {
         let a: Arc<str> = "a".into();
         let mut h = History::new(1, 0, &HistoryConfig { max_bytes: 250, ..bounds(100) });
-        let seqs: Vec<u64> = (0..4).map(|_| publish(&mut h, &a, 100, 0)).collect();
+        let seqs: Vec<u64> = (0..4).map(|_| publish_sized(&mut h, &a, 100, 0)).collect();
         assert_eq!((h.retained_events(), h.retained_bytes()), (2, 200), "two of 100 bytes fit in 250");
         assert_eq!(resume(&h, "a", seqs[0], 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed), "a resume from before the cut");
         assert_eq!(resume(&h, "a", seqs[1], 0), (ResumeDecision::Replay { after: seqs[1] }, vec![seqs[2], seqs[3]]));
-        let big = publish(&mut h, &a, 300, 0);
+        let big = publish_sized(&mut h, &a, 300, 0);
         assert_eq!(h.retained_bytes(), 0, "an event larger than the budget is not retained");
         assert_eq!(resume(&h, "a", big - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
         assert_eq!(resume(&h, "a", big, 0), (ResumeDecision::Replay { after: big }, vec![]));
@@ -510,20 +602,20 @@ mod tests {
     fn the_node_byte_budget_trims_the_oldest_events_of_any_account() {
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a".into(), "b".into(), "c".into());
         let mut h = History::new(1, 0, &HistoryConfig { node_max_bytes: 500, ..bounds(100) });
-        let a1 = publish(&mut h, &a, 100, 0);
-        let b1 = publish(&mut h, &b, 100, 0);
-        let a2 = publish(&mut h, &a, 100, 0);
-        let c1 = publish(&mut h, &c, 100, 0);
-        let b2 = publish(&mut h, &b, 100, 0);
+        let a1 = publish_sized(&mut h, &a, 100, 0);
+        let b1 = publish_sized(&mut h, &b, 100, 0);
+        let a2 = publish_sized(&mut h, &a, 100, 0);
+        let c1 = publish_sized(&mut h, &c, 100, 0);
+        let b2 = publish_sized(&mut h, &b, 100, 0);
         assert_eq!(h.retained_bytes(), 500, "at the budget, nothing goes");
-        let c2 = publish(&mut h, &c, 150, 0);
+        let c2 = publish_sized(&mut h, &c, 150, 0);
         assert_eq!(h.retained_bytes(), 450, "the two oldest (a1, b1) went to make room for 150 more");
         assert_eq!(resume(&h, "a", a1, 0), (ResumeDecision::Replay { after: a1 }, vec![a2]), "a1 went, but its client saw it");
         assert_eq!(resume(&h, "a", a1 - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
         assert_eq!(resume(&h, "b", b1, 0), (ResumeDecision::Replay { after: b1 }, vec![b2]));
         assert_eq!(resume(&h, "b", b1 - 1, 0).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
         assert_eq!(resume(&h, "c", c1 - 1, 0), (ResumeDecision::Replay { after: c1 - 1 }, vec![c1, c2]), "c is untouched");
-        publish(&mut h, &c, 500, 0);
+        publish_sized(&mut h, &c, 500, 0);
         assert_eq!(h.retained_bytes(), 500, "everything older goes for an event of the whole budget");
         assert_eq!(h.fronts.len(), 1, "only accounts with events are indexed");
     }
@@ -532,9 +624,9 @@ mod tests {
     fn an_idle_account_is_forgotten_and_an_old_position_still_resyncs() {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let mut h = History::new(1, 0, &bounds(100));
-        let a1 = publish(&mut h, &a, 10, 0);
-        let a2 = publish(&mut h, &a, 10, 0);
-        let b1 = publish(&mut h, &b, 10, 0);
+        let a1 = publish_sized(&mut h, &a, 10, 0);
+        let a2 = publish_sized(&mut h, &a, 10, 0);
+        let b1 = publish_sized(&mut h, &b, 10, 0);
         assert_eq!(h.forget_idle(|_| false), 0, "accounts with events are kept");
         h.trim_all(HOUR_MS + 1);
         assert_eq!(h.forget_idle(|acc| acc == "b"), 1, "b has a stream open, a is forgotten");
@@ -543,7 +635,7 @@ mod tests {
         assert_eq!(resume(&h, "a", a2, HOUR_MS + 1), (ResumeDecision::Replay { after: a2 }, vec![]), "its client saw everything");
         assert_eq!(resume(&h, "b", b1, HOUR_MS + 1), (ResumeDecision::Replay { after: b1 }, vec![]));
         // Seen again, the account starts from the floor: the events it lost stay lost.
-        let a3 = publish(&mut h, &a, 10, HOUR_MS + 2);
+        let a3 = publish_sized(&mut h, &a, 10, HOUR_MS + 2);
         assert_eq!(resume(&h, "a", a1, HOUR_MS + 2).0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
         assert_eq!(resume(&h, "a", a2, HOUR_MS + 2), (ResumeDecision::Replay { after: a2 }, vec![a3]));
     }
@@ -552,8 +644,8 @@ mod tests {
     fn forgetting_many_accounts_gives_their_room_back() {
         let mut h = History::new(1, 0, &bounds(100));
         let accounts: Vec<Arc<str>> = (0..20_000).map(|i| Arc::from(format!("acct-{i}"))).collect();
-        let firsts: Vec<u64> = accounts.iter().map(|a| publish(&mut h, a, 10, 0)).collect();
-        let _seconds: Vec<u64> = accounts.iter().map(|a| publish(&mut h, a, 10, 0)).collect();
+        let firsts: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, &a, 10, 0)).collect();
+        let _seconds: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, &a, 10, 0)).collect();
         let full = h.accounts.capacity();
         h.trim_all(HOUR_MS + 1);
         assert_eq!(h.forget_idle(|_| false), accounts.len());
