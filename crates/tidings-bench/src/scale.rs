@@ -70,8 +70,8 @@ pub struct ScaleArgs {
 pub struct NodeOutcome {
     pub streams: usize,
     pub cpu_cores: f64,
-    /// Bytes the node read from its sockets per second: the Redis feed (every event of every
-    /// account, whatever the node holds), plus its share of the publish requests.
+    /// Feed bytes the node read from Redis per second (`tidings_redis_feed_bytes_total`: ids and
+    /// fields of every entry, i.e. every event of every account, whatever the node holds).
     pub read_bytes_per_sec: f64,
     pub delivered: u64,
     pub p50_ms: Option<f64>,
@@ -280,7 +280,11 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     let dup0: u64 = streams.iter().map(|s| s.counts().duplicated).sum();
     let pids: Vec<u32> = targets.iter().filter_map(Target::pid).collect();
     let cpu0: Vec<f64> = pids.iter().map(|p| procfs::tree_cpu_secs(*p)).collect();
-    let io0: Vec<(u64, u64)> = pids.iter().map(|p| io_bytes(*p)).collect();
+    let http = crate::target::PublishApi::client();
+    let mut feed0 = Vec::with_capacity(targets.len());
+    for t in targets {
+        feed0.push(feed_bytes(&http, t).await);
+    }
     let redis_cpu0 = procfs::cpu_secs(redis_pid).unwrap_or(0.0);
     let redis_io0 = io_bytes(redis_pid);
     let me = std::process::id();
@@ -327,11 +331,11 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     for (k, s) in streams.iter().enumerate() {
         let h = s.latency();
         all.add(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let (r1, _) = io_bytes(pids[k]);
+        let r1 = feed_bytes(&http, &targets[k]).await;
         per_node.push(NodeOutcome {
             streams: (k + 1) * a.streams / nodes - k * a.streams / nodes,
             cpu_cores: (procfs::tree_cpu_secs(pids[k]) - cpu0[k]) / window,
-            read_bytes_per_sec: (r1 - io0[k].0) as f64 / window,
+            read_bytes_per_sec: r1.saturating_sub(feed0[k]) as f64 / window,
             delivered: s.counts().delivered - delivered0[k],
             p50_ms: quantile(&h, 0.5),
             p99_ms: quantile(&h, 0.99),
@@ -360,6 +364,14 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         per_node,
         load_avg: procfs::load_avg(),
     })
+}
+
+/// The node's `tidings_redis_feed_bytes_total` (0 when it cannot be read).
+async fn feed_bytes(http: &reqwest::Client, target: &Target) -> u64 {
+    let url = format!("http://{}/metrics", target.endpoint.addr);
+    let Ok(resp) = http.get(&url).send().await else { return 0 };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix("tidings_redis_feed_bytes_total ")).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
 }
 
 fn quantile(h: &hdrhistogram::Histogram<u64>, q: f64) -> Option<f64> {

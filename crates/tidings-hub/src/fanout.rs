@@ -386,6 +386,11 @@ impl Fanout {
         self.evict(evicted);
     }
 
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Whether any stream of `account` is open on this node.
     pub fn has_streams(&self, account: &str) -> bool {
         self.registry.read().expect("registry lock").accounts.contains_key(account)

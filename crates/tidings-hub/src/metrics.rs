@@ -46,6 +46,10 @@ pub struct Metrics {
     pub history_accounts: Gauge,
     pub history_retained_events: Gauge,
     pub history_retained_bytes: Gauge,
+    /// Redis engine: feed entries this node read (every event of every account, whatever
+    /// streams the node holds, plus claims and fences), and their bytes (ids and fields).
+    pub redis_feed_entries: Counter,
+    pub redis_feed_bytes: Counter,
     pub streams_opened: Counter,
     /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
     pub stream_closes: Family<ReasonLabel, Counter>,
@@ -92,6 +96,8 @@ impl Metrics {
             history_accounts: Gauge::default(),
             history_retained_events: Gauge::default(),
             history_retained_bytes: Gauge::default(),
+            redis_feed_entries: Counter::default(),
+            redis_feed_bytes: Counter::default(),
             streams_opened: Counter::default(),
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
@@ -118,6 +124,8 @@ impl Metrics {
         r.register("history_accounts", "Accounts held by the node's history window (memory and durable engines), as of the last upkeep", m.history_accounts.clone());
         r.register("history_retained_events", "Events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_events.clone());
         r.register("history_retained_bytes", "Encoded bytes of the events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_bytes.clone());
+        r.register("redis_feed_entries", "Redis engine: feed entries this node read (every event of every account, claims, fences)", m.redis_feed_entries.clone());
+        r.register("redis_feed_bytes", "Redis engine: bytes of the feed entries this node read (ids and fields)", m.redis_feed_bytes.clone());
         r.register("streams_opened", "Streams opened", m.streams_opened.clone());
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());

@@ -150,3 +150,42 @@ async fn an_unreachable_introspection_endpoint_answers_503() {
     assert!(resp.headers().contains_key("retry-after"));
     assert!(!hub.logs().contains("opaque"), "tokens never reach the logs");
 }
+
+/// Many streams with an `exp`, in several accounts, with heartbeats running: each closes with
+/// `token_expired` once its own `exp` passes, never before, within the ticker's sweep (plus
+/// slack for a busy machine), while the later ones keep streaming.
+#[tokio::test]
+async fn every_stream_closes_at_its_own_expiry() {
+    let hub = Hub::start(&config("", &format!("[auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\nleeway = \"0s\"\n"))).await;
+    let base = now();
+    let mut streams = Vec::new();
+    for i in 0..40u64 {
+        let exp = base + 2 + (i % 2) * 2;
+        let claims = json!({"account": format!("acct-{}", i % 8), "sub": format!("u{i}"), "sid": format!("s{i}"), "exp": exp});
+        let mut s = Sse::token(&hub, &hs256(claims, SECRET)).await;
+        assert_eq!(s.status, 200);
+        s.next_within(T).await.unwrap();
+        streams.push((exp, s));
+    }
+    let closes = streams.into_iter().map(|(exp, mut s)| {
+        tokio::spawn(async move {
+            let mut pings = 0;
+            loop {
+                let e = s.next_within(Duration::from_secs(10)).await.expect("a frame before the expiry");
+                if e.kind() == "ping" {
+                    pings += 1;
+                    continue;
+                }
+                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+                return (exp, at, e.kind().to_owned(), e.data["reason"].as_str().map(str::to_owned), pings);
+            }
+        })
+    });
+    for close in closes {
+        let (exp, at, kind, reason, pings) = close.await.unwrap();
+        assert_eq!((kind.as_str(), reason.as_deref()), ("closed", Some("token_expired")));
+        assert!(at >= exp as f64 - 0.01, "closed {:.2} s before its exp", exp as f64 - at);
+        assert!(at <= exp as f64 + 3.0, "closed {:.2} s after its exp", at - exp as f64);
+        assert!(pings > 0, "heartbeats reached the stream while it was open");
+    }
+}

@@ -59,3 +59,34 @@ async fn idle_memory_is_measured_for_every_identity_source() {
         assert_eq!(o.processes, vec!["tidings".to_owned()], "{identity:?}: {o:?}");
     }
 }
+
+/// The multi-node model at CI size: one and two nodes on a real Redis, one small rate; every
+/// published event reaches every stream of its account on whichever node holds it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scale_model_counts_every_delivery_once_on_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scale.json");
+    let args = tidings_bench::scale::ScaleArgs {
+        nodes: vec![1, 2],
+        rates: vec![50.0],
+        streams: 100,
+        accounts: 10,
+        duration: Duration::from_secs(1),
+        repeat: 1,
+        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
+        redis_server: PathBuf::from("redis-server"),
+        sources: 4,
+        out: out.clone(),
+    };
+    tidings_bench::scale::run(args).await.unwrap();
+    let report: tidings_bench::scale::ScaleReport = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.points.iter().map(|p| p.nodes).collect::<Vec<_>>(), vec![1, 2]);
+    for p in &report.points {
+        assert!(p.published > 0 && p.expected == p.published * 10, "{p:?}");
+        assert_eq!((p.delivered, p.lost, p.duplicated), (p.expected, 0, 0), "{p:?}");
+        assert_eq!(p.per_node.len(), p.nodes, "{p:?}");
+        assert!(p.per_node.iter().all(|n| n.delivered > 0 && n.read_bytes_per_sec > 0.0), "{p:?}");
+        assert!(p.redis_cpu_cores > 0.0, "{p:?}");
+    }
+}

@@ -190,6 +190,9 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
     let mut next = at;
     let mut resynced = false;
     for (id, fields) in reply.into_iter().flatten().flat_map(|(_, entries)| entries) {
+        let metrics = inner.fanout.metrics();
+        metrics.redis_feed_entries.inc();
+        metrics.redis_feed_bytes.inc_by((id.len() + fields.iter().map(String::len).sum::<usize>()) as u64);
         let Some(entry) = Entry::parse(&id, &fields) else {
             tracing::warn!(entry = %id, "skipping a malformed feed entry");
             continue;
