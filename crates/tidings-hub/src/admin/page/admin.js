@@ -10,6 +10,8 @@ const KEY_STORAGE = 'tidings-admin-key';
 const POLL_MS = 1000;
 /** Samples shown in each chart (the hub keeps ten minutes). */
 const CHART_SAMPLES_MAX = 600;
+/** Samples the rate tiles average over (ten seconds at the hub's one a second). */
+const TILE_SAMPLES = 10;
 /** How long a "Revoke" button waits for its confirming second click. */
 const CONFIRM_MS = 4000;
 const SVG = 'http://www.w3.org/2000/svg';
@@ -162,10 +164,11 @@ function renderSeries(series) {
   state.samples.push(...series.samples);
   if (state.samples.length > CHART_SAMPLES_MAX) state.samples.splice(0, state.samples.length - CHART_SAMPLES_MAX);
   if (state.samples.length) state.since = state.samples[state.samples.length - 1].at;
-  const last = state.samples[state.samples.length - 1];
   const perSecond = 1000 / series.interval_ms;
-  $('tile-publishes').textContent = last ? fmt(last.published * perSecond) : '–';
-  $('tile-deliveries').textContent = last ? fmt(last.delivered * perSecond) : '–';
+  const recent = state.samples.slice(-TILE_SAMPLES);
+  const rate = (field) => (recent.length ? (recent.reduce((n, s) => n + s[field], 0) / recent.length) * perSecond : NaN);
+  $('tile-publishes').textContent = fmt(rate('published'));
+  $('tile-deliveries').textContent = fmt(rate('delivered'));
   const charts = $('charts');
   for (const chart of CHARTS) {
     let box = charts.querySelector(`[data-chart="${chart.id}"]`);
