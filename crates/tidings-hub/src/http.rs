@@ -293,8 +293,10 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
         ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
     })?;
     tracing::debug!(%publisher, events, "published");
-    let shown: Vec<(&str, &serde_json::Value)> = items.iter().map(|i| (i.account.as_str(), &i.activity)).collect();
-    hub.published(&shown, &ids, &publisher);
+    if hub.admin_enabled() {
+        let shown: Vec<(&str, &serde_json::Value)> = items.iter().map(|i| (i.account.as_str(), &i.activity)).collect();
+        hub.published(&shown, &ids, &publisher);
+    }
     Ok(ids)
 }
 

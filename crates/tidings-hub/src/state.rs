@@ -216,6 +216,11 @@ impl HubState {
         Ok(ids.into_iter().next().expect("one id per published event"))
     }
 
+    /// Whether the admin page is on (what it shows is recorded only then).
+    pub(crate) fn admin_enabled(&self) -> bool {
+        self.live.load().config.admin.is_some()
+    }
+
     /// Shows published activities on the admin page (nothing while it is off).
     pub(crate) fn published(&self, items: &[(&str, &serde_json::Value)], ids: &[EventId], publisher: &Arc<str>) {
         let live = self.live.load();

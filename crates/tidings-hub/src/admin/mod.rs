@@ -78,7 +78,7 @@ struct UnresolvedType {
     count: u64,
     first_seen: SystemTime,
     last_seen: SystemTime,
-    /// The latest activity of the type, when it fits [`ACTIVITY_SAMPLE_BYTES_MAX`].
+    /// An activity of the type (the first that fits [`ACTIVITY_SAMPLE_BYTES_MAX`]).
     sample: Option<Arc<Value>>,
 }
 
@@ -110,13 +110,13 @@ impl Admin {
     pub fn unresolved(&self, activity: &Value) -> bool {
         let kind = resource_type(activity).map(|t| truncate(&t, TYPE_NAME_CHARS_MAX)).unwrap_or_default();
         let now = SystemTime::now();
-        let sample = sample(activity);
         let mut u = self.unresolved.lock().expect("unresolved lock");
         if let Some(t) = u.types.get_mut(&kind) {
             t.count += 1;
             t.last_seen = now;
-            if sample.is_some() {
-                t.sample = sample;
+            // The first sample that fits is kept: a flood of one type costs a count each.
+            if t.sample.is_none() {
+                t.sample = sample(activity);
             }
             return false;
         }
@@ -124,7 +124,7 @@ impl Admin {
             u.other_count += 1;
             return false;
         }
-        u.types.insert(kind, UnresolvedType { count: 1, first_seen: now, last_seen: now, sample });
+        u.types.insert(kind, UnresolvedType { count: 1, first_seen: now, last_seen: now, sample: sample(activity) });
         true
     }
 
@@ -220,7 +220,7 @@ pub(crate) struct UnresolvedView {
     /// TOML to paste into the mapping file.
     pub mapping_entry: Option<String>,
     pub note: Option<String>,
-    /// The latest activity of the type.
+    /// An activity of the type, the one the entry was made for.
     pub sample: Option<Arc<Value>>,
 }
 
