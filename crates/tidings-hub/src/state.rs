@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Admin;
 use crate::auth::{AuthError, Authenticator, CredentialSource, Identity};
 use crate::config::{Config, ConfigError};
-use crate::engine::{Engine, EngineError, NewEvent};
+use crate::engine::{Accepted, Engine, EngineError, NewEvent};
 use crate::error::ApiError;
 use crate::fanout::Fanout;
 use crate::live::{Live, describe_changes, pin_restart_only};
@@ -210,10 +210,11 @@ impl HubState {
         let keys = self.resolve(data);
         let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
         let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
-        let ids = self.store(vec![NewEvent { account: account.into(), payload: payload.into() }]).await?;
+        let accepted = self.store(vec![NewEvent { account: account.into(), payload: payload.into(), key: None }]).await?;
         self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
-        self.published(&[(account, data)], &ids, &publisher.into());
-        Ok(ids.into_iter().next().expect("one id per published event"))
+        let id = accepted.into_iter().next().expect("one id per published event").id;
+        self.published(&[(account, data)], &[id], &publisher.into());
+        Ok(id)
     }
 
     /// Whether the admin page is on (what it shows is recorded only then).
@@ -249,12 +250,14 @@ impl HubState {
     }
 
     /// Stores a batch of encoded activities through the engine (which fans them out) and
-    /// counts them as published.
-    pub(crate) async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
-        let n = batch.len() as u64;
-        let ids = self.engine.publish(batch).await?;
-        self.metrics.events_published.inc_by(n);
-        Ok(ids)
+    /// counts them: new events as published, items whose key was already accepted as
+    /// duplicates.
+    pub(crate) async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, EngineError> {
+        let accepted = self.engine.publish(batch).await?;
+        let duplicates = accepted.iter().filter(|a| a.duplicate).count() as u64;
+        self.metrics.events_published.inc_by(accepted.len() as u64 - duplicates);
+        self.metrics.publish_duplicates.inc_by(duplicates);
+        Ok(accepted)
     }
 
     /// Starts draining: readiness off, new streams refused, every open stream told to close.

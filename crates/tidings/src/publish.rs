@@ -1,11 +1,13 @@
 //! `tidings publish`: send one activity or a batch to a hub's `POST /events`, through the
-//! Rust SDK's publisher.
+//! Rust SDK's publisher, which retries failures that may clear up with the same idempotency
+//! keys (see `tidings_client::Publisher`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use tidings_client::{PublishItem, Publisher};
+use tidings_client::{PublishItem, Publisher, RetryPolicy};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -21,21 +23,35 @@ pub struct PublishArgs {
     /// The activity as JSON (with --account).
     #[arg(long, requires = "account", conflicts_with = "file")]
     data: Option<String>,
-    /// A JSON file with a whole publish body (`{"account","data"}` or an array); `-` reads stdin.
+    /// Idempotency key of the activity (with --data): the hub stores it once per account
+    /// however often it is sent. Default: a random key, reused by this command's retries.
+    #[arg(long, requires = "data")]
+    item_key: Option<String>,
+    /// A JSON file with a whole publish body (`{"account","data","key"?}` or an array); `-`
+    /// reads stdin. Items without a key get a random one, reused by this command's retries.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Retry connection errors, timeouts, 408, 429, 5xx (honouring Retry-After) for at most
+    /// this long, with capped full-jitter backoff; `0s` tries once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_for: Duration,
 }
 
 pub async fn run(args: PublishArgs) -> Result<()> {
     let items = match (&args.account, &args.data, &args.file) {
         (Some(account), Some(data), None) => {
-            vec![PublishItem { account: account.clone(), data: serde_json::from_str(data).context("--data is not JSON")? }]
+            let item = PublishItem::new(account.clone(), serde_json::from_str(data).context("--data is not JSON")?);
+            vec![match &args.item_key {
+                Some(key) => item.with_key(key.clone()),
+                None => item,
+            }]
         }
         (None, None, Some(path)) => items_of(&read(path)?)?,
         _ => bail!("give either --account and --data, or --file"),
     };
-    let ids = Publisher::new(&args.url, args.key).publish_batch(&items).await?;
-    println!("{}", serde_json::json!({ "ids": ids }));
+    let retry = RetryPolicy { give_up_after: args.retry_for, ..RetryPolicy::default() };
+    let receipt = Publisher::new(&args.url, args.key).with_retry(retry).submit(&items).await?;
+    println!("{}", serde_json::json!({ "ids": receipt.ids, "duplicates": receipt.duplicates, "keys": receipt.keys }));
     Ok(())
 }
 
@@ -57,14 +73,27 @@ fn items_of(text: &str) -> Result<Vec<PublishItem>> {
     };
     list.into_iter()
         .enumerate()
-        .map(|(i, item)| {
+        .map(|(i, item_json)| {
+            let item = &item_json;
             let account = match item.get("account") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => bail!("item {i}: account is missing or not a string"),
             };
             let data = item.get("data").cloned().with_context(|| format!("item {i}: data is missing"))?;
-            Ok(PublishItem { account, data })
+            let item = PublishItem::new(account, data);
+            Ok(match item_key(&item_json, i)? {
+                Some(key) => item.with_key(key),
+                None => item,
+            })
         })
         .collect()
+}
+
+fn item_key(item: &Value, i: usize) -> Result<Option<String>> {
+    match item.get("key") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(k)) => Ok(Some(k.clone())),
+        Some(_) => bail!("item {i}: key must be a string"),
+    }
 }

@@ -1,5 +1,6 @@
 //! The data file: one SQLite database (WAL journal) holding the epoch, the head, every
-//! retained event and, per account, how far history was trimmed.
+//! retained event (with its idempotency key, if it had one) and, per account, how far history
+//! was trimmed.
 //!
 //! Only the engine's writer thread touches it after start-up, through one connection that
 //! holds the file's lock for the life of the process, so a second hub on the same data
@@ -15,7 +16,10 @@ use crate::config::FsyncPolicy;
 /// The data file inside `data_dir`.
 pub const DATA_FILE_NAME: &str = "tidings.db";
 /// Layout of the tables below; a file with another number is refused, not guessed at.
-const FORMAT_VERSION: i64 = 1;
+/// Format 1 had no `key` column; it is upgraded in place at start-up ([`MIGRATIONS`]).
+const FORMAT_VERSION: i64 = 2;
+/// `(from format, SQL to the next format)`, applied in order in one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE events ADD COLUMN key TEXT; UPDATE meta SET value = 2 WHERE key = 'format';")];
 /// WAL pages between automatic checkpoints (SQLite's default is 1,000). A checkpoint runs on
 /// the writer thread and holds up the publishes behind it; every commit rewrites the same few
 /// hot pages, so checkpointing less often copies barely more per checkpoint and costs less
@@ -32,6 +36,7 @@ CREATE TABLE events (
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
     payload TEXT NOT NULL,
+    key TEXT,
     PRIMARY KEY (account, seq)
 ) WITHOUT ROWID;
 CREATE TABLE accounts (account TEXT PRIMARY KEY, trimmed_through INTEGER NOT NULL) WITHOUT ROWID;
@@ -60,6 +65,8 @@ pub struct Row {
     pub seq: u64,
     pub at_ms: u64,
     pub payload: std::sync::Arc<str>,
+    /// The idempotency key the event was published with.
+    pub key: Option<std::sync::Arc<str>>,
 }
 
 /// What the file holds at start-up.
@@ -174,7 +181,26 @@ impl Store {
         Ok(self.conn.query_row("SELECT CAST(value AS TEXT) FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
-    fn load(&self) -> Result<Loaded, Failure> {
+    /// Brings a file written by an older hub to [`FORMAT_VERSION`], in one transaction.
+    fn migrate(&mut self) -> Result<(), Failure> {
+        let Some(mut format) = self.meta_int("format")? else { return Ok(()) };
+        if format >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for (from, sql) in MIGRATIONS {
+            if *from == format {
+                tx.execute_batch(sql)?;
+                format += 1;
+            }
+        }
+        tx.commit()?;
+        tracing::info!(path = %self.path.display(), format, "data file upgraded");
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Loaded, Failure> {
+        self.migrate()?;
         let missing = |k: &str| Failure::Damaged(format!("no {k} recorded"));
         let format = self.meta_int("format")?.ok_or_else(|| missing("format"))?;
         if format != FORMAT_VERSION {
@@ -191,7 +217,7 @@ impl Store {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::new();
-        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload FROM events ORDER BY account, seq")?;
+        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, key FROM events ORDER BY account, seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let seq = r.get::<_, i64>(1)?;
@@ -200,7 +226,8 @@ impl Store {
             }
             let account: String = r.get(0)?;
             let payload: String = r.get(3)?;
-            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into() });
+            let key: Option<String> = r.get(4)?;
+            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into(), key: key.map(Into::into) });
         }
         Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, events })
     }
@@ -211,9 +238,9 @@ impl Store {
     pub fn commit(&mut self, head: u64, rows: &[Row], trims: &[(std::sync::Arc<str>, u64)]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, key) VALUES (?1, ?2, ?3, ?4, ?5)")?;
             for r in rows {
-                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload])?;
+                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, r.key.as_deref()])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?;
             let mut mark = tx.prepare_cached(
