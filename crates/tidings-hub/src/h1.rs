@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::HubState;
 use crate::client_addr::PeerAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::WriteStall;
@@ -63,12 +64,24 @@ pub(crate) struct ConnectionHandle(pub CancellationToken);
 pub(crate) struct Shared {
     pub router: axum::Router,
     pub hyper: auto::Builder<TokioExecutor>,
-    /// The hub's drain signal ([`crate::HubState`]): once cancelled, kept-alive connections
-    /// end after their current response.
-    pub draining: CancellationToken,
-    /// `limits.response_write_timeout`.
-    pub response_write_timeout: Duration,
-    pub metrics: Arc<Metrics>,
+    /// For its drain signal (once cancelled, kept-alive connections end after their current
+    /// response), its metrics and `limits.response_write_timeout` (read per response: a reload
+    /// may change it).
+    pub hub: Arc<HubState>,
+}
+
+impl Shared {
+    fn draining(&self) -> &CancellationToken {
+        self.hub.draining()
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        self.hub.metrics()
+    }
+
+    fn response_write_timeout(&self) -> Duration {
+        self.hub.config().limits.response_write_timeout
+    }
 }
 
 /// Serves one accepted connection until it ends. `conn` is the connection's own token: the
@@ -121,7 +134,7 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
                 return;
             }
         }
-        if !keep_alive || shared.draining.is_cancelled() {
+        if !keep_alive || shared.draining().is_cancelled() {
             return;
         }
     }
@@ -141,12 +154,12 @@ async fn next_head(socket: &TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> Op
             Err(_) => {
                 // An idle kept-alive connection ending is routine; a partial head is not.
                 if !buf.is_empty() {
-                    shared.metrics.timed_out("head");
+                    shared.metrics().timed_out("head");
                 }
                 None
             }
         },
-        () = shared.draining.cancelled(), if idle => None,
+        () = shared.draining().cancelled(), if idle => None,
     }
 }
 
@@ -172,10 +185,10 @@ async fn write_bounded(socket: &TcpStream, response: Response<Body>, buf: &mut V
             other => other,
         }
     };
-    match tokio::time::timeout(shared.response_write_timeout, whole).await {
+    match tokio::time::timeout(shared.response_write_timeout(), whole).await {
         Ok(written) => Some(written),
         Err(_) => {
-            shared.metrics.timed_out("response");
+            shared.metrics().timed_out("response");
             None
         }
     }
@@ -491,7 +504,7 @@ async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &S
         req.extensions_mut().insert(PeerAddr(peer));
         router.clone().call(req)
     });
-    let stall = WriteStall::new(shared.response_write_timeout, shared.metrics.clone());
+    let stall = WriteStall::new(shared.response_write_timeout(), shared.metrics().clone());
     let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket, stall });
     let connection = watcher.watch(shared.hyper.serve_connection(io, svc).into_owned());
     if let Err(e) = Box::pin(connection).await {
