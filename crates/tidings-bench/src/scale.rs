@@ -427,8 +427,9 @@ pub fn markdown(r: &ScaleReport) -> String {
             med(&|p| p.redis_write_bytes_per_sec / 1e6),
             med(&|p| p.node_cpu_max()),
             med(&|p| p.node_read_mean() / 1e6),
-            med(&|p| p.redis_cpu_cores * 1000.0 / p.rate_achieved.max(1e-9)),
-            med(&|p| p.per_node.iter().map(|n| n.cpu_cores).sum::<f64>() / p.per_node.len().max(1) as f64 * 1000.0 / p.rate_achieved.max(1e-9)),
+            // Cores are CPU seconds per second: per 1,000 events, in ms, is cores × 10⁶ / rate.
+            med(&|p| p.redis_cpu_cores * 1e6 / p.rate_achieved.max(1e-9)),
+            med(&|p| p.per_node.iter().map(|n| n.cpu_cores).sum::<f64>() / p.per_node.len().max(1) as f64 * 1e6 / p.rate_achieved.max(1e-9)),
             med(&|p| p.load_avg.unwrap_or(f64::NAN)),
             if saturated.is_empty() { "–".to_owned() } else { saturated.join("; ") },
         );
