@@ -4,6 +4,9 @@
 //! in order: static tokens, JWT (when the token looks like one and a key is configured), then
 //! the introspection URL. Publisher keys are a separate table: they never open a stream, and
 //! user credentials never publish. Tokens are never logged; errors carry a reason only.
+//!
+//! Every identity carries its credential's grants (what it may see inside its account; see
+//! `grants.rs`), shared between identities holding equal sets. Grants are never logged either.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,8 +16,10 @@ use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tidings_protocol::Grants;
 
 use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig};
+use crate::grants::{GrantSets, from_claim};
 
 /// Introspection answers kept at most; older ones are evicted first.
 const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
@@ -28,6 +33,9 @@ pub const CREDENTIAL_LEN_MAX: usize = 8 * 1024;
 pub const JWT_HS256_SECRET_BYTES_MIN: usize = 16;
 /// Name a publisher key without a configured `name` goes by in logs.
 const PUBLISHER_UNNAMED: &str = "unnamed";
+/// Why a credential whose grants break the rules is refused (403): cutting them short
+/// instead would hide events without a word.
+const GRANTS_REFUSED: &str = "the credential's grants are not usable: an array of at most 256 strings (or one space-separated string) of 1 to 320 bytes each, without control characters, none starting with user: or session:";
 
 /// A signed-in session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +45,16 @@ pub struct Identity {
     pub session: Arc<str>,
     /// When the credential stops being valid; the stream is closed with `token_expired` then.
     pub expires_at: Option<SystemTime>,
+    /// What the credential grants inside the account, besides the implicit `user:<user>` and
+    /// `session:<session>`; shared by every identity holding the same set.
+    pub grants: Arc<Grants>,
+}
+
+impl Identity {
+    /// Who is watching, for audience checks: this identity's user, session and grants.
+    pub fn viewer(&self) -> tidings_protocol::Viewer {
+        tidings_protocol::Viewer::new(self.user.clone(), self.session.clone(), self.grants.clone())
+    }
 }
 
 /// Where a credential came from (introspection is told, as cookies and tokens may differ).
@@ -87,23 +105,29 @@ pub struct Authenticator {
     query_token: bool,
     jwt: Option<JwtVerifier>,
     introspection: Option<Introspector>,
+    /// Shares grant sets between identities (see `grants.rs`).
+    grant_sets: GrantSets,
 }
 
 impl Authenticator {
     pub fn new(c: &AuthConfig) -> Result<Self, ConfigError> {
+        let grant_sets = GrantSets::default();
         let tokens = c
             .tokens
             .iter()
             .map(|t| {
+                let grants = Grants::new(t.grants.iter().map(String::as_str))
+                    .map_err(|e| ConfigError::Invalid(format!("auth.tokens: grants of the token of user {:?}: {e}", t.user)))?;
                 let id = Identity {
                     account: t.account.as_str().into(),
                     user: t.user.as_str().into(),
                     session: t.session.as_str().into(),
                     expires_at: None,
+                    grants: grant_sets.share(grants),
                 };
-                (t.token.clone(), id)
+                Ok((t.token.clone(), id))
             })
-            .collect();
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             tokens,
             publishers: c
@@ -115,6 +139,7 @@ impl Authenticator {
             query_token: c.query_token,
             jwt: c.jwt.as_ref().map(JwtVerifier::new).transpose()?,
             introspection: c.introspection.as_ref().map(Introspector::new).transpose()?,
+            grant_sets,
         })
     }
 
@@ -142,10 +167,10 @@ impl Authenticator {
             return Err(AuthError::Forbidden("publisher keys cannot open streams"));
         }
         if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(token)) {
-            return jwt.verify(token);
+            return jwt.verify(token, &self.grant_sets);
         }
         if let Some(intro) = &self.introspection {
-            return intro.identify(token, source).await;
+            return intro.identify(token, source, &self.grant_sets).await;
         }
         Err(AuthError::Invalid)
     }
@@ -219,6 +244,7 @@ struct JwtVerifier {
     account_claim: String,
     user_claim: String,
     session_claim: String,
+    grants_claim: Option<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -271,10 +297,11 @@ impl JwtVerifier {
             account_claim: c.account_claim.clone(),
             user_claim: c.user_claim.clone(),
             session_claim: c.session_claim.clone(),
+            grants_claim: c.grants_claim.clone(),
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    fn verify(&self, token: &str, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -294,7 +321,11 @@ impl JwtVerifier {
         // Without a session claim, the token itself names the session (a hash, never the token).
         let session = text(&self.session_claim).or_else(|| text("jti")).unwrap_or_else(|| format!("jwt-{:016x}", fnv1a(token)).into());
         let exp = claims.get("exp").and_then(serde_json::Value::as_u64).map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        Ok(Identity { account, user, session, expires_at: exp })
+        let grants = match &self.grants_claim {
+            Some(name) => from_claim(claims.get(name)).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?,
+            None => Grants::none(),
+        };
+        Ok(Identity { account, user, session, expires_at: exp, grants: grant_sets.share(grants) })
     }
 }
 
@@ -322,6 +353,8 @@ struct IntrospectionAnswer {
     session: Option<String>,
     /// Expiry as Unix seconds.
     exp: Option<u64>,
+    /// What the identity may see inside its account (see `grants::from_claim`).
+    grants: Option<serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -349,19 +382,19 @@ impl Introspector {
         Ok(Self { url: c.url.clone(), client, cache })
     }
 
-    async fn identify(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+    async fn identify(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         let key = format!("{}:{token}", source.as_str());
         if let Some(answer) = self.cache.get(&key).await {
             return answer;
         }
-        let answer = self.ask(token, source).await;
+        let answer = self.ask(token, source, grant_sets).await;
         if answer != Err(AuthError::Unavailable) {
             self.cache.insert(key, answer.clone()).await;
         }
         answer
     }
 
-    async fn ask(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+    async fn ask(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         let body = serde_json::json!({ "token": token, "source": source.as_str() });
         let resp = self.client.post(&self.url).json(&body).send().await.map_err(|e| {
             tracing::warn!(error = %e, "introspection request failed");
@@ -396,7 +429,8 @@ impl Introspector {
             return Err(AuthError::Expired);
         }
         let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fnv1a(token)));
-        Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at })
+        let grants = from_claim(a.grants.as_ref()).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?;
+        Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at, grants: grant_sets.share(grants) })
     }
 }
 
@@ -449,5 +483,42 @@ mod tests {
         assert_eq!(with("key-without-a-name").as_deref(), Ok(PUBLISHER_UNNAMED));
         assert_eq!(with("key-of-the-billing-servicf"), Err(AuthError::Invalid));
         assert!(!format!("{auth:?}").contains("key-of"), "keys stay out of debug output");
+    }
+
+    #[tokio::test]
+    async fn jwt_grants_come_from_the_configured_claim_as_an_array_or_a_string_and_are_shared() {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = "a-test-secret-of-32-bytes-length";
+        let jwt = JwtConfig {
+            algorithm: "HS256".into(),
+            secret: Some(secret.into()),
+            public_key_pem: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            account_claim: "account".into(),
+            user_claim: "sub".into(),
+            session_claim: "sid".into(),
+            grants_claim: Some("scope".into()),
+            leeway: Duration::ZERO,
+        };
+        let auth = Authenticator::new(&AuthConfig { jwt: Some(jwt), ..AuthConfig::default() }).unwrap();
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        let token = |scope: serde_json::Value, sid: &str| {
+            let claims = serde_json::json!({"account": "acme", "sub": "dana", "sid": sid, "exp": exp, "scope": scope});
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        };
+        let auth = &auth;
+        let id = |t: String| async move { auth.identify(&t, CredentialSource::Header).await };
+        let array = id(token(serde_json::json!(["billing:read", "role:admin"]), "s-1")).await.unwrap();
+        let string = id(token(serde_json::json!("role:admin billing:read"), "s-2")).await.unwrap();
+        assert_eq!(array.grants.iter().collect::<Vec<_>>(), ["billing:read", "role:admin"]);
+        assert!(Arc::ptr_eq(&array.grants, &string.grants), "equal sets are one allocation");
+        assert!(array.viewer().holds("user:dana") && array.viewer().holds("session:s-1"));
+        let none = id(token(serde_json::Value::Null, "s-3")).await.unwrap();
+        assert!(none.grants.is_empty());
+        for bad in [serde_json::json!(["user:bob"]), serde_json::json!(7), serde_json::json!(["ok", 1])] {
+            assert!(matches!(id(token(bad.clone(), "s-4")).await, Err(AuthError::Forbidden(m)) if m == GRANTS_REFUSED), "{bad}");
+        }
     }
 }

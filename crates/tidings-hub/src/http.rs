@@ -102,7 +102,7 @@ async fn open_stream(
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
     let stream = hub
         .fanout()
-        .register(NewStream { account: identity.account.clone(), session: identity.session.clone(), deadline, connection: conn, arrived })
+        .register(NewStream { account: identity.account.clone(), viewer: identity.viewer(), deadline, connection: conn, arrived })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
             RegisterError::Overtaken => ApiError::new(StatusCode::CONFLICT, "superseded", "a newer stream of this session is already open"),
@@ -250,10 +250,11 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
         ApiError::new(status, code, e.message.clone()).field(e.field)
     })?;
     let batch: Vec<NewEvent> = items
-        .iter()
+        .into_iter()
         .map(|item| {
             let keys = hub.resolve(&item.activity);
-            NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into() }
+            let audience = hub.audience(item.audience, &item.activity);
+            NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into(), audience }
         })
         .collect();
     let events = batch.len();

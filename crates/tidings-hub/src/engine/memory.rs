@@ -48,7 +48,7 @@ impl Engine for MemoryEngine {
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
             h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes: bytes.clone() } });
             h.trim(&ev.account, at_ms);
-            self.fanout.deliver(&ev.account, id.seq, &bytes);
+            self.fanout.deliver(&ev.account, id.seq, &bytes, ev.audience.as_deref());
             ids.push(id);
         }
         drop(h);

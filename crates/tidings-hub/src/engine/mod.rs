@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tidings_protocol::EventId;
+use tidings_protocol::{Audience, EventId};
 use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
@@ -20,11 +20,15 @@ pub mod history;
 pub mod memory;
 pub mod redis;
 
-/// One activity to store: its account and its `activity` payload (JSON, encoded once).
+/// One activity to store: its account, its `activity` payload (JSON, encoded once) and who in
+/// the account may see it.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub account: Arc<str>,
     pub payload: Arc<str>,
+    /// `None`: every stream of the account. Stored with the event: delivery and replay both
+    /// honour it, on every node.
+    pub audience: Option<Arc<Audience>>,
 }
 
 /// A stored event's frame, ready to write.

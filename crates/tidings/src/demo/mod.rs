@@ -67,6 +67,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         account_claim: "account".into(),
         user_claim: "sub".into(),
         session_claim: "sid".into(),
+        grants_claim: None,
         leeway: Duration::from_secs(5),
     });
     if let Some(key) = args.publisher_key {

@@ -220,12 +220,14 @@ impl Writer {
             (h.epoch(), h.head())
         };
         let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
+        let mut audiences = Vec::with_capacity(rows.capacity());
         let mut ids = Vec::with_capacity(group.len());
         for p in &group {
             let mut batch_ids = Vec::with_capacity(p.batch.len());
             for ev in &p.batch {
                 head += 1;
                 rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone() });
+                audiences.push(ev.audience.clone());
                 batch_ids.push(EventId::new(epoch, head));
             }
             ids.push(batch_ids);
@@ -253,8 +255,8 @@ impl Writer {
             h.set_head(head);
             // Under the lock, in seq order: a stream opening now sees either the history
             // with these events or their delivery, never neither.
-            for (row, bytes) in rows.iter().zip(&frames) {
-                self.fanout.deliver(&row.account, row.seq, bytes);
+            for ((row, bytes), audience) in rows.iter().zip(&frames).zip(&audiences) {
+                self.fanout.deliver(&row.account, row.seq, bytes, audience.as_deref());
             }
         }
         for (p, batch_ids) in group.into_iter().zip(ids) {

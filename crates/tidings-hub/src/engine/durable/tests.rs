@@ -15,7 +15,7 @@ fn engine(dir: &Path, max_events: usize) -> DurableEngine {
 }
 
 fn batch(account: &str, n: usize) -> Vec<NewEvent> {
-    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into() }).collect()
+    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), audience: None }).collect()
 }
 
 /// The decision and replayed seqs for a resume of `account` from `id`.

@@ -208,7 +208,7 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
         match entry {
             Entry::Event { seq, account, payload, .. } => {
                 let frame = Bytes::from(encode_data_frame(Some(EventId::new(at.epoch, seq)), payload));
-                inner.fanout.deliver(account, seq, &frame);
+                inner.fanout.deliver(account, seq, &frame, None);
                 next = Cursor { seq, minor: 0, ..next };
             }
             Entry::Fence { seq, .. } => next = Cursor { seq, minor: 0, ..next },

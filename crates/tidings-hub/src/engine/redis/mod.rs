@@ -247,7 +247,7 @@ impl Inner {
             .arg(self.config.feed_max_events)
             .arg(&self.node_id);
         for s in &claims {
-            inv.arg(s.account.as_bytes()).arg(s.session.as_bytes());
+            inv.arg(s.account.as_bytes()).arg(s.session().as_bytes());
         }
         type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8, Vec<String>);
         let (epoch, head, trimmed_through, entries, too_large, claimed): Reply = match inv.invoke_async(&mut conn).await {
