@@ -100,16 +100,17 @@ async fn open_stream(
     }
     let now = Instant::now();
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
+    let viewer = identity.viewer();
     let stream = hub
         .fanout()
-        .register(NewStream { account: identity.account.clone(), viewer: identity.viewer(), deadline, connection: conn, arrived })
+        .register(NewStream { account: identity.account.clone(), viewer: viewer.clone(), deadline, connection: conn, arrived })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
             RegisterError::Overtaken => ApiError::new(StatusCode::CONFLICT, "superseded", "a newer stream of this session is already open"),
             RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
                 .retry_after(RETRY_AFTER_BUSY_SECS),
         })?;
-    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref())).await {
+    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref()), &viewer).await {
         Ok(o) => o,
         Err(e) => {
             hub.fanout().deregister(&stream);

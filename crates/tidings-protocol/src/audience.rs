@@ -164,8 +164,9 @@ impl Audience {
         Ok(Self { names, signature })
     }
 
-    /// An audience no stream is in (for a rule that could not be compiled: see the resolver).
-    pub(crate) fn nobody() -> Self {
+    /// An audience no stream is in: what an audience that cannot be read stands for (a rule
+    /// that could not be compiled, a damaged stored form), so that it fails closed.
+    pub fn nobody() -> Self {
         Self { names: Box::default(), signature: 0 }
     }
 

@@ -299,6 +299,7 @@ async fn engines() -> Vec<(&'static str, String, Option<Redis>)> {
 async fn a_resume_replays_only_what_the_stream_may_see_and_past_hidden_events_needs_no_resync() {
     for (engine, engine_toml, _redis) in engines().await {
         let hub = Hub::start(&config("", &format!("{GRANTED_TOKENS}{engine_toml}"))).await;
+        hub.wait_ready().await;
         let (viewer, position) = open(&hub, "tok-viewer").await;
         drop(viewer);
         let admin_only = Some(json!(["role:admin"]));

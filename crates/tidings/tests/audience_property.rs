@@ -187,6 +187,7 @@ fn run_on(engine: &str) {
     };
     let jwt = format!("[auth.jwt]\nalgorithm = \"HS256\"\nsecret = \"{SECRET}\"\ngrants_claim = \"grants\"\n");
     let hub = rt.block_on(Hub::start(&config("", &format!("{jwt}{engine_toml}"))));
+    rt.block_on(hub.wait_ready());
     let cases = std::env::var("TIDINGS_AUDIENCE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(CASES_DEFAULT);
     let mut runner = TestRunner::new(PropConfig { cases, failure_persistence: None, ..PropConfig::default() });
     let counters = std::cell::Cell::new((0u64, 1u64));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tidings_protocol::{Audience, EventId};
+use tidings_protocol::{Audience, EventId, Viewer};
 use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
@@ -44,7 +44,8 @@ pub struct Opening {
     /// The position the stream starts from, sent as the `connected` frame's id.
     pub position: EventId,
     pub decision: ResumeDecision,
-    /// With [`ResumeDecision::Replay`], every retained event after the client's id, in order.
+    /// With [`ResumeDecision::Replay`], every retained event after the client's id that the
+    /// stream may see, in order.
     pub replay: Vec<StoredFrame>,
 }
 
@@ -117,8 +118,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
 
     /// Decides how a stream of `account` starts from the client's position and reads what it
-    /// must replay.
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>>;
+    /// must replay: the events after it that `viewer` may see (the others leave gaps in the
+    /// seqs, which are not loss).
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>>;
 
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;

@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use tidings_protocol::EventId;
+use tidings_protocol::{EventId, Viewer};
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::LastEventId;
 use tokio::sync::{mpsc, oneshot};
@@ -86,7 +86,7 @@ impl DurableEngine {
         }
         for row in loaded.events {
             let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch(), row.seq)), &row.payload));
-            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes } });
+            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes }, audience: row.audience });
         }
         let events = h.retained_events();
         tracing::info!(path = %path.display(), epoch = format_args!("{:x}", h.epoch()), head = h.head(), events, ?fsync, "durable history loaded");
@@ -123,8 +123,8 @@ impl Engine for DurableEngine {
         .boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        let opening = self.history.lock().expect("history lock").open(account, last_event_id, now_ms());
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let opening = self.history.lock().expect("history lock").open(account, last_event_id, viewer, now_ms());
         async move { Ok(opening) }.boxed()
     }
 
@@ -220,14 +220,12 @@ impl Writer {
             (h.epoch(), h.head())
         };
         let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
-        let mut audiences = Vec::with_capacity(rows.capacity());
         let mut ids = Vec::with_capacity(group.len());
         for p in &group {
             let mut batch_ids = Vec::with_capacity(p.batch.len());
             for ev in &p.batch {
                 head += 1;
-                rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone() });
-                audiences.push(ev.audience.clone());
+                rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone(), audience: ev.audience.clone() });
                 batch_ids.push(EventId::new(epoch, head));
             }
             ids.push(batch_ids);
@@ -247,7 +245,7 @@ impl Writer {
         {
             let mut h = self.history.lock().expect("history lock");
             for (row, bytes) in rows.iter().zip(&frames) {
-                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() } });
+                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() }, audience: row.audience.clone() });
             }
             for (account, through) in &trims {
                 h.apply_cut(account, *through);
@@ -255,8 +253,8 @@ impl Writer {
             h.set_head(head);
             // Under the lock, in seq order: a stream opening now sees either the history
             // with these events or their delivery, never neither.
-            for ((row, bytes), audience) in rows.iter().zip(&frames).zip(&audiences) {
-                self.fanout.deliver(&row.account, row.seq, bytes, audience.as_deref());
+            for (row, bytes) in rows.iter().zip(&frames) {
+                self.fanout.deliver(&row.account, row.seq, bytes, row.audience.as_deref());
             }
         }
         for (p, batch_ids) in group.into_iter().zip(ids) {

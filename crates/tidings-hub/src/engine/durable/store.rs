@@ -10,12 +10,17 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
+use tidings_protocol::Audience;
+
 use crate::config::FsyncPolicy;
 
 /// The data file inside `data_dir`.
 pub const DATA_FILE_NAME: &str = "tidings.db";
 /// Layout of the tables below; a file with another number is refused, not guessed at.
-const FORMAT_VERSION: i64 = 1;
+/// Format 2 added `events.audience`; a format-1 file is upgraded in place at start (its
+/// events have no audience), and a hub that reads only format 1 then refuses it rather than
+/// deliver audience-restricted events to the whole account.
+const FORMAT_VERSION: i64 = 2;
 /// WAL pages between automatic checkpoints (SQLite's default is 1,000). A checkpoint runs on
 /// the writer thread and holds up the publishes behind it; every commit rewrites the same few
 /// hot pages, so checkpointing less often copies barely more per checkpoint and costs less
@@ -32,6 +37,7 @@ CREATE TABLE events (
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
     payload TEXT NOT NULL,
+    audience TEXT,
     PRIMARY KEY (account, seq)
 ) WITHOUT ROWID;
 CREATE TABLE accounts (account TEXT PRIMARY KEY, trimmed_through INTEGER NOT NULL) WITHOUT ROWID;
@@ -60,6 +66,8 @@ pub struct Row {
     pub seq: u64,
     pub at_ms: u64,
     pub payload: std::sync::Arc<str>,
+    /// Stored in [`Audience::to_stored`]'s form; NULL for the whole account.
+    pub audience: Option<std::sync::Arc<Audience>>,
 }
 
 /// What the file holds at start-up.
@@ -138,6 +146,7 @@ impl Store {
             if check != ["ok"] {
                 return Err(Failure::Damaged(format!("integrity check failed: {}", check.join("; "))));
             }
+            self.upgrade()?;
         }
         let dirty_boot: Option<String> = self.meta_text("unsynced_boot")?;
         let boot = boot_id();
@@ -159,6 +168,19 @@ impl Store {
         if self.fsync == FsyncPolicy::Never {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
+        Ok(())
+    }
+
+    /// Brings a format-1 file (no audiences) to the current format, in one transaction.
+    fn upgrade(&mut self) -> Result<(), Failure> {
+        if self.meta_int("format")? != Some(1) {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        tx.execute_batch("ALTER TABLE events ADD COLUMN audience TEXT")?;
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", [FORMAT_VERSION])?;
+        tx.commit()?;
+        tracing::info!(path = %self.path.display(), format = FORMAT_VERSION, "data file upgraded");
         Ok(())
     }
 
@@ -191,7 +213,7 @@ impl Store {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::new();
-        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload FROM events ORDER BY account, seq")?;
+        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, audience FROM events ORDER BY account, seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let seq = r.get::<_, i64>(1)?;
@@ -200,7 +222,11 @@ impl Store {
             }
             let account: String = r.get(0)?;
             let payload: String = r.get(3)?;
-            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into() });
+            let audience = match r.get::<_, Option<String>>(4)? {
+                None => None,
+                Some(text) => Some(Audience::from_stored(&text).map_err(|e| Failure::Damaged(format!("event {seq} has an unreadable audience: {e}")))?.into()),
+            };
+            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into(), audience });
         }
         Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, events })
     }
@@ -211,9 +237,10 @@ impl Store {
     pub fn commit(&mut self, head: u64, rows: &[Row], trims: &[(std::sync::Arc<str>, u64)]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, audience) VALUES (?1, ?2, ?3, ?4, ?5)")?;
             for r in rows {
-                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload])?;
+                let audience = r.audience.as_deref().map(Audience::to_stored);
+                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, audience])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?;
             let mut mark = tx.prepare_cached(

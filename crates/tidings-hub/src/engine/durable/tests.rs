@@ -18,10 +18,62 @@ fn batch(account: &str, n: usize) -> Vec<NewEvent> {
     (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), audience: None }).collect()
 }
 
+fn anyone() -> Viewer {
+    Viewer::new("u".into(), "s".into(), Arc::default())
+}
+
 /// The decision and replayed seqs for a resume of `account` from `id`.
 async fn resume(e: &DurableEngine, account: &str, id: &EventId) -> (ResumeDecision, Vec<u64>) {
-    let o = e.open(account, LastEventId::Id(*id)).await.unwrap();
+    resume_as(e, account, id, &anyone()).await
+}
+
+async fn resume_as(e: &DurableEngine, account: &str, id: &EventId, viewer: &Viewer) -> (ResumeDecision, Vec<u64>) {
+    let o = e.open(account, LastEventId::Id(*id), viewer).await.unwrap();
     (o.decision, o.replay.iter().map(|f| f.seq).collect())
+}
+
+#[tokio::test]
+async fn audiences_are_stored_with_their_events_and_honoured_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let admins = Some(Arc::new(tidings_protocol::Audience::new(["role:admin", "user:ann"]).unwrap()));
+    let start = {
+        let e = engine(dir.path(), 100);
+        let start = e.publish(batch("a", 1)).await.unwrap()[0];
+        let mut events = batch("a", 3);
+        events[1].audience = admins;
+        e.publish(events).await.unwrap();
+        e.close().await;
+        start
+    };
+    let e = engine(dir.path(), 100);
+    let ann = Viewer::new("ann".into(), "s-1".into(), Arc::default());
+    assert_eq!(resume(&e, "a", &start).await, (ResumeDecision::Replay { after: 1 }, vec![2, 4]));
+    assert_eq!(resume_as(&e, "a", &start, &ann).await, (ResumeDecision::Replay { after: 1 }, vec![2, 3, 4]));
+}
+
+#[tokio::test]
+async fn a_format_1_file_is_upgraded_in_place_and_keeps_its_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+         CREATE TABLE events (account TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
+         CREATE TABLE accounts (account TEXT PRIMARY KEY, trimmed_through INTEGER NOT NULL) WITHOUT ROWID;
+         INSERT INTO meta (key, value) VALUES ('format', 1), ('epoch', 77), ('head', 2);",
+    )
+    .unwrap();
+    let now = now_ms() as i64;
+    conn.execute("INSERT INTO events VALUES ('a', 1, ?1, '{\"n\":1}'), ('a', 2, ?1, '{\"n\":2}')", [now]).unwrap();
+    drop(conn);
+    let e = engine(dir.path(), 100);
+    assert_eq!(resume(&e, "a", &EventId::new(77, 0)).await, (ResumeDecision::Replay { after: 0 }, vec![1, 2]));
+    let mut restricted = batch("a", 1);
+    restricted[0].audience = Some(Arc::new(tidings_protocol::Audience::new(["role:admin"]).unwrap()));
+    assert_eq!(e.publish(restricted).await.unwrap(), vec![EventId::new(77, 3)]);
+    e.close().await;
+    let e = engine(dir.path(), 100);
+    assert_eq!(resume(&e, "a", &EventId::new(77, 0)).await, (ResumeDecision::Replay { after: 0 }, vec![1, 2]), "upgraded, and the new event kept its audience");
 }
 
 #[tokio::test]

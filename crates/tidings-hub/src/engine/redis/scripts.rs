@@ -7,8 +7,10 @@
 //! primary with replicas), not Redis Cluster.
 //!
 //! Stream entry ids are `<seq>-0`. Per-account entries hold `p` (the activity payload) and `t`
-//! (milliseconds since the epoch, for age trimming) in that order. The feed holds three kinds
-//! of entry: events at `<seq>-0` (`a` account, `e` epoch in hex, `p`); fences at `<seq>-0`
+//! (milliseconds since the epoch, for age trimming) in that order, then `u` (the audience in
+//! its stored form) when the event has one. The feed holds three kinds of entry: events at
+//! `<seq>-0` (`a` account, `e` epoch in hex, `p`, and `u` when there is an audience: every
+//! node filters its own streams by it); fences at `<seq>-0`
 //! (`f`, the head the fence starts after, and `e`; see [`init`]); and session claims at
 //! `<head>-<n>`, `n` > 0 (`c` account, `s` session, `n` node), which take no seq.
 
@@ -150,8 +152,8 @@ return {epoch, string.format('%d', head), happened}
 
 /// Stores a batch: assigns seqs, appends to each account's history and to the feed, trims.
 /// KEYS: epoch, seq, feed, trimmed, oldest, then one account stream per event.
-/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, then account and
-/// payload per event. Returns the last seq assigned, or -1 when the epoch is not the expected
+/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, then account,
+/// payload and stored audience (`""`: none) per event. Returns the last seq assigned, or -1 when the epoch is not the expected
 /// one (nothing is written then).
 pub(super) fn publish() -> Script {
     Script::new(concat!(
@@ -166,9 +168,14 @@ local touched = {}
 for i = 1, n do
   seq = seq + 1
   local id = string.format('%d-0', seq)
-  local account, payload = ARGV[4 + 2 * i], ARGV[5 + 2 * i]
-  redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2])
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
+  local account, payload, audience = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
+  if audience == '' then
+    redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2])
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
+  else
+    redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2], 'u', audience)
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload, 'u', audience)
+  end
   touched[KEYS[5 + i]] = account
 end
 for key, account in pairs(touched) do
