@@ -28,6 +28,25 @@ pub struct PublishItem {
     pub account: String,
     /// The activity object; every field reaches subscribers unchanged.
     pub data: Value,
+    /// Who in the account may see it: only streams whose identity holds one of these grants
+    /// (`user:<user>` and `session:<session>` included) receive it. `None`: the whole account
+    /// (or what the hub's mapping derives). `Some` must hold 1 to 64 grants, or the hub
+    /// refuses the publish with 422.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+}
+
+impl PublishItem {
+    /// An item for the whole account.
+    pub fn new(account: impl Into<String>, data: Value) -> Self {
+        Self { account: account.into(), data, audience: None }
+    }
+
+    /// The same item for the holders of any of these grants only.
+    pub fn with_audience<I: IntoIterator<Item = S>, S: Into<String>>(mut self, grants: I) -> Self {
+        self.audience = Some(grants.into_iter().map(Into::into).collect());
+        self
+    }
 }
 
 /// Why a publish failed.

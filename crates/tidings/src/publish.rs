@@ -21,6 +21,10 @@ pub struct PublishArgs {
     /// The activity as JSON (with --account).
     #[arg(long, requires = "account", conflicts_with = "file")]
     data: Option<String>,
+    /// Only identities holding one of these grants receive it (comma-separated, with
+    /// --data; e.g. `edge_firewall:read,user:alice@example.com`). Without it: the account.
+    #[arg(long, requires = "data", value_delimiter = ',')]
+    audience: Option<Vec<String>>,
     /// A JSON file with a whole publish body (`{"account","data"}` or an array); `-` reads stdin.
     #[arg(long)]
     file: Option<PathBuf>,
@@ -29,7 +33,9 @@ pub struct PublishArgs {
 pub async fn run(args: PublishArgs) -> Result<()> {
     let items = match (&args.account, &args.data, &args.file) {
         (Some(account), Some(data), None) => {
-            vec![PublishItem { account: account.clone(), data: serde_json::from_str(data).context("--data is not JSON")? }]
+            let mut item = PublishItem::new(account.clone(), serde_json::from_str(data).context("--data is not JSON")?);
+            item.audience = args.audience.clone();
+            vec![item]
         }
         (None, None, Some(path)) => items_of(&read(path)?)?,
         _ => bail!("give either --account and --data, or --file"),
@@ -64,7 +70,16 @@ fn items_of(text: &str) -> Result<Vec<PublishItem>> {
                 _ => bail!("item {i}: account is missing or not a string"),
             };
             let data = item.get("data").cloned().with_context(|| format!("item {i}: data is missing"))?;
-            Ok(PublishItem { account, data })
+            // Kept as given: the hub checks it and names the field when it is wrong.
+            let audience = match item.get("audience") {
+                None => None,
+                Some(Value::Array(grants)) => {
+                    let grants: Option<Vec<String>> = grants.iter().map(|g| g.as_str().map(str::to_owned)).collect();
+                    Some(grants.with_context(|| format!("item {i}: audience must be an array of strings"))?)
+                }
+                Some(_) => bail!("item {i}: audience must be an array of strings"),
+            };
+            Ok(PublishItem { account, data, audience })
         })
         .collect()
 }

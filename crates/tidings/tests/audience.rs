@@ -326,3 +326,35 @@ async fn a_resume_replays_only_what_the_stream_may_see_and_past_hidden_events_ne
         assert!(!hidden.is_empty());
     }
 }
+
+/// `tidings publish` with `--audience`, and with a `--file` whose items carry one: the binary's
+/// publisher sends the audience, and a malformed one in a file is refused before sending.
+#[tokio::test]
+async fn tidings_publish_sends_the_audience_from_its_flag_and_from_a_file() {
+    let hub = Hub::start(&config("", GRANTED_TOKENS)).await;
+    let (mut admin, _) = open(&hub, "tok-admin").await;
+    let (mut viewer, _) = open(&hub, "tok-viewer").await;
+    let publish = |args: Vec<String>| {
+        let base = ["publish".to_owned(), "--url".to_owned(), hub.url(""), "--key".to_owned(), PUBLISHER_KEY.to_owned()];
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidings")).args(base).args(args).output().unwrap()
+    };
+    let data = |n: u64| activity(n).to_string();
+    let flag = publish(vec!["--account".into(), "acme".into(), "--data".into(), data(1), "--audience".into(), "role:admin,user:nobody".into()]);
+    assert!(flag.status.success(), "{}", String::from_utf8_lossy(&flag.stderr));
+    let file = hub.dir.path().join("batch.json");
+    std::fs::write(&file, json!([{"account": "acme", "data": activity(2), "audience": ["role:viewer"]}, {"account": "acme", "data": activity(3)}]).to_string()).unwrap();
+    let batch = publish(vec!["--file".into(), file.display().to_string()]);
+    assert!(batch.status.success(), "{}", String::from_utf8_lossy(&batch.stderr));
+    assert_eq!(read_until(&mut admin, 3).await, [1, 3]);
+    assert_eq!(read_until(&mut viewer, 3).await, [2, 3]);
+
+    std::fs::write(&file, json!({"account": "acme", "data": activity(4), "audience": "role:admin"}).to_string()).unwrap();
+    let bad = publish(vec!["--file".into(), file.display().to_string()]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("item 0: audience must be an array of strings"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let empty = publish(vec!["--account".into(), "acme".into(), "--data".into(), data(5), "--audience".into(), String::new()]);
+    assert!(!empty.status.success(), "an empty audience is refused by the hub, naming the field");
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("audience"), "{}", String::from_utf8_lossy(&empty.stderr));
+    publish_with(&hub, "acme", &[(6, None)]).await;
+    assert_eq!(read_until(&mut viewer, 6).await, [6], "nothing of the refused publishes was delivered");
+}
