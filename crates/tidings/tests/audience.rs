@@ -358,3 +358,25 @@ async fn tidings_publish_sends_the_audience_from_its_flag_and_from_a_file() {
     publish_with(&hub, "acme", &[(6, None)]).await;
     assert_eq!(read_until(&mut viewer, 6).await, [6], "nothing of the refused publishes was delivered");
 }
+
+/// With Redis, the audience travels with the event through Redis: a node that did not take the
+/// publish filters its own streams live, and another node's replay filters too.
+#[tokio::test]
+async fn with_redis_every_node_filters_its_own_streams() {
+    let redis = Redis::start().await;
+    let node = || async {
+        let hub = Hub::start(&config("", &format!("{GRANTED_TOKENS}{}", redis.engine_toml()))).await;
+        hub.wait_ready().await;
+        hub
+    };
+    let (one, two) = (node().await, node().await);
+    let (mut admin, _) = open(&two, "tok-admin").await;
+    let (mut viewer, position) = open(&two, "tok-viewer").await;
+    publish_with(&one, "acme", &[(1, Some(json!(["role:admin"]))), (2, Some(json!(["role:viewer"]))), (3, None)]).await;
+    assert_eq!(read_until(&mut admin, 3).await, [1, 3]);
+    assert_eq!(read_until(&mut viewer, 3).await, [2, 3]);
+    drop(viewer);
+    let mut again = Sse::resume(&one, "tok-viewer", &position).await;
+    assert_eq!(again.next_within(T).await.unwrap().data["resumed"], true);
+    assert_eq!(read_until(&mut again, 3).await, [2, 3], "replayed on the other node, filtered there");
+}
