@@ -17,6 +17,6 @@ pub use backoff::Backoff;
 pub use cache::Cache;
 pub use client::{AuthScheme, BuildError, Client, ClientBuilder, Subscription};
 pub use event::{Disconnect, Error, Event, TokenError};
-pub use publisher::{PublishError, PublishItem, Publisher};
+pub use publisher::{PublishError, PublishItem, Publisher, Receipt, RetryPolicy};
 pub use tidings_protocol::resolver::{Key, Resolver, TypeSpelling};
 pub use tidings_protocol::{CloseReason, ResyncReason};

@@ -78,12 +78,14 @@ async fn publisher_and_live_delivery_keep_every_field() {
 
     let batch = vec![
         PublishItem::new(ACCOUNT, act(2)),
-        PublishItem::new(ACCOUNT, act(3)),
+        PublishItem::new(ACCOUNT, act(3)).with_key("act-3"),
     ];
     let ids = publisher.publish_batch(&batch).await.unwrap();
     assert_eq!(ids.len(), 2);
     assert_eq!(activity(&mut sub).await, (ids[0].clone(), act(2)));
     assert_eq!(activity(&mut sub).await, (ids[1].clone(), act(3)));
+    let again = publisher.submit(&[PublishItem::new(ACCOUNT, act(3)).with_key("act-3")]).await.unwrap();
+    assert_eq!((again.ids, again.duplicates), (vec![ids[1].clone()], vec![0]), "the hub stored act-3 once");
 
     let bad = json!({"activity_type": 7});
     match publisher.publish(ACCOUNT, &bad).await {

@@ -15,12 +15,12 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use tidings_protocol::frame::{Connected, activity_payload, encode_connected, encode_resync, encode_retry};
 use tidings_protocol::publish::{PublishErrorKind, parse_body};
+use tidings_protocol::CloseReason;
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
-use tidings_protocol::{CloseReason, EventId};
 use tokio_util::sync::CancellationToken;
 
 use crate::HubState;
-use crate::engine::NewEvent;
+use crate::engine::{Accepted, NewEvent};
 use crate::error::{ApiError, RETRY_AFTER_BUSY_SECS, RETRY_AFTER_UNAVAILABLE_SECS};
 use crate::fanout::{NewStream, RegisterError};
 use crate::h1::ConnectionHandle;
@@ -206,10 +206,9 @@ fn now_rfc3339() -> String {
 async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
     let started = Instant::now();
     match publish_inner(&hub, req).await {
-        Ok(ids) => {
+        Ok(accepted) => {
             hub.metrics().publish_latency.observe(started.elapsed().as_secs_f64());
-            let ids: Vec<String> = ids.iter().map(EventId::to_string).collect();
-            (StatusCode::ACCEPTED, axum::Json(serde_json::json!({ "ids": ids }))).into_response()
+            (StatusCode::ACCEPTED, axum::Json(accepted_body(&accepted))).into_response()
         }
         Err(e) => {
             hub.metrics().publish_rejections.get_or_create(&crate::metrics::CodeLabel { code: e.code }).inc();
@@ -219,7 +218,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
     }
 }
 
-async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>, ApiError> {
+async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted>, ApiError> {
     let publisher = hub.auth().check_publisher(req.headers())?;
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
@@ -255,16 +254,34 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<EventId>
         .map(|item| {
             let keys = hub.resolve(&item.activity);
             let audience = hub.audience(item.audience, &item.activity);
-            NewEvent { account: item.account.as_str().into(), payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into(), audience }
+            NewEvent {
+                account: item.account.as_str().into(),
+                payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into(),
+                audience,
+                key: item.key.as_deref().map(Into::into),
+            }
         })
         .collect();
     let events = batch.len();
-    let ids = hub.store(batch).await.map_err(|e| {
+    let accepted = hub.store(batch).await.map_err(|e| {
         tracing::warn!(error = %e, %publisher, events, "publish failed");
         ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
     })?;
-    tracing::debug!(%publisher, events, "published");
-    Ok(ids)
+    let duplicates = accepted.iter().filter(|a| a.duplicate).count();
+    tracing::debug!(%publisher, events, duplicates, "published");
+    Ok(accepted)
+}
+
+/// The `202` answer: `{"ids": [...]}` in item order, plus `"duplicates": [positions]` when
+/// some items carried a key that was already accepted (their `ids` entry is the first id).
+fn accepted_body(accepted: &[Accepted]) -> serde_json::Value {
+    let ids: Vec<String> = accepted.iter().map(|a| a.id.to_string()).collect();
+    let duplicates: Vec<usize> = accepted.iter().enumerate().filter(|(_, a)| a.duplicate).map(|(i, _)| i).collect();
+    if duplicates.is_empty() {
+        serde_json::json!({ "ids": ids })
+    } else {
+        serde_json::json!({ "ids": ids, "duplicates": duplicates })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -322,6 +339,8 @@ async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use tidings_protocol::EventId;
+
     use super::*;
 
     #[test]

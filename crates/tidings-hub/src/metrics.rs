@@ -47,6 +47,8 @@ pub struct Metrics {
     /// Stream requests refused before the stream started, by error code.
     pub stream_refusals: Family<CodeLabel, Counter>,
     pub events_published: Counter,
+    /// Publish items whose idempotency key was already accepted (answered, not stored).
+    pub publish_duplicates: Counter,
     /// Frames handed to stream queues (activity, per stream).
     pub events_delivered: Counter,
     pub publish_rejections: Family<CodeLabel, Counter>,
@@ -86,6 +88,7 @@ impl Metrics {
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
             events_published: Counter::default(),
+            publish_duplicates: Counter::default(),
             events_delivered: Counter::default(),
             publish_rejections: Family::default(),
             replays: Counter::default(),
@@ -108,6 +111,7 @@ impl Metrics {
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());
         r.register("events_published", "Activities accepted by publish", m.events_published.clone());
+        r.register("publish_duplicates", "Publish items not stored again because their idempotency key was already accepted", m.publish_duplicates.clone());
         r.register("events_delivered", "Activity frames queued to streams", m.events_delivered.clone());
         r.register("publish_rejections", "Publish requests refused, by error code", m.publish_rejections.clone());
         r.register("replays", "Streams resumed with an exact replay", m.replays.clone());

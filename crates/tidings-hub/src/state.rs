@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator, CredentialSource, Identity};
 use crate::config::Config;
-use crate::engine::{Engine, EngineError, NewEvent};
+use crate::engine::{Accepted, Engine, EngineError, NewEvent};
 use crate::error::ApiError;
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
@@ -130,9 +130,9 @@ impl HubState {
         let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
         let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
         let audience = self.audience(audience, data);
-        let ids = self.store(vec![NewEvent { account: account.into(), payload: payload.into(), audience }]).await?;
+        let accepted = self.store(vec![NewEvent { account: account.into(), payload: payload.into(), audience, key: None }]).await?;
         self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
-        Ok(ids.into_iter().next().expect("one id per published event"))
+        Ok(accepted.into_iter().next().expect("one id per published event").id)
     }
 
     /// Closes the open streams of one session on this node (or, without a session, every
@@ -162,12 +162,14 @@ impl HubState {
     }
 
     /// Stores a batch of encoded activities through the engine (which fans them out) and
-    /// counts them as published.
-    pub(crate) async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
-        let n = batch.len() as u64;
-        let ids = self.engine.publish(batch).await?;
-        self.metrics.events_published.inc_by(n);
-        Ok(ids)
+    /// counts them: new events as published, items whose key was already accepted as
+    /// duplicates.
+    pub(crate) async fn store(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, EngineError> {
+        let accepted = self.engine.publish(batch).await?;
+        let duplicates = accepted.iter().filter(|a| a.duplicate).count() as u64;
+        self.metrics.events_published.inc_by(accepted.len() as u64 - duplicates);
+        self.metrics.publish_duplicates.inc_by(duplicates);
+        Ok(accepted)
     }
 
     /// Starts draining: readiness off, new streams refused, every open stream told to close.

@@ -1,8 +1,10 @@
 //! The publish body: one activity or an array of them, validated all-or-nothing.
 //!
-//! Each item is `{"account": "...", "data": {…activity…}, "audience": [...]?}`; the optional
-//! `audience` limits the activity to the streams whose identity holds one of its grants (see
-//! [`crate::audience`]). The activity is kept as the exact
+//! Each item is `{"account": "...", "data": {…activity…}, "audience": [...]?, "key": "..."?}`;
+//! the optional `audience` limits the activity to the streams whose identity holds one of its
+//! grants (see [`crate::audience`]); the optional `key` makes the item idempotent within its
+//! account (the hub stores it once however often it is sent, see the hub's
+//! `engine::idempotency`). The activity is kept as the exact
 //! bytes the publisher sent (`RawValue`; only line breaks between tokens become spaces, so a
 //! frame stays one line), so every field, known or unknown, reaches subscribers unchanged; a
 //! parsed copy is kept beside it for validation and key resolution. Errors name the offending
@@ -19,6 +21,9 @@ use crate::audience::{AUDIENCE_GRANTS_MAX, Audience, GrantError};
 pub const BATCH_ITEMS_MAX: usize = 1_000;
 /// Longest account identifier, in bytes.
 pub const ACCOUNT_LEN_MAX: usize = 128;
+/// Longest idempotency key, in bytes: room for a UUID or a `table:id:timestamp` name, small
+/// enough that the keys a hub remembers (one per retained event) cost little beside the events.
+pub const KEY_LEN_MAX: usize = 128;
 /// The activity types a publisher may send (`updated` is read as `edited`).
 pub const ACTIVITY_TYPES: [&str; 4] = ["created", "edited", "deleted", "updated"];
 
@@ -34,6 +39,9 @@ pub struct PublishItem {
     /// Who in the account may see it; `None`: every stream of the account (unless the
     /// mapping derives an audience).
     pub audience: Option<Audience>,
+    /// The idempotency key: within `account`, an item whose key was already accepted (and is
+    /// still remembered) is not stored again.
+    pub key: Option<String>,
 }
 
 /// Which kind of bad input a publish body is.
@@ -70,6 +78,7 @@ struct ItemWire {
     /// Absent is `None`; present (even `null`) is `Some`, so a `null` can be refused.
     #[serde(default, deserialize_with = "present")]
     audience: Option<Value>,
+    key: Option<Value>,
 }
 
 /// Deserializes a field that is present, whatever its value (`null` included), as `Some`.
@@ -143,7 +152,14 @@ fn parse_item(text: &str, at: &str) -> Result<PublishItem, PublishError> {
         .map_err(|e| PublishError::invalid(format!("{at}data"), e.to_string()))?;
     validate_activity(&activity, &format!("{at}data"))?;
     let audience = wire.audience.map(|v| parse_audience(&v, &format!("{at}audience"))).transpose()?;
-    Ok(PublishItem { account, data, activity, audience })
+    let key = match wire.key {
+        None | Some(Value::Null) => None,
+        Some(Value::String(k)) if !k.is_empty() && k.len() <= KEY_LEN_MAX && !k.chars().any(char::is_control) => Some(k),
+        Some(_) => {
+            return Err(PublishError::invalid(format!("{at}key"), format!("must be a string of 1 to {KEY_LEN_MAX} bytes without control characters")));
+        }
+    };
+    Ok(PublishItem { account, data, activity, audience, key })
 }
 
 /// An item's `audience`: an array of 1 to [`AUDIENCE_GRANTS_MAX`] grant strings. Anything else
@@ -250,6 +266,22 @@ mod tests {
         assert_eq!(parse_body(many.as_bytes()).unwrap().len(), 2);
         let numeric = r#"{"account":42,"data":{"activity_type":"Updated"}}"#;
         assert_eq!(parse_body(numeric.as_bytes()).unwrap()[0].account, "42");
+        assert_eq!(items[0].key, None);
+        let keyed = r#"{"account":"a","key":"order-7:1","data":{"activity_type":"created"}}"#;
+        assert_eq!(parse_body(keyed.as_bytes()).unwrap()[0].key.as_deref(), Some("order-7:1"));
+        let null_key = r#"{"account":"a","key":null,"data":{"activity_type":"created"}}"#;
+        assert_eq!(parse_body(null_key.as_bytes()).unwrap()[0].key, None);
+    }
+
+    #[test]
+    fn refuses_bad_keys() {
+        let with_key = |k: &str| format!(r#"[{{"account":"a","data":{{"activity_type":"created"}}}},{{"account":"a","key":{k},"data":{{"activity_type":"created"}}}}]"#);
+        let long = format!("\"{}\"", "k".repeat(KEY_LEN_MAX + 1));
+        for bad in ["\"\"", "7", "{}", "\"a\\nb\"", long.as_str()] {
+            assert_eq!(err(&with_key(bad)), (PublishErrorKind::Invalid, "[1].key".into()), "{bad}");
+        }
+        let longest = format!("\"{}\"", "k".repeat(KEY_LEN_MAX));
+        assert!(parse_body(with_key(&longest).as_bytes()).is_ok());
     }
 
     #[test]

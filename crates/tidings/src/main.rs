@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod publish;
+mod relay;
 mod resolve;
 mod logging;
 mod serve;
@@ -37,6 +38,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Publish one activity or a batch to a hub.
     Publish(publish::PublishArgs),
+    /// Relay a transactional outbox (PostgreSQL) to a hub: `tidings relay postgres --help`.
+    Relay(relay::RelayArgs),
     /// Follow a hub's stream as a user, printing events, keys, reconnects and resyncs.
     Tail(tail::TailArgs),
     /// Show which query keys an activity invalidates, and which resolver tier said so.
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => block_on(serve::run(args.listen, args.config)),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Publish(args) => block_on(publish::run(args)),
+        Command::Relay(args) => block_on(relay::run(args)),
         Command::Tail(args) => block_on(tail::run(args)),
         Command::Resolve(args) => resolve::run(args),
         Command::Bench(args) => block_on(tidings_bench::run(args)),

@@ -1,11 +1,13 @@
 //! `tidings publish`: send one activity or a batch to a hub's `POST /events`, through the
-//! Rust SDK's publisher.
+//! Rust SDK's publisher, which retries failures that may clear up with the same idempotency
+//! keys (see `tidings_client::Publisher`).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use tidings_client::{PublishItem, Publisher};
+use tidings_client::{PublishItem, Publisher, RetryPolicy};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -25,9 +27,19 @@ pub struct PublishArgs {
     /// --data; e.g. `edge_firewall:read,user:alice@example.com`). Without it: the account.
     #[arg(long, requires = "data", value_delimiter = ',')]
     audience: Option<Vec<String>>,
-    /// A JSON file with a whole publish body (`{"account","data"}` or an array); `-` reads stdin.
+    /// Idempotency key of the activity (with --data): the hub stores it once per account
+    /// however often it is sent. Default: a random key, reused by this command's retries.
+    #[arg(long, requires = "data")]
+    item_key: Option<String>,
+    /// A JSON file with a whole publish body (`{"account","data","audience"?,"key"?}` or an
+    /// array); `-` reads stdin. Items without a key get a random one, reused by this command's
+    /// retries.
     #[arg(long)]
     file: Option<PathBuf>,
+    /// Retry connection errors, timeouts, 408, 429, 5xx (honouring Retry-After) for at most
+    /// this long, with capped full-jitter backoff; `0s` tries once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    retry_for: Duration,
 }
 
 pub async fn run(args: PublishArgs) -> Result<()> {
@@ -35,13 +47,15 @@ pub async fn run(args: PublishArgs) -> Result<()> {
         (Some(account), Some(data), None) => {
             let mut item = PublishItem::new(account.clone(), serde_json::from_str(data).context("--data is not JSON")?);
             item.audience = args.audience.clone();
+            item.key = args.item_key.clone();
             vec![item]
         }
         (None, None, Some(path)) => items_of(&read(path)?)?,
         _ => bail!("give either --account and --data, or --file"),
     };
-    let ids = Publisher::new(&args.url, args.key).publish_batch(&items).await?;
-    println!("{}", serde_json::json!({ "ids": ids }));
+    let retry = RetryPolicy { give_up_after: args.retry_for, ..RetryPolicy::default() };
+    let receipt = Publisher::new(&args.url, args.key).with_retry(retry).submit(&items).await?;
+    println!("{}", serde_json::json!({ "ids": receipt.ids, "duplicates": receipt.duplicates, "keys": receipt.keys }));
     Ok(())
 }
 
@@ -63,23 +77,38 @@ fn items_of(text: &str) -> Result<Vec<PublishItem>> {
     };
     list.into_iter()
         .enumerate()
-        .map(|(i, item)| {
+        .map(|(i, item_json)| {
+            let item = &item_json;
             let account = match item.get("account") {
                 Some(Value::String(s)) => s.clone(),
                 Some(Value::Number(n)) => n.to_string(),
                 _ => bail!("item {i}: account is missing or not a string"),
             };
             let data = item.get("data").cloned().with_context(|| format!("item {i}: data is missing"))?;
-            // Kept as given: the hub checks it and names the field when it is wrong.
-            let audience = match item.get("audience") {
-                None => None,
-                Some(Value::Array(grants)) => {
-                    let grants: Option<Vec<String>> = grants.iter().map(|g| g.as_str().map(str::to_owned)).collect();
-                    Some(grants.with_context(|| format!("item {i}: audience must be an array of strings"))?)
-                }
-                Some(_) => bail!("item {i}: audience must be an array of strings"),
-            };
-            Ok(PublishItem { account, data, audience })
+            let mut item = PublishItem::new(account, data);
+            item.audience = item_audience(&item_json, i)?;
+            item.key = item_key(&item_json, i)?;
+            Ok(item)
         })
         .collect()
+}
+
+/// An item's audience, kept as given: the hub checks it and names the field when it is wrong.
+fn item_audience(item: &Value, i: usize) -> Result<Option<Vec<String>>> {
+    match item.get("audience") {
+        None => Ok(None),
+        Some(Value::Array(grants)) => {
+            let grants: Option<Vec<String>> = grants.iter().map(|g| g.as_str().map(str::to_owned)).collect();
+            grants.map(Some).with_context(|| format!("item {i}: audience must be an array of strings"))
+        }
+        Some(_) => bail!("item {i}: audience must be an array of strings"),
+    }
+}
+
+fn item_key(item: &Value, i: usize) -> Result<Option<String>> {
+    match item.get("key") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(k)) => Ok(Some(k.clone())),
+        Some(_) => bail!("item {i}: key must be a string"),
+    }
 }

@@ -220,3 +220,22 @@ async fn a_gap_past_the_replay_budget_answers_resync() {
     let hub = Hub::start(&durable(&format!("[history]\n{REPLAY_BUDGET_TOML}"))).await;
     replay_budget_holds(&hub).await;
 }
+
+#[tokio::test]
+async fn a_key_is_stored_once_in_the_durable_engine() {
+    let hub = Hub::start(&durable(IDEMPOTENCY_HISTORY_TOML)).await;
+    idempotent_publish_holds(&hub).await;
+}
+
+#[tokio::test]
+async fn keys_survive_a_sigkill() {
+    let cfg = durable("");
+    let hub = Hub::start(&cfg).await;
+    let (first, _) = publish_keyed(&hub, &[("acme", Some("order-7"), 1)]).await;
+    let hub = restart(hub, &cfg, true).await;
+    let (again, dups) = publish_keyed(&hub, &[("acme", Some("order-7"), 2), ("acme", Some("order-8"), 3)]).await;
+    assert_eq!((again[0].as_str(), dups), (first[0].as_str(), vec![0]), "the retry after a crash is recognised");
+    let mut s = Sse::resume(&hub, "tok-alice", &format!("{}-0", first[0].split_once('-').unwrap().0)).await;
+    assert_eq!(s.next_within(T).await.unwrap().kind(), "connected");
+    assert_eq!(s.activities(2, T).await, vec![1, 3], "stored once");
+}

@@ -80,3 +80,35 @@ async fn updated_is_accepted_and_numeric_accounts_are_text() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(s.activities(1, T).await, vec![5]);
 }
+
+#[tokio::test]
+async fn a_key_is_stored_once_in_the_memory_engine() {
+    let hub = Hub::start(&config("", IDEMPOTENCY_HISTORY_TOML)).await;
+    idempotent_publish_holds(&hub).await;
+}
+
+/// Runs `tidings publish` with `args`; returns success, stdout and stderr.
+async fn publish_cli(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tidings")).arg("publish").args(args).output().await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[tokio::test]
+async fn the_publish_command_reuses_keys_and_gives_up_with_a_clear_error() {
+    let hub = Hub::start(&config("", "")).await;
+    let data = activity(1).to_string();
+    let args = ["--url", &hub.url(""), "--key", PUBLISHER_KEY, "--account", "acme", "--data", &data, "--item-key", "order-1"];
+    let (ok, first, err) = publish_cli(&args).await;
+    assert!(ok, "{err}");
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!((first["duplicates"].as_array().map(Vec::len), first["keys"][0].as_str()), (Some(0), Some("order-1")), "{first}");
+    let (ok, second, err) = publish_cli(&args).await;
+    assert!(ok, "{err}");
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert_eq!((&second["ids"], &second["duplicates"]), (&first["ids"], &serde_json::json!([0])), "{second}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (ok, _, err) = publish_cli(&["--url", &url, "--key", "k", "--account", "acme", "--data", &data, "--retry-for", "1s"]).await;
+    assert!(!ok && err.contains("gave up after") && err.contains("attempts"), "{err}");
+}

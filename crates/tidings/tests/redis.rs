@@ -448,7 +448,8 @@ async fn a_second_open_on_another_node_supersedes_the_first(t: Transport) {
 
 /// `min_replicas = 1`: a publish is acknowledged only once a replica has it. Without a
 /// replica it answers 503 after `replica_timeout` (the event is not acknowledged); with one,
-/// 202, and the replica holds the event at that moment.
+/// 202, and the replica holds the event at that moment. A duplicate's answer waits for the
+/// replicas too.
 async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
     let primary = Redis::start_on(t).await;
     let hub = node(&primary, "min_replicas = 1\nreplica_timeout = \"300ms\"\n").await;
@@ -467,6 +468,21 @@ async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
     let (n, id) = acked.expect("publishes are acknowledged once the replica is in sync");
     let on_replica = replica.command(&format!("XRANGE t:a:acme {}-0 {}-0", seq(&id), seq(&id))).await.unwrap();
     assert!(on_replica.contains(&format!("app {n}")), "the replica had event {n} when it was acknowledged: {on_replica}");
+    let keyed = |n: u64| serde_json::json!({"account": "acme", "key": "order-1", "data": activity(n)}).to_string();
+    // Retried until acknowledged, as above (a slow replica can miss replica_timeout).
+    let acknowledged = async |n: u64| {
+        for _ in 0..100 {
+            let (status, answer) = hub.publish_raw(&keyed(n), "application/json", PUBLISHER_KEY).await;
+            if status == 202 {
+                return answer;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the keyed publish {n} was never acknowledged");
+    };
+    let first = acknowledged(500).await;
+    let again = acknowledged(501).await;
+    assert_eq!((&again["ids"], &again["duplicates"]), (&first["ids"], &serde_json::json!([0])), "{again}");
     drop(replica);
     let mut refused = false;
     for n in 1000..1100 {
@@ -476,6 +492,50 @@ async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
         }
     }
     assert!(refused, "with the replica gone, publishes are refused again");
+    let (status, answer) = hub.publish_raw(&keyed(502), "application/json", PUBLISHER_KEY).await;
+    assert_eq!(status, 503, "a duplicate is acknowledged under the same rule, after the replicas confirm: {answer}");
+}
+
+async fn a_key_is_stored_once_in_the_redis_engine(t: Transport) {
+    let redis = Redis::start_on(t).await;
+    let hub = node(&redis, IDEMPOTENCY_HISTORY_TOML).await;
+    idempotent_publish_holds(&hub).await;
+}
+
+async fn two_nodes_receiving_one_key_at_once_store_it_once(t: Transport) {
+    const KEYS: u64 = 40;
+    let redis = Redis::start_on(t).await;
+    let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
+    let mut watcher = connected(&n1, "tok-alice").await;
+    let mut answers = Vec::new();
+    for k in 1..=KEYS {
+        let key = format!("order-{k}");
+        let items = [("acme", Some(key.as_str()), k)];
+        // Both nodes get the same key at the same moment, as a retrying publisher behind a
+        // load balancer would cause.
+        let (a, b) = tokio::join!(publish_keyed(&n1, &items), publish_keyed(&n2, &items));
+        answers.push((a, b));
+    }
+    for (k, ((ids_a, dups_a), (ids_b, dups_b))) in answers.iter().enumerate() {
+        assert_eq!(ids_a, ids_b, "key {k}: both nodes answer the one id");
+        assert_eq!(dups_a.len() + dups_b.len(), 1, "key {k}: exactly one of the two was a duplicate");
+    }
+    assert_eq!(watcher.activities(KEYS as usize, T).await, (1..=KEYS).collect::<Vec<_>>());
+    watcher.expect_quiet(Duration::from_millis(500)).await;
+    assert_eq!(n1.metric("tidings_publish_duplicates_total").await + n2.metric("tidings_publish_duplicates_total").await, KEYS as f64);
+}
+
+async fn key_sets_stay_bounded_by_the_history(t: Transport) {
+    let redis = Redis::start_on(t).await;
+    let hub = node(&redis, "[history]\nmax_events = 3\n").await;
+    for n in 1..=20u64 {
+        publish_keyed(&hub, &[("acme", Some(&format!("k{n}")), n)]).await;
+    }
+    let card = redis.command("ZCARD t:k:acme").await.unwrap();
+    assert_eq!(card.trim(), ":3", "one key per retained event");
+    let ttl = redis.command("PTTL t:k:acme").await.unwrap();
+    let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
+    assert!(ttl > 0 && ttl <= 3_600_000, "the key set expires with the history's max_age: {ttl}");
 }
 
 /// The server's certificate names `redis.test` and 127.0.0.1: a hub expecting another name
@@ -590,4 +650,7 @@ over_both_transports!(
     a_gap_past_the_replay_budget_answers_resync,
     a_second_open_on_another_node_supersedes_the_first,
     min_replicas_acknowledges_only_replicated_publishes,
+    a_key_is_stored_once_in_the_redis_engine,
+    two_nodes_receiving_one_key_at_once_store_it_once,
+    key_sets_stay_bounded_by_the_history,
 );

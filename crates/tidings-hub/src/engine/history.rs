@@ -4,8 +4,11 @@
 //! The memory engine keeps its whole history here; the durable engine keeps here a copy of
 //! what its data file retains, so that opening a stream never reads the disk. Both answer
 //! [`History::open`], so the rules of the window (trimming by count and age, what counts as
-//! trimmed, the replay budget) are written once. The Redis engine keeps its window inside
-//! Redis but shares [`new_epoch`] and [`now_ms`] from here.
+//! trimmed, the replay budget) are written once. The same goes for idempotency keys: which
+//! events of a publish are duplicates is [`History::admit`], and a key is forgotten with its
+//! event (the key index itself is [`super::idempotency`]). The Redis engine keeps its window
+//! inside Redis (and the key rule inside its publish script) but shares [`new_epoch`] and
+//! [`now_ms`] from here.
 //!
 //! What it does not do: assign ids durably, talk to a store, or deliver to the fan-out. The
 //! engine that owns a `History` does those, under the same lock, which is what keeps the
@@ -18,7 +21,8 @@ use std::time::{Duration, SystemTime};
 use tidings_protocol::{Audience, EventId, Viewer};
 use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 
-use super::{Opening, StoredFrame};
+use super::idempotency::KeyMemory;
+use super::{Accepted, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
 
 /// A fresh epoch: 32 random bits keep ids short, and never 0. Two histories drawing the same
@@ -50,6 +54,9 @@ pub struct Entry {
     pub frame: StoredFrame,
     /// Who in the account may see it (`None`: everyone); replay honours it as delivery does.
     pub audience: Option<Arc<Audience>>,
+    /// The idempotency key it was published with: while the event is retained, the key
+    /// names it ([`History::admit`]).
+    pub key: Option<Arc<str>>,
 }
 
 /// The events of one account still retained, oldest first.
@@ -102,12 +109,14 @@ pub struct History {
     head: u64,
     bounds: HistoryConfig,
     accounts: HashMap<Arc<str>, AccountLog>,
+    /// The keys of the retained events; a cut forgets the keys of the events it drops.
+    keys: KeyMemory,
 }
 
 impl History {
     /// An empty window of history `epoch` whose last assigned seq is `head`.
     pub fn new(epoch: u64, head: u64, bounds: &HistoryConfig) -> Self {
-        Self { epoch, head, bounds: bounds.clone(), accounts: HashMap::new() }
+        Self { epoch, head, bounds: bounds.clone(), accounts: HashMap::new(), keys: KeyMemory::default() }
     }
 
     pub fn epoch(&self) -> u64 {
@@ -130,11 +139,50 @@ impl History {
         self.head = self.head.max(head);
     }
 
-    /// Appends an event to its account's log; seqs of one account must increase.
+    /// Appends an event to its account's log (and its key to the account's keys); seqs of
+    /// one account must increase.
     pub fn push(&mut self, account: &Arc<str>, entry: Entry) {
         let log = self.accounts.entry(account.clone()).or_default();
         debug_assert!(log.entries.back().is_none_or(|last| last.frame.seq < entry.frame.seq));
+        if let Some(key) = &entry.key {
+            self.keys.insert(account, key, entry.frame.seq);
+        }
         log.entries.push_back(entry);
+    }
+
+    /// The idempotency rule, for events about to be published together (one batch, or a
+    /// group of batches committed at once) at `at_ms`, before anything is stored: an event is
+    /// a duplicate when its key names an event of its account that is still in the window a
+    /// resuming client sees as of `at_ms` (not trimmed, not past its age even if upkeep has
+    /// not trimmed it yet), or an earlier event of the same group. A duplicate is answered
+    /// with that event's id and stored nowhere; every other event gets the next seq after the
+    /// head, in order. A key whose event has left the window is new again.
+    ///
+    /// Nothing changes here: the engine stores the new events under the ids given, then
+    /// [`History::push`]es them with their keys.
+    pub fn admit<'e>(&self, events: impl IntoIterator<Item = &'e NewEvent>, at_ms: u64) -> Vec<Accepted> {
+        let oldest = oldest_kept_ms(at_ms, self.bounds.max_age);
+        let mut fresh: HashMap<(&Arc<str>, &Arc<str>), u64> = HashMap::new();
+        let mut head = self.head;
+        let mut accepted = Vec::new();
+        for ev in events {
+            let known = ev.key.as_ref().and_then(|key| {
+                let retained = self.keys.get(&ev.account, key).filter(|&seq| {
+                    self.accounts.get(&ev.account).is_some_and(|log| seq > log.trimmed_through_at(oldest))
+                });
+                retained.or_else(|| fresh.get(&(&ev.account, key)).copied())
+            });
+            if let Some(seq) = known {
+                accepted.push(Accepted { id: EventId::new(self.epoch, seq), duplicate: true });
+                continue;
+            }
+            head += 1;
+            if let Some(key) = &ev.key {
+                fresh.insert((&ev.account, key), head);
+            }
+            accepted.push(Accepted { id: EventId::new(self.epoch, head), duplicate: false });
+        }
+        accepted
     }
 
     /// Records how far an account was trimmed before this window was loaded.
@@ -169,17 +217,18 @@ impl History {
         self.accounts.iter().filter_map(|(a, log)| log.cut(&[], self.bounds.max_events, oldest).map(|c| (a.clone(), c))).collect()
     }
 
-    /// Drops every event of `account` at or below `through`.
+    /// Drops every event of `account` at or below `through`, and forgets their keys.
     pub fn apply_cut(&mut self, account: &Arc<str>, through: u64) {
         self.accounts.entry(account.clone()).or_default().apply_cut(through);
+        self.keys.forget_through(account, through);
     }
 
     /// Trims one account by count and age at once (a history that needs no store to agree).
     pub fn trim(&mut self, account: &Arc<str>, now_ms: u64) {
         let oldest = oldest_kept_ms(now_ms, self.bounds.max_age);
-        let Some(log) = self.accounts.get_mut(account) else { return };
-        if let Some(cut) = log.cut(&[], self.bounds.max_events, oldest) {
-            log.apply_cut(cut);
+        let cut = self.accounts.get(account).and_then(|log| log.cut(&[], self.bounds.max_events, oldest));
+        if let Some(through) = cut {
+            self.apply_cut(account, through);
         }
     }
 
@@ -221,7 +270,7 @@ mod tests {
     const HOUR_MS: u64 = 3_600_000;
 
     fn entry(seq: u64, at_ms: u64) -> Entry {
-        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) }, audience: None }
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) }, audience: None, key: None }
     }
 
     fn anyone() -> Viewer {
@@ -316,6 +365,48 @@ mod tests {
         assert_eq!(resume(&h, "a", 1, 0), (ResumeDecision::Replay { after: 1 }, vec![2, 3]));
         let o = h.open("a", LastEventId::Id(EventId::new(1, 0)), &anyone(), 0);
         assert_eq!((o.decision, o.position), (ResumeDecision::Resync(ResyncReason::ReplayTooLarge), EventId::new(1, 3)));
+    }
+
+    fn keyed(account: &str, key: &str) -> NewEvent {
+        NewEvent { account: account.into(), payload: "{}".into(), audience: None, key: Some(key.into()) }
+    }
+
+    /// Publishes `events` at `at_ms` as the engines do (admit, then push the new ones and
+    /// trim); returns `(seq, duplicate)` per event.
+    fn publish(h: &mut History, events: &[NewEvent], at_ms: u64) -> Vec<(u64, bool)> {
+        let accepted = h.admit(events, at_ms);
+        for (ev, a) in events.iter().zip(&accepted) {
+            if !a.duplicate {
+                assert_eq!(h.next_id(), a.id, "new events take the next seqs in order");
+                h.push(&ev.account, Entry { key: ev.key.clone(), ..entry(a.id.seq, at_ms) });
+                h.trim(&ev.account, at_ms);
+            }
+        }
+        accepted.iter().map(|a| (a.id.seq, a.duplicate)).collect()
+    }
+
+    #[test]
+    fn a_key_is_stored_once_per_account_while_its_event_is_retained() {
+        let mut h = History::new(1, 0, &bounds(3));
+        let plain = NewEvent { key: None, ..keyed("a", "-") };
+        let first = publish(&mut h, &[keyed("a", "k"), keyed("a", "k"), keyed("b", "k"), plain.clone(), plain.clone()], 0);
+        assert_eq!(first, vec![(1, false), (1, true), (2, false), (3, false), (4, false)], "a repeat in one batch gets the first id; keys are per account; no key, never a duplicate");
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], 0), vec![(1, true)], "a later publish of the same key");
+        assert_eq!(publish(&mut h, &[plain], 0), vec![(5, false)], "a duplicate takes no seq");
+        // Event 1 is trimmed by count now (a holds 3, 4, 5): its key is new again.
+        assert_eq!(publish(&mut h, &[keyed("a", "k"), keyed("a", "k")], 0), vec![(6, false), (6, true)]);
+        assert_eq!(h.keys.get("a", "k"), Some(6));
+    }
+
+    #[test]
+    fn a_key_whose_event_aged_out_is_new_before_and_after_the_tick() {
+        let mut h = History::new(1, 0, &bounds(100));
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], 0), vec![(1, false)]);
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS - 1), vec![(1, true)]);
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS + 1), vec![(2, false)], "past its age, though not trimmed yet");
+        h.trim_all(HOUR_MS * 2 + 2);
+        assert_eq!(h.keys.get("a", "k"), None, "the tick forgets the keys of what it trims");
+        assert_eq!(publish(&mut h, &[keyed("a", "k")], HOUR_MS * 2 + 2), vec![(3, false)]);
     }
 
     #[test]

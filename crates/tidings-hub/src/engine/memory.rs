@@ -4,18 +4,18 @@
 //! is recognised and answered with `resync` rather than misread. One global `seq` counter,
 //! assigned under one lock together with the history append and the fan-out, gives every
 //! account increasing ids in publish order and every stream a consistent cut. The window
-//! itself (trimming, opening) is [`History`].
+//! itself (trimming, opening, idempotency keys) is [`History`].
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use tidings_protocol::{EventId, Viewer};
+use tidings_protocol::Viewer;
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::LastEventId;
 
 use super::history::{Entry, History, new_epoch, now_ms};
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::HistoryConfig;
 use crate::fanout::Fanout;
 
@@ -39,20 +39,23 @@ impl MemoryEngine {
 }
 
 impl Engine for MemoryEngine {
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
         let at_ms = now_ms();
         let mut h = self.history.lock().expect("history lock");
-        let mut ids = Vec::with_capacity(batch.len());
-        for ev in batch {
+        let accepted = h.admit(&batch, at_ms);
+        for (ev, a) in batch.into_iter().zip(&accepted) {
+            if a.duplicate {
+                continue;
+            }
             let id = h.next_id();
+            debug_assert_eq!(id, a.id, "admit numbers the new events from the head, in order");
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
             self.fanout.deliver(&ev.account, id.seq, &bytes, ev.audience.as_deref());
-            h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes }, audience: ev.audience });
+            h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes }, key: ev.key, audience: ev.audience });
             h.trim(&ev.account, at_ms);
-            ids.push(id);
         }
         drop(h);
-        async move { Ok(ids) }.boxed()
+        async move { Ok(accepted) }.boxed()
     }
 
     fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {

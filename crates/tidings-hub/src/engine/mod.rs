@@ -17,11 +17,12 @@ use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
 pub mod durable;
 pub mod history;
+mod idempotency;
 pub mod memory;
 pub mod redis;
 
-/// One activity to store: its account, its `activity` payload (JSON, encoded once) and who in
-/// the account may see it.
+/// One activity to store: its account, its `activity` payload (JSON, encoded once), who in
+/// the account may see it, and its idempotency key, if the publisher gave one.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub account: Arc<str>,
@@ -29,6 +30,19 @@ pub struct NewEvent {
     /// `None`: every stream of the account. Stored with the event: delivery and replay both
     /// honour it, on every node.
     pub audience: Option<Arc<Audience>>,
+    /// Within `account`, an event whose key is still remembered is not stored again (the rule
+    /// is [`history::History::admit`]'s; Redis keeps it in its publish script): the publisher
+    /// is answered with the id the key got first.
+    pub key: Option<Arc<str>>,
+}
+
+/// What the engine did with one event of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// The event's id; for a duplicate, the id its key got the first time.
+    pub id: EventId,
+    /// The key was already accepted: nothing was stored or delivered for this event.
+    pub duplicate: bool,
 }
 
 /// A stored event's frame, ready to write.
@@ -113,9 +127,11 @@ pub enum EngineError {
 
 /// The engine interface. Object-safe so the hub holds `Arc<dyn Engine>`.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
-    /// Stores a batch, all or nothing, and returns the assigned ids in order. An `Ok` means
-    /// every event is stored as durably as the engine promises.
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>>;
+    /// Stores a batch, all or nothing, and returns what became of each event, in order. An
+    /// `Ok` means every new event is stored as durably as the engine promises; events whose key
+    /// is already remembered (or repeats an earlier item's of the batch) are answered with the
+    /// first id and not stored again.
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>>;
 
     /// Decides how a stream of `account` starts from the client's position and reads what it
     /// must replay: the events after it that `viewer` may see (the others leave gaps in the

@@ -11,6 +11,7 @@ use serde_json::Value;
 use tidings_testkit::hub::{Listening, NotListening, Output, wait_listening};
 use tokio::process::{Child, Command};
 
+pub mod postgres;
 pub mod redis;
 pub mod sentinel;
 
@@ -449,4 +450,50 @@ pub async fn replay_budget_holds(hub: &Hub) {
     hub.publish("acme", &[activity(17)]).await;
     assert_eq!(far.activities(1, T).await, vec![17], "after the resync the stream is live from the head");
     assert_eq!(hub.metric("tidings_resyncs_total{reason=\"replay_too_large\"}").await, resyncs_before + 1.0);
+}
+
+/// `[history]` for [`idempotent_publish_holds`]: five events per account, so a key's window
+/// is easy to leave.
+pub const IDEMPOTENCY_HISTORY_TOML: &str = "[history]\nmax_events = 5\n";
+
+/// Publishes `items` (`(account, key, marker)`); returns the answer's `ids` and `duplicates`.
+pub async fn publish_keyed(hub: &Hub, items: &[(&str, Option<&str>, u64)]) -> (Vec<String>, Vec<u64>) {
+    let body: Vec<Value> = items.iter().map(|(account, key, n)| serde_json::json!({"account": account, "key": key, "data": activity(*n)})).collect();
+    let (status, answer) = hub.publish_raw(&Value::Array(body).to_string(), "application/json", PUBLISHER_KEY).await;
+    assert_eq!(status, 202, "publish failed: {answer}");
+    let ids = answer["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let dups = answer.get("duplicates").map_or_else(Vec::new, |d| d.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect());
+    (ids, dups)
+}
+
+/// With [`IDEMPOTENCY_HISTORY_TOML`]: an item whose key the account already had accepted is
+/// answered with the first id, marked as a duplicate, and neither stored nor delivered; keys
+/// are per account; a key repeated inside one batch is stored once; a key whose event left
+/// the history window is new again; a bad key is refused with its field named.
+pub async fn idempotent_publish_holds(hub: &Hub) {
+    let mut alice = Sse::token(hub, "tok-alice").await;
+    assert_eq!(alice.next_within(T).await.unwrap().kind(), "connected");
+    let dups_before = hub.metric("tidings_publish_duplicates_total").await;
+
+    let (first, dups) = publish_keyed(hub, &[("acme", Some("k1"), 1), ("acme", Some("k2"), 2), ("acme", None, 3)]).await;
+    assert!(dups.is_empty(), "{dups:?}");
+    let (again, dups) = publish_keyed(hub, &[("acme", Some("k1"), 4), ("acme", Some("k3"), 5), ("globex", Some("k1"), 6)]).await;
+    assert_eq!(dups, vec![0], "only the first item was seen before");
+    assert_eq!(again[0], first[0], "a duplicate answers the id its key got the first time");
+    assert_ne!(again[1], first[0]);
+    let (same_batch, dups) = publish_keyed(hub, &[("acme", Some("k4"), 7), ("acme", Some("k4"), 8)]).await;
+    assert_eq!((dups, &same_batch[1]), (vec![1], &same_batch[0]));
+    assert_eq!(alice.activities(5, T).await, vec![1, 2, 3, 5, 7], "4 and 8 were duplicates, never delivered");
+    assert_eq!(hub.metric("tidings_publish_duplicates_total").await, dups_before + 2.0);
+
+    // Five more events of acme push k1's event out of the five-event window.
+    hub.publish("acme", &(9..=13).map(activity).collect::<Vec<_>>()).await;
+    assert_eq!(alice.activities(5, T).await, (9..=13).collect::<Vec<_>>(), "nothing came between 7 and 9");
+    let (late, dups) = publish_keyed(hub, &[("acme", Some("k1"), 14)]).await;
+    assert!(dups.is_empty() && late[0] != first[0], "a key older than the window is new: {late:?} {dups:?}");
+    assert_eq!(alice.activities(1, T).await, vec![14]);
+
+    let body = r#"{"account":"acme","key":"","data":{"activity_type":"created"}}"#;
+    let (status, answer) = hub.publish_raw(body, "application/json", PUBLISHER_KEY).await;
+    assert_eq!((status, answer["error"]["field"].as_str()), (422, Some("key")), "{answer}");
 }

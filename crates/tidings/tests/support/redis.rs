@@ -29,7 +29,7 @@ pub const ACL_PASSWORD: &str = "s3cret-redis-pass-9c1f";
 /// Everything the engine runs, on its keys only (`~t:*`, the tests' `key_prefix`), and no
 /// channels. Scripts are checked command by command, so the commands they call are listed too.
 pub const ACL_RULE: &str = "resetkeys ~t:* resetchannels -@all +evalsha +eval +script|load +xread +wait +info +get +set +del +incrby \
-     +xadd +xrange +xrevrange +xlen +xtrim +hget +hset +zadd +zrem +zrangebyscore";
+     +xadd +xrange +xrevrange +xlen +xtrim +hget +hset +zadd +zrem +zrangebyscore +zscore +zremrangebyscore +pexpire";
 
 /// A `redis-server` of our own, without persistence (a restart wipes it, like a cache node).
 pub struct Redis {

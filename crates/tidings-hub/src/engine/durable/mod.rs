@@ -9,7 +9,8 @@
 //!
 //! The retained history is also held in memory, in the same [`History`] window as the memory
 //! engine's and bounded by the same `[history]` limits, so opening a stream (fresh or resumed)
-//! never reads the disk; the file is read once, at start-up. The in-memory copy changes only after a commit and only
+//! never reads the disk; the file is read once, at start-up. Each event's idempotency key is
+//! stored with it, so the keys [`History::admit`] checks survive a restart too. The in-memory copy changes only after a commit and only
 //! on the writer thread, under the same lock that stream openings take, and delivery happens
 //! under it too: that gives the same replay/live boundary as the memory engine.
 //!
@@ -42,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use self::store::{DATA_FILE_NAME, StoreError};
 use self::store::{Row, Store};
 use super::history::{Entry, History, now_ms};
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{FsyncPolicy, HistoryConfig};
 use crate::fanout::Fanout;
 
@@ -68,7 +69,7 @@ pub struct DurableEngine {
 
 #[derive(Debug)]
 enum Command {
-    Publish { batch: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<EventId>, EngineError>> },
+    Publish { batch: Vec<NewEvent>, reply: oneshot::Sender<Result<Vec<Accepted>, EngineError>> },
     /// Trim every account by count and age, then give freed space back.
     Maintain,
     Close { done: oneshot::Sender<()> },
@@ -86,7 +87,7 @@ impl DurableEngine {
         }
         for row in loaded.events {
             let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch(), row.seq)), &row.payload));
-            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes }, audience: row.audience });
+            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes }, key: row.key, audience: row.audience });
         }
         let events = h.retained_events();
         tracing::info!(path = %path.display(), epoch = format_args!("{:x}", h.epoch()), head = h.head(), events, ?fsync, "durable history loaded");
@@ -110,7 +111,7 @@ impl DurableEngine {
 }
 
 impl Engine for DurableEngine {
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
         async move {
             if batch.is_empty() {
                 return Ok(Vec::new());
@@ -165,7 +166,7 @@ struct Writer {
 /// One publish request inside a group.
 struct Pending {
     batch: Vec<NewEvent>,
-    reply: oneshot::Sender<Result<Vec<EventId>, EngineError>>,
+    reply: oneshot::Sender<Result<Vec<Accepted>, EngineError>>,
 }
 
 impl Writer {
@@ -215,28 +216,35 @@ impl Writer {
             return;
         };
         let at_ms = now_ms();
-        let (epoch, mut head) = {
+        // Only this thread changes the history, so what `admit` decides still holds when the
+        // new events are pushed after the commit.
+        let (epoch, accepted) = {
             let h = self.history.lock().expect("history lock");
-            (h.epoch(), h.head())
+            (h.epoch(), h.admit(group.iter().flat_map(|p| &p.batch), at_ms))
         };
-        let mut rows = Vec::with_capacity(group.iter().map(|p| p.batch.len()).sum());
-        let mut ids = Vec::with_capacity(group.len());
-        for p in &group {
-            let mut batch_ids = Vec::with_capacity(p.batch.len());
-            for ev in &p.batch {
-                head += 1;
-                rows.push(Row { account: ev.account.clone(), seq: head, at_ms, payload: ev.payload.clone(), audience: ev.audience.clone() });
-                batch_ids.push(EventId::new(epoch, head));
+        let rows: Vec<Row> = group
+            .iter()
+            .flat_map(|p| &p.batch)
+            .zip(&accepted)
+            .filter(|(_, a)| !a.duplicate)
+            .map(|(ev, a)| Row { account: ev.account.clone(), seq: a.id.seq, at_ms, payload: ev.payload.clone(), key: ev.key.clone(), audience: ev.audience.clone() })
+            .collect();
+        let mut answers = accepted.into_iter();
+        let replies: Vec<_> = group.into_iter().map(|p| (p.reply, answers.by_ref().take(p.batch.len()).collect::<Vec<_>>())).collect();
+        let Some(head) = rows.last().map(|r| r.seq) else {
+            // Every event was a duplicate: nothing to commit.
+            for (reply, batch_ids) in replies {
+                let _ = reply.send(Ok(batch_ids));
             }
-            ids.push(batch_ids);
-        }
+            return;
+        };
         let trims = self.history.lock().expect("history lock").cuts_after(rows.iter().map(|r| (&r.account, r.seq)), at_ms);
         let store = self.store.as_mut().expect("checked above");
         if let Err(e) = store.commit(head, &rows, &trims) {
             tracing::error!(path = %store.path().display(), error = %e, events = rows.len(), "commit failed; nothing in this group was published");
             self.healthy.store(false, Ordering::Release);
-            for p in group {
-                let _ = p.reply.send(Err(EngineError::Unavailable(format!("commit failed: {e}"))));
+            for (reply, _) in replies {
+                let _ = reply.send(Err(EngineError::Unavailable(format!("commit failed: {e}"))));
             }
             return;
         }
@@ -245,7 +253,7 @@ impl Writer {
         {
             let mut h = self.history.lock().expect("history lock");
             for (row, bytes) in rows.iter().zip(&frames) {
-                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() }, audience: row.audience.clone() });
+                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() }, key: row.key.clone(), audience: row.audience.clone() });
             }
             for (account, through) in &trims {
                 h.apply_cut(account, *through);
@@ -257,8 +265,8 @@ impl Writer {
                 self.fanout.deliver(&row.account, row.seq, bytes, row.audience.as_deref());
             }
         }
-        for (p, batch_ids) in group.into_iter().zip(ids) {
-            let _ = p.reply.send(Ok(batch_ids));
+        for (reply, batch_ids) in replies {
+            let _ = reply.send(Ok(batch_ids));
         }
     }
 

@@ -1,5 +1,6 @@
 //! The data file: one SQLite database (WAL journal) holding the epoch, the head, every
-//! retained event and, per account, how far history was trimmed.
+//! retained event (with its idempotency key, if it had one) and, per account, how far history
+//! was trimmed.
 //!
 //! Only the engine's writer thread touches it after start-up, through one connection that
 //! holds the file's lock for the life of the process, so a second hub on the same data
@@ -17,10 +18,16 @@ use crate::config::FsyncPolicy;
 /// The data file inside `data_dir`.
 pub const DATA_FILE_NAME: &str = "tidings.db";
 /// Layout of the tables below; a file with another number is refused, not guessed at.
-/// Format 2 added `events.audience`; a format-1 file is upgraded in place at start (its
-/// events have no audience), and a hub that reads only format 1 then refuses it rather than
-/// deliver audience-restricted events to the whole account.
-const FORMAT_VERSION: i64 = 2;
+/// Format 1 had no `key` column, format 2 no `audience` column; they are upgraded in place at
+/// start-up ([`MIGRATIONS`]; their events keep no key or audience). An upgraded file is then
+/// refused by an older hub rather than have it replay audience-restricted events to the whole
+/// account.
+const FORMAT_VERSION: i64 = 3;
+/// `(from format, SQL to the next format)`, applied in order in one transaction.
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, "ALTER TABLE events ADD COLUMN key TEXT; UPDATE meta SET value = 2 WHERE key = 'format';"),
+    (2, "ALTER TABLE events ADD COLUMN audience TEXT; UPDATE meta SET value = 3 WHERE key = 'format';"),
+];
 /// WAL pages between automatic checkpoints (SQLite's default is 1,000). A checkpoint runs on
 /// the writer thread and holds up the publishes behind it; every commit rewrites the same few
 /// hot pages, so checkpointing less often copies barely more per checkpoint and costs less
@@ -37,6 +44,7 @@ CREATE TABLE events (
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
     payload TEXT NOT NULL,
+    key TEXT,
     audience TEXT,
     PRIMARY KEY (account, seq)
 ) WITHOUT ROWID;
@@ -66,6 +74,8 @@ pub struct Row {
     pub seq: u64,
     pub at_ms: u64,
     pub payload: std::sync::Arc<str>,
+    /// The idempotency key the event was published with.
+    pub key: Option<std::sync::Arc<str>>,
     /// Stored in [`Audience::to_stored`]'s form; NULL for the whole account.
     pub audience: Option<std::sync::Arc<Audience>>,
 }
@@ -146,7 +156,6 @@ impl Store {
             if check != ["ok"] {
                 return Err(Failure::Damaged(format!("integrity check failed: {}", check.join("; "))));
             }
-            self.upgrade()?;
         }
         let dirty_boot: Option<String> = self.meta_text("unsynced_boot")?;
         let boot = boot_id();
@@ -171,19 +180,6 @@ impl Store {
         Ok(())
     }
 
-    /// Brings a format-1 file (no audiences) to the current format, in one transaction.
-    fn upgrade(&mut self) -> Result<(), Failure> {
-        if self.meta_int("format")? != Some(1) {
-            return Ok(());
-        }
-        let tx = self.conn.transaction()?;
-        tx.execute_batch("ALTER TABLE events ADD COLUMN audience TEXT")?;
-        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'format'", [FORMAT_VERSION])?;
-        tx.commit()?;
-        tracing::info!(path = %self.path.display(), format = FORMAT_VERSION, "data file upgraded");
-        Ok(())
-    }
-
     fn meta_int(&self, key: &str) -> Result<Option<i64>, Failure> {
         let v = self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0)).optional();
         v.map_err(|e| match e {
@@ -196,7 +192,26 @@ impl Store {
         Ok(self.conn.query_row("SELECT CAST(value AS TEXT) FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
 
-    fn load(&self) -> Result<Loaded, Failure> {
+    /// Brings a file written by an older hub to [`FORMAT_VERSION`], in one transaction.
+    fn migrate(&mut self) -> Result<(), Failure> {
+        let Some(mut format) = self.meta_int("format")? else { return Ok(()) };
+        if format >= FORMAT_VERSION {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for (from, sql) in MIGRATIONS {
+            if *from == format {
+                tx.execute_batch(sql)?;
+                format += 1;
+            }
+        }
+        tx.commit()?;
+        tracing::info!(path = %self.path.display(), format, "data file upgraded");
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<Loaded, Failure> {
+        self.migrate()?;
         let missing = |k: &str| Failure::Damaged(format!("no {k} recorded"));
         let format = self.meta_int("format")?.ok_or_else(|| missing("format"))?;
         if format != FORMAT_VERSION {
@@ -213,7 +228,7 @@ impl Store {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::new();
-        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, audience FROM events ORDER BY account, seq")?;
+        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, key, audience FROM events ORDER BY account, seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let seq = r.get::<_, i64>(1)?;
@@ -222,11 +237,13 @@ impl Store {
             }
             let account: String = r.get(0)?;
             let payload: String = r.get(3)?;
-            let audience = match r.get::<_, Option<String>>(4)? {
+            let key: Option<String> = r.get(4)?;
+            let audience = match r.get::<_, Option<String>>(5)? {
                 None => None,
                 Some(text) => Some(Audience::from_stored(&text).map_err(|e| Failure::Damaged(format!("event {seq} has an unreadable audience: {e}")))?.into()),
             };
-            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into(), audience });
+            let at_ms = r.get::<_, i64>(2)? as u64;
+            events.push(Row { account: account.into(), seq: seq as u64, at_ms, payload: payload.into(), key: key.map(Into::into), audience });
         }
         Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, events })
     }
@@ -237,10 +254,10 @@ impl Store {
     pub fn commit(&mut self, head: u64, rows: &[Row], trims: &[(std::sync::Arc<str>, u64)]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, audience) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, key, audience) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
             for r in rows {
                 let audience = r.audience.as_deref().map(Audience::to_stored);
-                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, audience])?;
+                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, r.key.as_deref(), audience])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?;
             let mut mark = tx.prepare_cached(

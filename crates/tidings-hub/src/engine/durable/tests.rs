@@ -15,11 +15,20 @@ fn engine(dir: &Path, max_events: usize) -> DurableEngine {
 }
 
 fn batch(account: &str, n: usize) -> Vec<NewEvent> {
-    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), audience: None }).collect()
+    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), audience: None, key: None }).collect()
 }
 
 fn anyone() -> Viewer {
     Viewer::new("u".into(), "s".into(), Arc::default())
+}
+
+/// Publishes a batch; returns the ids.
+async fn publish(e: &DurableEngine, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
+    Ok(e.publish(batch).await?.into_iter().map(|a| a.id).collect())
+}
+
+fn keyed(account: &str, key: &str) -> NewEvent {
+    NewEvent { account: account.into(), payload: format!("{{\"key\":\"{key}\"}}").into(), audience: None, key: Some(key.into()) }
 }
 
 /// The decision and replayed seqs for a resume of `account` from `id`.
@@ -38,10 +47,10 @@ async fn audiences_are_stored_with_their_events_and_honoured_after_a_restart() {
     let admins = Some(Arc::new(tidings_protocol::Audience::new(["role:admin", "user:ann"]).unwrap()));
     let start = {
         let e = engine(dir.path(), 100);
-        let start = e.publish(batch("a", 1)).await.unwrap()[0];
+        let start = publish(&e, batch("a", 1)).await.unwrap()[0];
         let mut events = batch("a", 3);
         events[1].audience = admins;
-        e.publish(events).await.unwrap();
+        publish(&e, events).await.unwrap();
         e.close().await;
         start
     };
@@ -52,28 +61,27 @@ async fn audiences_are_stored_with_their_events_and_honoured_after_a_restart() {
 }
 
 #[tokio::test]
-async fn a_format_1_file_is_upgraded_in_place_and_keeps_its_history() {
+async fn a_format_2_file_is_upgraded_in_place_and_keeps_its_history_and_keys() {
     let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let e = engine(dir.path(), 100);
+        let ids = publish(&e, vec![keyed("a", "k"), batch("a", 1).remove(0)]).await.unwrap();
+        e.close().await;
+        ids
+    };
+    // What a hub from before audiences left behind.
     let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
-         CREATE TABLE events (account TEXT NOT NULL, seq INTEGER NOT NULL, at_ms INTEGER NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (account, seq)) WITHOUT ROWID;
-         CREATE TABLE accounts (account TEXT PRIMARY KEY, trimmed_through INTEGER NOT NULL) WITHOUT ROWID;
-         INSERT INTO meta (key, value) VALUES ('format', 1), ('epoch', 77), ('head', 2);",
-    )
-    .unwrap();
-    let now = now_ms() as i64;
-    conn.execute("INSERT INTO events VALUES ('a', 1, ?1, '{\"n\":1}'), ('a', 2, ?1, '{\"n\":2}')", [now]).unwrap();
+    conn.execute_batch("ALTER TABLE events DROP COLUMN audience; UPDATE meta SET value = 2 WHERE key = 'format';").unwrap();
     drop(conn);
     let e = engine(dir.path(), 100);
-    assert_eq!(resume(&e, "a", &EventId::new(77, 0)).await, (ResumeDecision::Replay { after: 0 }, vec![1, 2]));
+    assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]));
+    assert!(e.publish(vec![keyed("a", "k")]).await.unwrap()[0].duplicate, "keys survive the upgrade");
     let mut restricted = batch("a", 1);
     restricted[0].audience = Some(Arc::new(tidings_protocol::Audience::new(["role:admin"]).unwrap()));
-    assert_eq!(e.publish(restricted).await.unwrap(), vec![EventId::new(77, 3)]);
+    assert_eq!(publish(&e, restricted).await.unwrap(), vec![EventId::new(ids[0].epoch, 3)]);
     e.close().await;
     let e = engine(dir.path(), 100);
-    assert_eq!(resume(&e, "a", &EventId::new(77, 0)).await, (ResumeDecision::Replay { after: 0 }, vec![1, 2]), "upgraded, and the new event kept its audience");
+    assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]), "upgraded, and the new event kept its audience");
 }
 
 #[tokio::test]
@@ -81,13 +89,13 @@ async fn ids_and_history_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let first = {
         let e = engine(dir.path(), 100);
-        let ids = e.publish(batch("a", 3)).await.unwrap();
-        e.publish(batch("b", 1)).await.unwrap();
+        let ids = publish(&e, batch("a", 3)).await.unwrap();
+        publish(&e, batch("b", 1)).await.unwrap();
         e.close().await;
         ids
     };
     let e = engine(dir.path(), 100);
-    let next = e.publish(batch("a", 1)).await.unwrap();
+    let next = publish(&e, batch("a", 1)).await.unwrap();
     assert_eq!(next[0], EventId::new(first[0].epoch, 5), "same epoch, seq continues after the head");
     assert_eq!(resume(&e, "a", &first[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2, 3, 5]));
 }
@@ -97,7 +105,7 @@ async fn trims_by_count_are_remembered_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let e = engine(dir.path(), 3);
-        let ids = e.publish(batch("a", 10)).await.unwrap();
+        let ids = publish(&e, batch("a", 10)).await.unwrap();
         e.close().await;
         ids
     };
@@ -111,13 +119,13 @@ async fn a_smaller_bound_at_start_trims_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let e = engine(dir.path(), 100);
-        let ids = e.publish(batch("a", 10)).await.unwrap();
+        let ids = publish(&e, batch("a", 10)).await.unwrap();
         e.close().await;
         ids
     };
     let e = engine(dir.path(), 2);
     // The start-up maintenance runs before this publish, in queue order.
-    e.publish(batch("z", 1)).await.unwrap();
+    publish(&e, batch("z", 1)).await.unwrap();
     assert_eq!(resume(&e, "a", &ids[0]).await.0, ResumeDecision::Resync(ResyncReason::HistoryTrimmed));
     assert_eq!(resume(&e, "a", &ids[7]).await, (ResumeDecision::Replay { after: 8 }, vec![9, 10]));
 }
@@ -136,7 +144,7 @@ async fn a_file_that_is_not_a_database_is_refused_by_name() {
 async fn a_second_engine_on_the_same_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path(), 10);
-    e.publish(batch("a", 1)).await.unwrap();
+    publish(&e, batch("a", 1)).await.unwrap();
     let fanout = Arc::new(Fanout::new(10, 10, 16, Arc::new(Metrics::new())));
     let err = DurableEngine::open(dir.path(), FsyncPolicy::Always, &HistoryConfig::default(), fanout).unwrap_err();
     assert!(matches!(err, StoreError::Open { .. }), "{err}");
@@ -149,7 +157,7 @@ async fn unflushed_history_from_another_boot_gets_a_new_epoch() {
     let bounds = HistoryConfig::default();
     let before = {
         let e = DurableEngine::open(dir.path(), FsyncPolicy::Never, &bounds, fanout()).unwrap();
-        let ids = e.publish(batch("a", 2)).await.unwrap();
+        let ids = publish(&e, batch("a", 2)).await.unwrap();
         e.close().await;
         ids
     };
@@ -159,12 +167,73 @@ async fn unflushed_history_from_another_boot_gets_a_new_epoch() {
     conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('unsynced_boot', 'an-earlier-boot')", []).unwrap();
     drop(conn);
     let e = DurableEngine::open(dir.path(), FsyncPolicy::Always, &bounds, fanout()).unwrap();
-    let after = e.publish(batch("a", 1)).await.unwrap();
+    let after = publish(&e, batch("a", 1)).await.unwrap();
     assert_ne!(after[0].epoch, before[0].epoch, "clients must resync, not resume");
     assert_eq!(after[0].seq, 3, "seqs still continue");
     assert_eq!(resume(&e, "a", &before[0]).await.0, ResumeDecision::Resync(ResyncReason::EpochChanged));
     e.close().await;
     // A clean stop (or a crash of the hub alone, same boot) keeps the epoch.
     let again = DurableEngine::open(dir.path(), FsyncPolicy::Never, &bounds, fanout()).unwrap();
-    assert_eq!(again.publish(batch("a", 1)).await.unwrap()[0].epoch, after[0].epoch);
+    assert_eq!(publish(&again, batch("a", 1)).await.unwrap()[0].epoch, after[0].epoch);
+}
+
+#[tokio::test]
+async fn keys_are_remembered_across_a_restart_and_forgotten_with_their_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = {
+        let e = engine(dir.path(), 3);
+        let first = e.publish(vec![keyed("a", "k1"), keyed("a", "k1"), keyed("b", "k1")]).await.unwrap();
+        assert_eq!((first[0].duplicate, first[1].duplicate, first[2].duplicate), (false, true, false));
+        assert_eq!(first[1].id, first[0].id, "the second item of one batch gets the first one's id");
+        assert_ne!(first[2].id, first[0].id, "keys are per account");
+        e.close().await;
+        first
+    };
+    let e = engine(dir.path(), 3);
+    let again = e.publish(vec![keyed("a", "k1")]).await.unwrap();
+    assert_eq!(again[0], Accepted { id: first[0].id, duplicate: true }, "the key came back from the data file");
+    assert_eq!(publish(&e, batch("a", 1)).await.unwrap()[0].seq, 3, "a duplicate takes no seq");
+    // Three more events of `a` trim k1's event out of the window: the key is new again.
+    publish(&e, batch("a", 3)).await.unwrap();
+    let late = e.publish(vec![keyed("a", "k1")]).await.unwrap();
+    assert!(!late[0].duplicate && late[0].id.seq > first[0].id.seq, "{late:?}");
+}
+
+#[tokio::test]
+async fn concurrent_publishers_of_one_key_store_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = Arc::new(engine(dir.path(), 100));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move { e.publish(vec![keyed("a", "same")]).await.unwrap()[0] })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+    assert_eq!(answers.iter().filter(|a| !a.duplicate).count(), 1, "{answers:?}");
+    assert!(answers.iter().all(|a| a.id == answers[0].id), "{answers:?}");
+    let replay = e.open("a", LastEventId::Id(EventId::new(answers[0].id.epoch, 0)), &anyone()).await.unwrap().replay;
+    assert_eq!(replay.len(), 1, "stored once");
+}
+
+#[tokio::test]
+async fn a_format_1_file_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let e = engine(dir.path(), 100);
+        let ids = publish(&e, batch("a", 2)).await.unwrap();
+        e.close().await;
+        ids
+    };
+    // What a hub from before idempotency keys left behind.
+    let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
+    conn.execute_batch("ALTER TABLE events DROP COLUMN key; ALTER TABLE events DROP COLUMN audience; UPDATE meta SET value = 1 WHERE key = 'format';").unwrap();
+    drop(conn);
+    let e = engine(dir.path(), 100);
+    assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]));
+    let keyed_ids = e.publish(vec![keyed("a", "k"), keyed("a", "k")]).await.unwrap();
+    assert_eq!((keyed_ids[0].id.seq, keyed_ids[1].duplicate), (3, true));
 }

@@ -15,6 +15,11 @@
 //! sorted set of each account's oldest event time lets upkeep trim idle accounts by age
 //! without scanning keys.
 //!
+//! **Idempotency keys.** The publish script also checks each item's key against its
+//! account's key set (`<prefix>k:<account>`, key → seq) and answers a key whose event is still
+//! retained with that event's seq instead of storing it again; one script at a time means two
+//! nodes receiving one key at once store it once (see `scripts::publish`).
+//!
 //! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
 //! (plus one multiplexed connection for publish and open: two per node, whatever the number
 //! of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
@@ -56,7 +61,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::history::now_ms;
-use super::{Engine, EngineError, NewEvent, Opening, StoredFrame};
+use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
 
@@ -186,31 +191,39 @@ impl Inner {
         now_ms().saturating_sub(self.history.max_age.as_millis() as u64)
     }
 
-    async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<EventId>, EngineError> {
+    async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, EngineError> {
         let link = self.connection()?;
         let mut conn = link.acknowledged.clone().unwrap_or_else(|| link.conn.clone());
         let epoch = self.epoch.load(Ordering::Acquire);
-        let n = batch.len() as u64;
         let k = &self.keys;
         let mut inv = self.publish_script.prepare_invoke();
         inv.key(&k.epoch).key(&k.seq).key(&k.feed).key(&k.trimmed).key(&k.oldest);
         inv.arg(format!("{epoch:x}")).arg(now_ms()).arg(self.history.max_events).arg(self.age_cutoff_ms()).arg(self.config.feed_max_events);
+        inv.arg(self.history.max_age.as_millis() as u64);
         for ev in &batch {
-            inv.key(k.account(&ev.account));
+            inv.key(k.account(&ev.account)).key(k.account_keys(&ev.account));
             let audience = ev.audience.as_deref().map(Audience::to_stored).unwrap_or_default();
-            inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes()).arg(audience);
+            inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes()).arg(ev.key.as_deref().unwrap_or("").as_bytes()).arg(audience);
         }
-        let last: i64 = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&link, &e))?;
-        let Ok(last) = u64::try_from(last) else {
+        let (status, seqs, duplicates): (i64, Vec<u64>, Vec<u8>) = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&link, &e))?;
+        if status < 0 {
             // The epoch moved under us (Redis wiped): follow it before publishing again.
             self.mark_down(&link);
             return Err(EngineError::Unavailable("the Redis history changed epoch".into()));
-        };
-        self.saw(last);
+        }
+        if seqs.len() != batch.len() || duplicates.len() != batch.len() {
+            return Err(EngineError::Unavailable(format!("the publish script answered {} ids for {} events", seqs.len(), batch.len())));
+        }
+        if let Some(&last) = seqs.iter().max() {
+            self.saw(last);
+        }
         if link.acknowledged.is_some() {
+            // Duplicates too: the event a duplicate names may have been stored a moment ago
+            // by another node, and the script's write makes this WAIT cover it (see
+            // `scripts::publish`).
             self.wait_for_replicas(&link, &mut conn).await?;
         }
-        Ok((last + 1 - n..=last).map(|seq| EventId::new(epoch, seq)).collect())
+        Ok(seqs.into_iter().zip(duplicates).map(|(seq, d)| Accepted { id: EventId::new(epoch, seq), duplicate: d == 1 }).collect())
     }
 
     /// `WAIT`s until `min_replicas` replicas have every write of this connection so far, which
@@ -340,7 +353,7 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
 }
 
 impl Engine for RedisEngine {
-    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<EventId>, EngineError>> {
+    fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
         self.inner.publish(batch).boxed()
     }
 

@@ -44,6 +44,11 @@ impl Keys {
     pub fn account(&self, account: &str) -> String {
         format!("{}a:{account}", self.prefix)
     }
+
+    /// Sorted set of one account's idempotency keys (member) and their events' seqs (score).
+    pub fn account_keys(&self, account: &str) -> String {
+        format!("{}k:{account}", self.prefix)
+    }
 }
 
 /// Shared by the scripts that trim: drops an account's oldest entries beyond `max` or older
@@ -150,38 +155,93 @@ return {epoch, string.format('%d', head), happened}
     )
 }
 
-/// Stores a batch: assigns seqs, appends to each account's history and to the feed, trims.
-/// KEYS: epoch, seq, feed, trimmed, oldest, then one account stream per event.
-/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, then account,
-/// payload and stored audience (`""`: none) per event. Returns the last seq assigned, or -1 when the epoch is not the expected
-/// one (nothing is written then).
+/// Stores a batch: sorts out duplicates, assigns seqs, appends to each account's history and
+/// to the feed, trims, and forgets the keys of trimmed events.
+///
+/// An event is a duplicate when its key is in its account's key set with the seq of an event
+/// still in the account's history (not trimmed, not past the age cutoff), or when an earlier
+/// item of the batch had the same account and key. Duplicates take no seq and are neither
+/// stored nor fed; the answer gives them the first event's seq. Because scripts run one at a
+/// time, two nodes publishing the same key at once store it once. A key set expires after
+/// `max_age` without publishes (every event it names is past its age by then), and each
+/// publish drops the keys of the events trimmed so far, so it never holds more keys than the
+/// account's history holds events. A duplicate refreshes its key set's lifetime: that write
+/// is what makes the `WAIT` behind a publish with `min_replicas` cover the first event too, so
+/// a duplicate is never acknowledged before the event it names is on the replicas.
+///
+/// KEYS: epoch, seq, feed, trimmed, oldest, then per event its account stream and key set.
+/// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, key set lifetime
+/// (ms), then account, payload, key ("" for none) and stored audience ("" for none) per
+/// event.
+/// Returns `{1, seqs, duplicate flags}` (one per event, in order), or `{-1, {}, {}}` when the
+/// epoch is not the expected one (nothing is written then).
 pub(super) fn publish() -> Script {
     Script::new(concat!(
         trim_fn!(),
         r#"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-local n = #KEYS - 5
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {-1, {}, {}} end
+local n = (#KEYS - 5) / 2
+local cutoff = tonumber(ARGV[4])
+local seqs, dups, first = {}, {}, {}
+local new = 0
+for i = 1, n do
+  local stream, keys, key = KEYS[4 + 2 * i], KEYS[5 + 2 * i], ARGV[5 + 4 * i]
+  dups[i] = 0
+  if key ~= '' then
+    local earlier = first[keys .. '\0' .. key]
+    local s = redis.call('ZSCORE', keys, key)
+    if earlier then
+      dups[i] = earlier
+    elseif s then
+      local e = redis.call('XRANGE', stream, s .. '-0', s .. '-0')
+      if #e == 1 and tonumber(e[1][2][4]) >= cutoff then
+        seqs[i] = tonumber(s)
+        dups[i] = -1
+        -- A write, so that a WAIT after this script also covers the first event's write
+        -- (the replication stream is ordered), however recently another node stored it.
+        redis.call('PEXPIRE', keys, ARGV[6])
+      end
+    end
+    if dups[i] == 0 then first[keys .. '\0' .. key] = i end
+  end
+  if dups[i] == 0 then new = new + 1 end
+end
 -- Seqs are taken first: if an XADD fails half-way, its seq is burned, never reused.
-local last = redis.call('INCRBY', KEYS[2], n)
-local seq = last - n
+local seq = redis.call('INCRBY', KEYS[2], new) - new
 local touched = {}
 for i = 1, n do
-  seq = seq + 1
-  local id = string.format('%d-0', seq)
-  local account, payload, audience = ARGV[3 + 3 * i], ARGV[4 + 3 * i], ARGV[5 + 3 * i]
-  if audience == '' then
-    redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2])
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
-  else
-    redis.call('XADD', KEYS[5 + i], id, 'p', payload, 't', ARGV[2], 'u', audience)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload, 'u', audience)
+  if dups[i] == 0 then
+    seq = seq + 1
+    seqs[i] = seq
+    local id = string.format('%d-0', seq)
+    local account, payload, key, audience = ARGV[3 + 4 * i], ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i]
+    if audience == '' then
+      redis.call('XADD', KEYS[4 + 2 * i], id, 'p', payload, 't', ARGV[2])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
+    else
+      redis.call('XADD', KEYS[4 + 2 * i], id, 'p', payload, 't', ARGV[2], 'u', audience)
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload, 'u', audience)
+    end
+    if key ~= '' then
+      redis.call('ZADD', KEYS[5 + 2 * i], seq, key)
+      redis.call('PEXPIRE', KEYS[5 + 2 * i], ARGV[6])
+    end
+    touched[KEYS[4 + 2 * i]] = {account, KEYS[5 + 2 * i]}
+  elseif dups[i] > 0 then
+    seqs[i] = seqs[dups[i]]
   end
-  touched[KEYS[5 + i]] = account
 end
-for key, account in pairs(touched) do
-  trim(key, account, tonumber(ARGV[3]), tonumber(ARGV[4]), KEYS[4], KEYS[5])
+for key, t in pairs(touched) do
+  trim(key, t[1], tonumber(ARGV[3]), cutoff, KEYS[4], KEYS[5])
+  local through = redis.call('HGET', KEYS[4], t[1])
+  if through then redis.call('ZREMRANGEBYSCORE', t[2], '-inf', through) end
 end
-return last
+local flags = {}
+for i = 1, n do
+  if dups[i] == 0 then flags[i] = 0 else flags[i] = 1 end
+  seqs[i] = string.format('%d', seqs[i])
+end
+return {1, seqs, flags}
 "#
     ))
 }
