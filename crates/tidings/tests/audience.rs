@@ -380,3 +380,28 @@ async fn with_redis_every_node_filters_its_own_streams() {
     assert_eq!(again.next_within(T).await.unwrap().data["resumed"], true);
     assert_eq!(read_until(&mut again, 3).await, [2, 3], "replayed on the other node, filtered there");
 }
+
+/// An idempotency key and an audience on one item: on every engine the repeat is a duplicate
+/// (not stored or delivered again), and the one event reaches its audience only, live and
+/// replayed.
+#[tokio::test]
+async fn a_keyed_item_with_an_audience_is_stored_once_and_seen_by_its_audience_only() {
+    for (engine, engine_toml, _redis) in engines().await {
+        let hub = Hub::start(&config("", &format!("{GRANTED_TOKENS}{engine_toml}"))).await;
+        hub.wait_ready().await;
+        let (mut admin, position) = open(&hub, "tok-admin").await;
+        let (mut viewer, _) = open(&hub, "tok-viewer").await;
+        let item = json!({"account": "acme", "key": "rule-7:edited", "audience": ["role:admin"], "data": activity(1)});
+        let body = json!([item, item, {"account": "acme", "data": activity(2)}]).to_string();
+        let (status, answer) = hub.publish_raw(&body, "application/json", PUBLISHER_KEY).await;
+        assert_eq!((status, &answer["duplicates"]), (202, &json!([1])), "{engine}: {answer}");
+        let (status, again) = hub.publish_raw(&json!(item).to_string(), "application/json", PUBLISHER_KEY).await;
+        assert_eq!((status, &again["ids"][0]), (202, &answer["ids"][0]), "{engine}: {again}");
+        assert_eq!(read_until(&mut admin, 2).await, [1, 2], "{engine}");
+        assert_eq!(read_until(&mut viewer, 2).await, [2], "{engine}");
+        drop(admin);
+        let mut replay = Sse::resume(&hub, "tok-admin", &position).await;
+        assert_eq!(replay.next_within(T).await.unwrap().data["resumed"], true, "{engine}");
+        assert_eq!(read_until(&mut replay, 2).await, [1, 2], "{engine}");
+    }
+}
