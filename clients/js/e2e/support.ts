@@ -2,7 +2,8 @@
  * through playwright-core, and the hub's own /metrics as the witness of how many streams are
  * open. Nothing is mocked. A missing binary or browser is an error, never a skip. */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -30,15 +31,35 @@ export interface Demo {
 
 /** Starts `tidings demo` (without the teammate) and waits for its `listening on` line. */
 export async function startDemo(port = 0): Promise<Demo> {
+  return spawnHub(['demo', '--listen', `127.0.0.1:${port}`, '--no-teammate', '--heartbeat', HEARTBEAT, '--publisher-key', PUBLISHER_KEY], 'tidings demo');
+}
+
+/** Starts `tidings serve` with `config` (TOML) written to a fresh directory beside `files`
+ * (name → contents, for a mapping or a tokens file the configuration names). */
+export async function startServe(config: string, files: Record<string, string> = {}): Promise<Demo & { dir: string }> {
+  const dir = mkdtempSync(join(tmpdir(), 'tidings-e2e-'));
+  for (const [name, contents] of Object.entries(files)) writeFileSync(join(dir, name), contents);
+  writeFileSync(join(dir, 'hub.toml'), config);
+  const hub = await spawnHub(['serve', '--listen', '127.0.0.1:0', '--config', join(dir, 'hub.toml')], 'tidings serve');
+  return {
+    ...hub,
+    dir,
+    async stop(signal?: NodeJS.Signals) {
+      await hub.stop(signal);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+async function spawnHub(args: string[], what: string): Promise<Demo> {
   if (!existsSync(BIN)) throw new Error(`the tidings binary is missing at ${BIN}: build it with \`cargo build -p tidings\` (or set TIDINGS_BIN)`);
-  const args = ['demo', '--listen', `127.0.0.1:${port}`, '--no-teammate', '--heartbeat', HEARTBEAT, '--publisher-key', PUBLISHER_KEY];
   const proc = spawn(BIN, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TIDINGS_LOG: 'warn' } });
   const output: string[] = [];
   const exited = new Promise<void>((done) => proc.once('exit', () => done()));
   const addr = await new Promise<string>((done, fail) => {
-    const timer = setTimeout(() => fail(new Error(`tidings demo did not start within ${START_TIMEOUT_MS} ms:\n${output.join('\n')}`)), START_TIMEOUT_MS);
+    const timer = setTimeout(() => fail(new Error(`${what} did not start within ${START_TIMEOUT_MS} ms:\n${output.join('\n')}`)), START_TIMEOUT_MS);
     proc.once('error', (e) => fail(e));
-    proc.once('exit', (code) => fail(new Error(`tidings demo exited with ${code}:\n${output.join('\n')}`)));
+    proc.once('exit', (code) => fail(new Error(`${what} exited with ${code}:\n${output.join('\n')}`)));
     for (const pipe of [proc.stdout!, proc.stderr!]) {
       createInterface({ input: pipe }).on('line', (line) => {
         output.push(line);

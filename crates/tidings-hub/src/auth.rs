@@ -3,12 +3,17 @@
 //! A credential (header, cookie or, when enabled, query) resolves to an [`Identity`] through,
 //! in order: static tokens, JWT (when the token looks like one and a key is configured), then
 //! the introspection URL. Publisher keys are a separate table: they never open a stream, and
-//! user credentials never publish. Tokens are never logged; errors carry a reason only.
+//! user credentials never publish. The admin key (`[admin] key`) is a third kind: it only
+//! reaches `/admin/api/`, and is refused everywhere else before any provider sees it. Tokens
+//! are never logged; errors carry a reason only.
 //!
 //! Every identity carries its credential's grants (what it may see inside its account; see
 //! `grants.rs`), shared between identities holding equal sets. Grants are never logged either.
+//!
+//! Every identity says which credential vouched for it ([`Credential`]), as digests, so that
+//! after a configuration reload the hub can tell which open streams lost their credential.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +23,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tidings_protocol::Grants;
 
-use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig};
+use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig, StaticToken};
 use crate::grants::{GrantSets, from_claim};
 
 /// Introspection answers kept at most; older ones are evicted first.
@@ -48,12 +53,41 @@ pub struct Identity {
     /// What the credential grants inside the account, besides the implicit `user:<user>` and
     /// `session:<session>`; shared by every identity holding the same set.
     pub grants: Arc<Grants>,
+    /// What vouched for this identity.
+    pub credential: Credential,
 }
 
 impl Identity {
     /// Who is watching, for audience checks: this identity's user, session and grants.
     pub fn viewer(&self) -> tidings_protocol::Viewer {
         tidings_protocol::Viewer::new(self.user.clone(), self.session.clone(), self.grants.clone())
+    }
+}
+
+/// What vouched for an identity, kept with its stream so that a reload can tell whether the
+/// new configuration still accepts it ([`Authenticator::vouches_for`]). Holds digests, never a
+/// secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Credential {
+    /// A static token (`auth.tokens`, `auth.tokens_file`): a digest of the whole entry (token,
+    /// account, user, session, grants), so an entry that was removed or changed no longer
+    /// matches.
+    Static(u64),
+    /// A JWT, verified with the key of this fingerprint (algorithm, key material and the
+    /// grants claim).
+    Jwt(u64),
+    /// The introspection endpoint's answer.
+    Introspected,
+}
+
+impl Credential {
+    /// The kind, for the admin page and logs.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Static(_) => "static token",
+            Self::Jwt(_) => "jwt",
+            Self::Introspected => "introspection",
+        }
     }
 }
 
@@ -100,17 +134,30 @@ pub enum AuthError {
 #[derive(Debug)]
 pub struct Authenticator {
     tokens: HashMap<String, Identity>,
+    /// [`Credential::Static`] digests of `tokens`, for [`Authenticator::vouches_for`].
+    static_digests: HashSet<u64>,
     publishers: Vec<Publisher>,
+    /// `[admin] key`, when the admin page is on.
+    admin_key: Option<Vec<u8>>,
     cookie: String,
     query_token: bool,
     jwt: Option<JwtVerifier>,
-    introspection: Option<Introspector>,
+    /// Shared with the authenticator a reload builds when the settings did not change, so the
+    /// cache of answers survives the reload.
+    introspection: Option<Arc<Introspector>>,
     /// Shares grant sets between identities (see `grants.rs`).
     grant_sets: GrantSets,
 }
 
 impl Authenticator {
     pub fn new(c: &AuthConfig) -> Result<Self, ConfigError> {
+        Self::reusing(c, None)
+    }
+
+    /// Like [`Authenticator::new`], but keeps `previous`'s introspection client and cache when
+    /// the introspection settings are the same (a reload must not send every open session's
+    /// token to the host application again).
+    pub fn reusing(c: &AuthConfig, previous: Option<&Authenticator>) -> Result<Self, ConfigError> {
         let grant_sets = GrantSets::default();
         let tokens = c
             .tokens
@@ -124,23 +171,71 @@ impl Authenticator {
                     session: t.session.as_str().into(),
                     expires_at: None,
                     grants: grant_sets.share(grants),
+                    credential: Credential::Static(static_digest(t)),
                 };
                 Ok((t.token.clone(), id))
             })
-            .collect::<Result<_, ConfigError>>()?;
+            .collect::<Result<HashMap<String, Identity>, ConfigError>>()?;
+        let static_digests = tokens.values().filter_map(|id| if let Credential::Static(d) = id.credential { Some(d) } else { None }).collect();
+        let introspection = match (&c.introspection, previous.and_then(|p| p.introspection.as_ref())) {
+            (None, _) => None,
+            (Some(config), Some(kept)) if kept.config == *config => Some(kept.clone()),
+            (Some(config), _) => Some(Arc::new(Introspector::new(config)?)),
+        };
         Ok(Self {
             tokens,
+            static_digests,
             publishers: c
                 .publishers
                 .iter()
                 .map(|p| Publisher { key: p.key.as_bytes().to_vec(), name: p.name.as_deref().unwrap_or(PUBLISHER_UNNAMED).into() })
                 .collect(),
+            admin_key: None,
             cookie: c.cookie.clone(),
             query_token: c.query_token,
             jwt: c.jwt.as_ref().map(JwtVerifier::new).transpose()?,
-            introspection: c.introspection.as_ref().map(Introspector::new).transpose()?,
+            introspection,
             grant_sets,
         })
+    }
+
+    /// Turns on the admin credential (`[admin] key`); see [`Authenticator::check_admin`].
+    pub fn with_admin_key(mut self, key: Option<&str>) -> Self {
+        self.admin_key = key.map(|k| k.as_bytes().to_vec());
+        self
+    }
+
+    /// Whether a credential that vouched for an open stream is still accepted: its static
+    /// token entry is unchanged, its JWT key is still the configured one, or introspection is
+    /// still configured. A reload closes the streams it answers `false` for.
+    pub fn vouches_for(&self, credential: Credential) -> bool {
+        match credential {
+            Credential::Static(digest) => self.static_digests.contains(&digest),
+            Credential::Jwt(fingerprint) => self.jwt.as_ref().is_some_and(|j| j.fingerprint == fingerprint),
+            Credential::Introspected => self.introspection.is_some(),
+        }
+    }
+
+    /// Checks an admin API request's `Authorization: Bearer <admin key>`. Anything else, a user
+    /// token or a publisher key included, is [`AuthError::Missing`] or [`AuthError::Invalid`]:
+    /// the admin API tells nobody which other credentials exist.
+    pub fn check_admin(&self, headers: &HeaderMap) -> Result<(), AuthError> {
+        let key = bearer(headers).ok_or(AuthError::Missing)?;
+        if self.is_admin(key) { Ok(()) } else { Err(AuthError::Invalid) }
+    }
+
+    /// What a reload compares to say what changed, as digests and names (never a secret).
+    pub(crate) fn summary(&self) -> AuthSummary {
+        AuthSummary {
+            static_tokens: self.static_digests.clone(),
+            publishers: self.publishers.iter().map(|p| (fnv1a_parts(&[&p.key]), p.name.clone())).collect(),
+            admin_key: self.admin_key.as_deref().map(|k| fnv1a_parts(&[k])),
+            jwt: self.jwt.as_ref().map(|j| j.fingerprint),
+        }
+    }
+
+    fn is_admin(&self, key: &str) -> bool {
+        self.admin_key.as_deref().is_some_and(|admin| bool::from(admin.ct_eq(key.as_bytes())))
     }
 
     /// Finds the stream credential in a request: `Authorization: Token|Bearer …`, then the
@@ -166,6 +261,9 @@ impl Authenticator {
         if self.is_publisher(token) {
             return Err(AuthError::Forbidden("publisher keys cannot open streams"));
         }
+        if self.is_admin(token) {
+            return Err(AuthError::Forbidden("the admin key cannot open streams"));
+        }
         if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(token)) {
             return jwt.verify(token, &self.grant_sets);
         }
@@ -182,6 +280,9 @@ impl Authenticator {
         if let Some(p) = self.publisher(key) {
             return Ok(p.name.clone());
         }
+        if self.is_admin(key) {
+            return Err(AuthError::Forbidden("the admin key cannot publish; the admin page publishes test activities itself"));
+        }
         if self.tokens.contains_key(key) || (self.jwt.is_some() && looks_like_jwt(key)) {
             return Err(AuthError::Forbidden("user credentials cannot publish"));
         }
@@ -197,6 +298,16 @@ impl Authenticator {
         // much of a key matched nor which key did.
         self.publishers.iter().fold(None, |found, p| if bool::from(p.key.as_slice().ct_eq(key.as_bytes())) { Some(p) } else { found })
     }
+}
+
+/// The credentials an authenticator accepts, as digests and names, for reload logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AuthSummary {
+    pub static_tokens: HashSet<u64>,
+    /// Digest of each key, with its name.
+    pub publishers: Vec<(u64, Arc<str>)>,
+    pub admin_key: Option<u64>,
+    pub jwt: Option<u64>,
 }
 
 /// One publisher key and the name it is logged under.
@@ -238,8 +349,26 @@ fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|&b| b == b'.').count() == 2
 }
 
+/// Digest of a whole static token entry, for [`Credential::Static`].
+fn static_digest(t: &StaticToken) -> u64 {
+    // Grants included: a reload that changes them closes the entry's streams, which reconnect
+    // holding the new ones.
+    let mut parts = vec![t.token.as_bytes(), t.account.as_bytes(), t.user.as_bytes(), t.session.as_bytes()];
+    parts.extend(t.grants.iter().map(String::as_bytes));
+    fnv1a_parts(&parts)
+}
+
+/// [`fnv1a`] over several strings, each followed by a NUL so that no two lists of parts
+/// digest alike by moving a boundary.
+fn fnv1a_parts(parts: &[&[u8]]) -> u64 {
+    parts.iter().flat_map(|p| p.iter().copied().chain([0])).fold(FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
 struct JwtVerifier {
     key: DecodingKey,
+    /// Digest of the algorithm and key material: a reload that changes either closes the
+    /// streams this key vouched for.
+    fingerprint: u64,
     validation: Validation,
     account_claim: String,
     user_claim: String,
@@ -264,19 +393,28 @@ impl JwtVerifier {
             let path = c.public_key_file.as_ref().ok_or_else(|| invalid("needs public_key_pem or public_key_file".into()))?;
             std::fs::read(path).map_err(|source| ConfigError::Read { path: path.clone(), source })
         };
-        let (alg, key) = match c.algorithm.as_str() {
+        let (alg, key, material) = match c.algorithm.as_str() {
             "HS256" => {
                 let secret = c
                     .secret
                     .as_ref()
                     .filter(|s| s.len() >= JWT_HS256_SECRET_BYTES_MIN)
                     .ok_or_else(|| invalid(format!("HS256 needs a secret of at least {JWT_HS256_SECRET_BYTES_MIN} bytes")))?;
-                (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()))
+                (Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes()), secret.as_bytes().to_vec())
             }
-            "RS256" => (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem()?).map_err(|e| invalid(format!("RS256 key: {e}")))?),
-            "ES256" => (Algorithm::ES256, DecodingKey::from_ec_pem(&pem()?).map_err(|e| invalid(format!("ES256 key: {e}")))?),
+            "RS256" => {
+                let pem = pem()?;
+                (Algorithm::RS256, DecodingKey::from_rsa_pem(&pem).map_err(|e| invalid(format!("RS256 key: {e}")))?, pem)
+            }
+            "ES256" => {
+                let pem = pem()?;
+                (Algorithm::ES256, DecodingKey::from_ec_pem(&pem).map_err(|e| invalid(format!("ES256 key: {e}")))?, pem)
+            }
             other => return Err(invalid(format!("algorithm {other:?} is not one of HS256, RS256, ES256"))),
         };
+        // The grants claim too: a reload that reads grants elsewhere closes the streams whose
+        // grants came from the old claim.
+        let fingerprint = fnv1a_parts(&[c.algorithm.as_bytes(), &material, c.grants_claim.as_deref().unwrap_or("").as_bytes()]);
         // One algorithm only: a token's own `alg` header (including `none`) is never trusted.
         let mut validation = Validation::new(alg);
         validation.leeway = c.leeway.as_secs();
@@ -293,6 +431,7 @@ impl JwtVerifier {
         }
         Ok(Self {
             key,
+            fingerprint,
             validation,
             account_claim: c.account_claim.clone(),
             user_claim: c.user_claim.clone(),
@@ -325,7 +464,7 @@ impl JwtVerifier {
             Some(name) => from_claim(claims.get(name)).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?,
             None => Grants::none(),
         };
-        Ok(Identity { account, user, session, expires_at: exp, grants: grant_sets.share(grants) })
+        Ok(Identity { account, user, session, expires_at: exp, grants: grant_sets.share(grants), credential: Credential::Jwt(self.fingerprint) })
     }
 }
 
@@ -333,11 +472,16 @@ impl JwtVerifier {
 /// session claim. Stable across processes and nodes (std's hasher is randomly keyed), and ten
 /// lines do not warrant a dependency.
 fn fnv1a(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    s.bytes().fold(FNV_OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
 }
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x100_0000_01b3;
 
 #[derive(Debug)]
 struct Introspector {
+    /// The settings it was built from: a reload with the same settings keeps it (and its cache).
+    config: IntrospectionConfig,
     url: String,
     client: reqwest::Client,
     cache: moka::future::Cache<String, Result<Identity, AuthError>>,
@@ -379,7 +523,7 @@ impl Introspector {
             .max_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
             .expire_after(IntrospectionExpiry { positive_ttl, negative_ttl })
             .build();
-        Ok(Self { url: c.url.clone(), client, cache })
+        Ok(Self { config: c.clone(), url: c.url.clone(), client, cache })
     }
 
     async fn identify(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
@@ -430,7 +574,8 @@ impl Introspector {
         }
         let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fnv1a(token)));
         let grants = from_claim(a.grants.as_ref()).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?;
-        Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at, grants: grant_sets.share(grants) })
+        let user = a.user.unwrap_or_default().into();
+        Ok(Identity { account, user, session: session.into(), expires_at, grants: grant_sets.share(grants), credential: Credential::Introspected })
     }
 }
 

@@ -17,6 +17,7 @@ use axum::response::Response;
 use http::HeaderMap;
 use tracing::Instrument;
 
+use crate::HubState;
 use crate::config::TrustedProxy;
 
 /// The socket's peer, put in each request's extensions by the connection that read it.
@@ -63,11 +64,12 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 
 /// Decides each request's [`ClientAddr`] and runs the request inside a `request` span carrying
 /// it, so every line logged while handling the request names the client.
-pub(crate) async fn record_client(State(trusted): State<Arc<[TrustedProxy]>>, mut req: Request, next: Next) -> Response {
+/// `trusted_proxies` is read from the configuration in effect (a reload may change it).
+pub(crate) async fn record_client(State(hub): State<Arc<HubState>>, mut req: Request, next: Next) -> Response {
     let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>().copied() else {
         return next.run(req).await;
     };
-    let client = client_address(peer.ip(), req.headers(), &trusted);
+    let client = client_address(peer.ip(), req.headers(), &hub.config().trusted_proxies);
     req.extensions_mut().insert(ClientAddr(client));
     next.run(req).instrument(tracing::info_span!("request", %client)).await
 }

@@ -82,7 +82,7 @@ pub const REDIS_REPLICA_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 pub const FEED_EVENTS_MIN: usize = 100;
 
 /// The whole hub configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to bind; the `--listen` flag overrides it.
@@ -104,6 +104,8 @@ pub struct Config {
     /// proxies recorded, read right to left past every trusted hop; from anyone else the header
     /// is ignored. Empty (the default): the socket's peer is the client.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// The admin page and its API (`/admin/`); off without this section.
+    pub admin: Option<AdminConfig>,
 }
 
 /// One entry of `trusted_proxies`: an address or a network, in CIDR notation.
@@ -139,12 +141,13 @@ impl Default for Config {
             mapping: MappingConfig::default(),
             cors: CorsConfig::default(),
             trusted_proxies: Vec::new(),
+            admin: None,
         }
     }
 }
 
 /// Identity providers and publisher keys.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Name of the session cookie that carries the same tokens as the `Authorization` header.
@@ -181,7 +184,7 @@ impl Default for AuthConfig {
 }
 
 /// One static identity.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StaticToken {
     pub token: String,
@@ -195,7 +198,7 @@ pub struct StaticToken {
 }
 
 /// One publisher key.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PublisherKey {
     pub key: String,
@@ -204,8 +207,33 @@ pub struct PublisherKey {
     pub name: Option<String>,
 }
 
+/// The admin page (`/admin/`) and its JSON API (`/admin/api/`), for the people who run the hub.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The admin credential, sent as `Authorization: Bearer <key>` to `/admin/api/`. At least
+    /// [`ADMIN_KEY_CHARS_MIN`] characters, and never a user token, a publisher key or the JWT
+    /// secret: whoever holds it sees every account's activity and can revoke any session.
+    pub key: String,
+    /// A listener of its own (`"127.0.0.1:9090"`, an internal address): the admin page, its API
+    /// and `/metrics` are then served there and no longer on `listen`. Without it they share
+    /// `listen`.
+    pub listen: Option<SocketAddr>,
+}
+
+/// The key stays out of debug output.
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig").field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+/// Shortest admin key accepted: the admin API reads every account's activity, so its key must
+/// be as hard to guess as a 64-bit random value written in hex.
+pub const ADMIN_KEY_CHARS_MIN: usize = 16;
+
 /// JWT verification.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtConfig {
     /// `HS256`, `RS256` or `ES256`.
@@ -247,7 +275,7 @@ fn default_leeway() -> Duration {
 }
 
 /// Asking the host application who a token or cookie belongs to.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
     /// `POST`ed `{"token": "...", "source": "header"|"cookie"|"query"}`; see the README.
@@ -267,7 +295,7 @@ fn default_introspection_timeout() -> Duration {
 }
 
 /// Bounds on what one node holds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Open streams per node; beyond it new streams get 503 with `Retry-After`.
@@ -320,7 +348,7 @@ impl Default for Limits {
 }
 
 /// Bounds on per-account history.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Events kept per account.
@@ -342,7 +370,7 @@ impl Default for HistoryConfig {
 }
 
 /// Which engine holds history and carries events between publish and delivery.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
 pub enum EngineConfig {
     /// In this process only; ids change epoch on restart.
@@ -380,7 +408,7 @@ pub enum FsyncPolicy {
 
 /// Where the Redis engine keeps its history, how it reaches Redis (TLS, ACL user, Sentinel),
 /// and how long it waits for Redis.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]`. With `sentinels`, the
@@ -584,7 +612,7 @@ fn read_secret(what: &str, file: Option<&Path>, env: Option<&str>) -> Result<Opt
 
 /// Where invalidation keys come from: a mapping file, a shipped profile, or the generic
 /// default (`[type]`, `[type, id]`, `[parent-type, parent-id]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MappingConfig {
     /// A mapping file (TOML, see docs/mapping.md).
@@ -595,7 +623,7 @@ pub struct MappingConfig {
     pub type_spelling: TypeSpellingConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TypeSpellingConfig {
     #[default]
@@ -604,7 +632,7 @@ pub enum TypeSpellingConfig {
 }
 
 /// Cross-origin access for browser consoles served from another origin.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CorsConfig {
     /// Exact origins allowed (credentials are allowed for these). `*` is refused: a wildcard
@@ -758,6 +786,9 @@ impl Config {
                 return invalid("auth.publishers: a publisher key is also a user token".into());
             }
         }
+        if let Some(admin) = &self.admin {
+            self.validate_admin(admin, &seen)?;
+        }
         if self.mapping.file.is_some() && self.mapping.profile.is_some() {
             return invalid("mapping: give either file or profile, not both".into());
         }
@@ -778,6 +809,35 @@ impl Config {
             return invalid(format!(
                 "cors.allowed_origins: {o:?} is not an origin; write scheme://host[:port] as the browser sends it, e.g. \"https://console.example.com\""
             ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The admin key is a credential of its own: long enough, and never one that also opens
+    /// streams, publishes or signs sessions (whoever holds those must not become an admin, and
+    /// the admin key must never travel where they go, such as an introspection endpoint).
+    /// `tokens` are the static user tokens. Errors never contain the key.
+    fn validate_admin(&self, admin: &AdminConfig, tokens: &std::collections::HashSet<&str>) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(format!("admin.key: {m}")));
+        if admin.key.trim() != admin.key || admin.key.chars().any(char::is_control) {
+            return invalid("must not contain spaces at either end or control characters");
+        }
+        if admin.key.chars().count() < ADMIN_KEY_CHARS_MIN {
+            return invalid(&format!("must be at least {ADMIN_KEY_CHARS_MIN} characters (e.g. `openssl rand -hex 16`)"));
+        }
+        if tokens.contains(admin.key.as_str()) {
+            return invalid("is also a user token (auth.tokens or auth.tokens_file); the admin key must be a credential of its own");
+        }
+        if self.auth.publishers.iter().any(|p| p.key == admin.key) {
+            return invalid("is also a publisher key; the admin key must be a credential of its own");
+        }
+        if self.auth.jwt.as_ref().and_then(|j| j.secret.as_deref()) == Some(admin.key.as_str()) {
+            return invalid("is also the JWT secret; the admin key must be a credential of its own");
+        }
+        if admin.listen.is_some_and(|a| a == self.listen && a.port() != 0) {
+            return Err(ConfigError::Invalid(format!("admin.listen {} is also listen: give the admin listener an address of its own, or leave admin.listen out to share listen", self.listen)));
         }
         Ok(())
     }

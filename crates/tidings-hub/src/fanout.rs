@@ -18,7 +18,7 @@
 //! the other gets `closed` `superseded`.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::task::Waker;
 use std::time::{Duration, Instant};
@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tidings_protocol::{Audience, CloseReason, Viewer};
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Credential;
 use crate::metrics::Metrics;
 
 /// How long a stream that was told to close may take to flush its `closed` frame before its
@@ -58,6 +59,9 @@ pub struct StreamShared {
     pub account: Arc<str>,
     /// Who is watching: user, session and grants, which decide what of the account it sees.
     pub viewer: Viewer,
+    /// What vouched for the stream's identity; a reload that no longer accepts it closes the
+    /// stream (`revoked`).
+    pub credential: Credential,
     /// When the stream must end on its own (credential expiry or lifetime cap).
     pub deadline: Option<(Instant, CloseReason)>,
     /// Cancels this stream's connection; used only when a closing stream does not flush
@@ -189,9 +193,11 @@ pub struct Fanout {
     closing: Mutex<Vec<Arc<StreamShared>>>,
     next_id: AtomicU64,
     next_ticket: AtomicU64,
-    streams_per_node: usize,
-    streams_per_account: usize,
-    queue_capacity: usize,
+    /// The caps and the queue size of new streams: set at start and by a reload
+    /// ([`Fanout::set_limits`]); open streams keep the queue they were given.
+    streams_per_node: AtomicUsize,
+    streams_per_account: AtomicUsize,
+    queue_capacity: AtomicUsize,
     metrics: Arc<Metrics>,
     /// Set once by an engine shared by several nodes; until then nothing is queued in `claims`.
     claims_enabled: AtomicBool,
@@ -213,6 +219,7 @@ struct Registry {
 pub struct NewStream {
     pub account: Arc<str>,
     pub viewer: Viewer,
+    pub credential: Credential,
     pub deadline: Option<(Instant, CloseReason)>,
     pub connection: CancellationToken,
     /// From [`Fanout::ticket`], taken when the request arrived.
@@ -226,13 +233,21 @@ impl Fanout {
             closing: Mutex::default(),
             next_id: AtomicU64::new(1),
             next_ticket: AtomicU64::new(1),
-            streams_per_node,
-            streams_per_account,
-            queue_capacity,
+            streams_per_node: AtomicUsize::new(streams_per_node),
+            streams_per_account: AtomicUsize::new(streams_per_account),
+            queue_capacity: AtomicUsize::new(queue_capacity),
             metrics,
             claims_enabled: AtomicBool::new(false),
             claims: Mutex::default(),
         }
+    }
+
+    /// New caps and queue size, from a reload. Streams already open stay open even above a
+    /// lowered cap (new ones are refused until there is room) and keep their queue size.
+    pub fn set_limits(&self, streams_per_node: usize, streams_per_account: usize, queue_capacity: usize) {
+        self.streams_per_node.store(streams_per_node, Ordering::Relaxed);
+        self.streams_per_account.store(streams_per_account, Ordering::Relaxed);
+        self.queue_capacity.store(queue_capacity, Ordering::Relaxed);
     }
 
     /// An arrival ticket for a stream request, taken before any await: the order in which
@@ -254,11 +269,11 @@ impl Fanout {
             return Err(RegisterError::Overtaken);
         }
         let replacing = usize::from(previous.is_some());
-        if reg.total - replacing >= self.streams_per_node {
+        if reg.total - replacing >= self.streams_per_node.load(Ordering::Relaxed) {
             return Err(RegisterError::NodeFull);
         }
         let in_account = reg.accounts.get(&new.account).map_or(0, HashMap::len);
-        if in_account - replacing >= self.streams_per_account {
+        if in_account - replacing >= self.streams_per_account.load(Ordering::Relaxed) {
             return Err(RegisterError::AccountFull);
         }
         if let Some(old) = previous.and_then(|id| remove_locked(&mut reg, &new.account, id)) {
@@ -270,10 +285,16 @@ impl Fanout {
             arrived: new.arrived,
             account: new.account.clone(),
             viewer: new.viewer,
+            credential: new.credential,
             deadline: new.deadline,
             connection: new.connection,
             finished: AtomicBool::new(false),
-            queue: Mutex::new(QueueState { frames: VecDeque::new(), waker: None, close: None, capacity: self.queue_capacity }),
+            queue: Mutex::new(QueueState {
+                frames: VecDeque::new(),
+                waker: None,
+                close: None,
+                capacity: self.queue_capacity.load(Ordering::Relaxed),
+            }),
             claim: Mutex::default(),
         });
         reg.accounts.entry(new.account).or_default().insert(stream.id, stream.clone());
@@ -453,6 +474,65 @@ impl Fanout {
         n
     }
 
+    /// Closes every stream for which `close` answers true with `reason` (a reload closing the
+    /// streams whose credential it no longer accepts); returns how many were closed.
+    pub fn close_where(&self, reason: CloseReason, close: impl Fn(&StreamShared) -> bool) -> usize {
+        let matching: Vec<_> = {
+            let reg = self.registry.read().expect("registry lock");
+            reg.accounts.values().flat_map(HashMap::values).filter(|s| close(s)).cloned().collect()
+        };
+        for s in &matching {
+            s.close(reason);
+        }
+        let n = matching.len();
+        if n > 0 {
+            self.retire(matching);
+        }
+        n
+    }
+
+    /// Accounts with open streams on this node: their number, and the `n` holding the most
+    /// streams, most first (ties by name), each with its numbers of streams and of distinct
+    /// sessions.
+    pub fn top_accounts(&self, n: usize) -> (usize, Vec<(Arc<str>, usize, usize)>) {
+        let reg = self.registry.read().expect("registry lock");
+        let mut top: Vec<(&Arc<str>, usize)> = Vec::with_capacity(n.min(reg.accounts.len()) + 1);
+        for (account, streams) in &reg.accounts {
+            let count = streams.len();
+            let at = top.partition_point(|(a, c)| (*c, std::cmp::Reverse(*a)) > (count, std::cmp::Reverse(account)));
+            if at < n {
+                top.insert(at, (account, count));
+                top.truncate(n);
+            }
+        }
+        let sessions = |account: &Arc<str>| {
+            reg.accounts[account].values().map(|s| s.session()).collect::<std::collections::HashSet<_>>().len()
+        };
+        let top = top.into_iter().map(|(account, count)| (account.clone(), count, sessions(account))).collect();
+        (reg.accounts.len(), top)
+    }
+
+    /// The open streams of one account, at most `n`, ordered by session.
+    pub fn streams_of(&self, account: &str, n: usize) -> (usize, Vec<Arc<StreamShared>>) {
+        let reg = self.registry.read().expect("registry lock");
+        let Some(streams) = reg.accounts.get(account) else { return (0, Vec::new()) };
+        let mut all: Vec<_> = streams.values().cloned().collect();
+        all.sort_by(|a, b| a.session().cmp(b.session()));
+        all.truncate(n);
+        (streams.len(), all)
+    }
+
+    /// Accounts with an open stream on this node.
+    pub fn accounts_len(&self) -> usize {
+        self.registry.read().expect("registry lock").accounts.len()
+    }
+
+    /// Sessions with an open stream on this node (one stream per session, so also the number of
+    /// streams, unless a superseded one is still registered).
+    pub fn sessions_len(&self) -> usize {
+        self.registry.read().expect("registry lock").sessions.len()
+    }
+
     /// Closes every stream (shutdown), each with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
         let all: Vec<_> = {
@@ -536,6 +616,7 @@ mod tests {
         f.register(NewStream {
             account: "acme".into(),
             viewer: Viewer::new("u".into(), session.into(), Arc::default()),
+            credential: Credential::Introspected,
             deadline: None,
             connection: CancellationToken::new(),
             arrived,
@@ -563,7 +644,7 @@ mod tests {
         let open = |user: &str, session: &str, grants: &[&str]| {
             let grants = Arc::new(tidings_protocol::Grants::new(grants.iter().copied()).unwrap());
             let viewer = Viewer::new(user.into(), session.into(), grants);
-            f.register(NewStream { account: "acme".into(), viewer, deadline: None, connection: CancellationToken::new(), arrived: f.ticket() }).unwrap()
+            f.register(NewStream { account: "acme".into(), viewer, credential: Credential::Introspected, deadline: None, connection: CancellationToken::new(), arrived: f.ticket() }).unwrap()
         };
         let admin = open("ann", "s-1", &["role:admin"]);
         let viewer = open("vic", "s-2", &[]);

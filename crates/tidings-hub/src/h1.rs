@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+use crate::HubState;
 use crate::client_addr::PeerAddr;
 use crate::metrics::Metrics;
 use crate::timeouts::WriteStall;
@@ -62,12 +63,24 @@ pub(crate) struct ConnectionHandle(pub CancellationToken);
 pub(crate) struct Shared {
     pub router: axum::Router,
     pub hyper: auto::Builder<TokioExecutor>,
-    /// The hub's drain signal ([`crate::HubState`]): once cancelled, kept-alive connections
-    /// end after their current response.
-    pub draining: CancellationToken,
-    /// `limits.response_write_timeout`.
-    pub response_write_timeout: Duration,
-    pub metrics: Arc<Metrics>,
+    /// For its drain signal (once cancelled, kept-alive connections end after their current
+    /// response), its metrics and `limits.response_write_timeout` (read per response: a reload
+    /// may change it).
+    pub hub: Arc<HubState>,
+}
+
+impl Shared {
+    fn draining(&self) -> &CancellationToken {
+        self.hub.draining()
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        self.hub.metrics()
+    }
+
+    fn response_write_timeout(&self) -> Duration {
+        self.hub.config().limits.response_write_timeout
+    }
 }
 
 /// Serves one accepted connection until it ends. `conn` is the connection's own token: the
@@ -88,12 +101,12 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
                 Err(_) => {
                     // An idle kept-alive connection ending is routine; a partial head is not.
                     if !buf.is_empty() {
-                        shared.metrics.timed_out("head");
+                        shared.metrics().timed_out("head");
                     }
                     return;
                 }
             },
-            () = shared.draining.cancelled(), if buf.is_empty() => return,
+            () = shared.draining().cancelled(), if buf.is_empty() => return,
         };
         let (mut req, consumed) = match request {
             Head::Closed => return,
@@ -122,10 +135,10 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
         let written = if is_event_stream(response.headers()) {
             Box::pin(write_response(&socket, response, &mut buf)).await
         } else {
-            match tokio::time::timeout(shared.response_write_timeout, Box::pin(write_response(&socket, response, &mut buf))).await {
+            match tokio::time::timeout(shared.response_write_timeout(), Box::pin(write_response(&socket, response, &mut buf))).await {
                 Ok(written) => written,
                 Err(_) => {
-                    shared.metrics.timed_out("response");
+                    shared.metrics().timed_out("response");
                     return;
                 }
             }
@@ -138,7 +151,7 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
                 return;
             }
         }
-        if !keep_alive || shared.draining.is_cancelled() {
+        if !keep_alive || shared.draining().is_cancelled() {
             return;
         }
     }
@@ -366,7 +379,7 @@ async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &S
         req.extensions_mut().insert(PeerAddr(peer));
         router.clone().call(req)
     });
-    let stall = WriteStall::new(shared.response_write_timeout, shared.metrics.clone());
+    let stall = WriteStall::new(shared.response_write_timeout(), shared.metrics().clone());
     let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket, stall });
     let connection = watcher.watch(shared.hyper.serve_connection(io, svc).into_owned());
     if let Err(e) = Box::pin(connection).await {

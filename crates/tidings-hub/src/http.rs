@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 use tidings_protocol::frame::{Connected, activity_payload, encode_connected, encode_resync, encode_retry};
 use tidings_protocol::publish::{PublishErrorKind, parse_body};
-use tidings_protocol::CloseReason;
+use tidings_protocol::{CloseReason, EventId};
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
 use tokio_util::sync::CancellationToken;
 
@@ -26,27 +26,45 @@ use crate::fanout::{NewStream, RegisterError};
 use crate::h1::ConnectionHandle;
 use crate::stream::SseBody;
 
-pub fn router(state: Arc<HubState>) -> Router {
-    let cors = cors(&state.config().cors.allowed_origins);
-    let router = Router::new()
+/// The hub's routes. `with_metrics`: whether `/metrics` is among them (not when the admin page
+/// has a listener of its own, which then serves it: see [`operations_router`]).
+pub fn router(state: Arc<HubState>, with_metrics: bool) -> Router {
+    let mut router = Router::new()
         .route("/events/stream", get(stream))
         .route("/events", post(publish))
         .route("/sessions/revoke", post(revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/mapping", get(mapping))
-        .with_state(state);
-    match cors {
-        Some(layer) => router.layer(layer),
-        None => router,
+        .route("/mapping", get(mapping));
+    if with_metrics {
+        router = router.route("/metrics", get(metrics));
     }
+    router.layer(axum::middleware::from_fn_with_state(state.clone(), live_cors)).with_state(state)
+}
+
+/// What an internal listener (`[admin] listen`) serves beside the admin page: `/metrics`, and
+/// the health checks, so that probes and scrapes need no public port.
+pub(crate) fn operations_router(state: Arc<HubState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Applies the CORS layer of the configuration in effect (a reload may change the origins),
+/// or none when no origin is listed.
+async fn live_cors(State(hub): State<Arc<HubState>>, req: Request, next: axum::middleware::Next) -> Response {
+    use tower::ServiceExt;
+    let Some(layer) = hub.live().cors.clone() else { return next.run(req).await };
+    let Ok(response) = tower::Layer::layer(&layer, next).oneshot(req).await;
+    response
 }
 
 /// CORS for consoles served from another origin: exact origins only, with credentials (the
 /// session cookie), and the headers the SDKs send. No layer at all when no origin is listed,
 /// so browsers refuse cross-origin reads by default.
-fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+pub(crate) fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     use tower_http::cors::{AllowOrigin, CorsLayer};
     if origins.is_empty() {
         return None;
@@ -94,6 +112,7 @@ async fn open_stream(
         return Err(ApiError::unavailable("draining", "the hub is shutting down", RETRY_AFTER_BUSY_SECS));
     }
     let query_token = query.as_ref().and_then(|q| q.access_token.as_deref());
+    let generation = hub.generation();
     let identity = hub.identify_request(uri, headers, query_token).await?;
     if !accepts_event_stream(headers) {
         return Err(ApiError::new(StatusCode::NOT_ACCEPTABLE, "not_acceptable", "this endpoint only serves text/event-stream"));
@@ -103,13 +122,25 @@ async fn open_stream(
     let viewer = identity.viewer();
     let stream = hub
         .fanout()
-        .register(NewStream { account: identity.account.clone(), viewer: viewer.clone(), deadline, connection: conn, arrived })
+        .register(NewStream {
+            account: identity.account.clone(),
+            viewer: viewer.clone(),
+            credential: identity.credential,
+            deadline,
+            connection: conn,
+            arrived,
+        })
         .map_err(|e| match e {
             RegisterError::NodeFull => ApiError::unavailable("node_full", "this node holds its maximum of streams", RETRY_AFTER_BUSY_SECS),
             RegisterError::Overtaken => ApiError::new(StatusCode::CONFLICT, "superseded", "a newer stream of this session is already open"),
             RegisterError::AccountFull => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "account_full", "this account holds its maximum of streams")
                 .retry_after(RETRY_AFTER_BUSY_SECS),
         })?;
+    if !hub.still_vouched(generation, identity.credential) {
+        // A reload removed the credential while this request was being authenticated.
+        hub.fanout().deregister(&stream);
+        return Err(crate::auth::AuthError::Invalid.into());
+    }
     let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref()), &viewer).await {
         Ok(o) => o,
         Err(e) => {
@@ -241,7 +272,7 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
             ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", "the request body could not be read").field("body")
         }
     })?;
-    let items = parse_body(&body).map_err(|e| {
+    let mut items = parse_body(&body).map_err(|e| {
         let status = match e.kind {
             PublishErrorKind::Syntax => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -250,10 +281,10 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
         ApiError::new(status, code, e.message.clone()).field(e.field)
     })?;
     let batch: Vec<NewEvent> = items
-        .into_iter()
+        .iter_mut()
         .map(|item| {
             let keys = hub.resolve(&item.activity);
-            let audience = hub.audience(item.audience, &item.activity);
+            let audience = hub.audience(item.audience.take(), &item.activity);
             NewEvent {
                 account: item.account.as_str().into(),
                 payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into(),
@@ -269,6 +300,16 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
     })?;
     let duplicates = accepted.iter().filter(|a| a.duplicate).count();
     tracing::debug!(%publisher, events, duplicates, "published");
+    if hub.admin_enabled() {
+        // A duplicate was shown when it was first stored.
+        let (shown, ids): (Vec<(&str, &serde_json::Value)>, Vec<EventId>) = items
+            .iter()
+            .zip(&accepted)
+            .filter(|(_, a)| !a.duplicate)
+            .map(|(i, a)| ((i.account.as_str(), &i.activity), a.id))
+            .unzip();
+        hub.published(&shown, &ids, &publisher);
+    }
     Ok(accepted)
 }
 
@@ -339,7 +380,7 @@ async fn metrics(State(hub): State<Arc<HubState>>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use tidings_protocol::EventId;
+
 
     use super::*;
 

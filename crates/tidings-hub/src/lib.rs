@@ -2,8 +2,9 @@
 //! account, with resume, limits, metrics and graceful shutdown.
 //!
 //! [`Hub::run`] takes a bound listener and a cancellation token; it never installs signal
-//! handlers (the binary maps SIGINT/SIGTERM to the token) and never reads configuration from
-//! the environment (the binary parses it once into [`Config`]).
+//! handlers (the binary maps SIGINT/SIGTERM to the token and SIGHUP to [`HubState::reload`])
+//! and never reads configuration from the environment (the binary parses it once into
+//! [`Config`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use tidings_protocol::frame::encode_ping;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+mod admin;
 pub mod auth;
 pub mod client_addr;
 pub mod config;
@@ -24,21 +26,22 @@ pub mod http;
 pub mod metrics;
 pub mod origin;
 mod h1;
+mod live;
 mod serve;
 mod state;
 pub mod stream;
 mod timeouts;
 
 pub use config::Config;
-pub use state::HubState;
+pub use state::{HubState, Reloaded};
 
-use crate::auth::Authenticator;
 use crate::config::{ConfigError, EngineConfig};
 use crate::engine::durable::DurableEngine;
 use crate::engine::Engine;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::redis::RedisEngine;
 use crate::fanout::Fanout;
+use crate::live::Live;
 use crate::metrics::Metrics;
 
 /// How often deadlines (token expiry, lifetime) and stuck closing streams are checked.
@@ -65,14 +68,15 @@ fn open_files_reserve(open_files: u64) -> u64 {
 
 /// `limits.streams_per_node`, lowered when the process may not open that many files (each
 /// stream holds one socket) plus [`open_files_reserve`]. Without this, a node at its file
-/// limit can accept nothing at all: new streams, publishes and health checks all hang.
-fn streams_within_open_files(configured: usize) -> usize {
+/// limit can accept nothing at all: new streams, publishes and health checks all hang. `warn`:
+/// log a lowered value (at start; a reload says what changed itself).
+pub(crate) fn streams_within_open_files(configured: usize, warn: bool) -> usize {
     let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else { return configured };
     if soft == rlimit::INFINITY {
         return configured;
     }
     let fit = usize::try_from(soft.saturating_sub(open_files_reserve(soft))).unwrap_or(usize::MAX).max(1);
-    if fit < configured {
+    if fit < configured && warn {
         tracing::warn!(
             configured,
             streams_per_node = fit,
@@ -88,6 +92,8 @@ fn streams_within_open_files(configured: usize) -> usize {
 #[derive(Debug)]
 pub struct Hub {
     state: Arc<HubState>,
+    /// `[admin] listen`, once bound ([`Hub::serve_admin_on`]).
+    admin_listener: Option<TcpListener>,
 }
 
 impl Hub {
@@ -96,11 +102,10 @@ impl Hub {
         config.validate()?;
         let metrics = Arc::new(Metrics::new());
         let l = &config.limits;
-        let streams_per_node = streams_within_open_files(l.streams_per_node);
+        let streams_per_node = streams_within_open_files(l.streams_per_node, true);
         metrics.streams_max.set(i64::try_from(streams_per_node).unwrap_or(i64::MAX));
         let fanout = Arc::new(Fanout::new(streams_per_node, l.streams_per_account, l.stream_queue_frames, metrics.clone()));
-        let auth = Authenticator::new(&config.auth)?;
-        let resolver = config.mapping.resolver()?;
+        let live = Live::build(config.clone(), None)?;
         // Last: everything that only reads configuration has been checked before the engine
         // opens files or starts threads.
         let engine: Arc<dyn Engine> = match &config.engine {
@@ -110,8 +115,14 @@ impl Hub {
             ),
             EngineConfig::Redis(redis) => Arc::new(RedisEngine::start(redis, &config.history, fanout.clone()).map_err(engine::StartError::from)?),
         };
-        let state = HubState::new(state::Parts { config, auth, fanout, engine, resolver, metrics });
-        Ok(Self { state: Arc::new(state) })
+        let state = HubState::new(state::Parts { live, fanout, engine, metrics });
+        Ok(Self { state: Arc::new(state), admin_listener: None })
+    }
+
+    /// Serves the admin page, its API and `/metrics` on `listener` (bound from
+    /// `[admin] listen`) instead of the main listener, which then serves neither.
+    pub fn serve_admin_on(&mut self, listener: TcpListener) {
+        self.admin_listener = Some(listener);
     }
 
     pub fn state(&self) -> &Arc<HubState> {
@@ -143,13 +154,24 @@ impl Hub {
     pub async fn run_with_routes(self, listener: TcpListener, shutdown: CancellationToken, extra: axum::Router) -> std::io::Result<()> {
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(self.state.clone(), ticker_stop.clone()));
-        let body_deadline = timeouts::BodyDeadline { timeout: self.state.config().limits.body_timeout, metrics: self.state.metrics().clone() };
-        let trusted_proxies: Arc<[config::TrustedProxy]> = self.state.config().trusted_proxies.clone().into();
-        let router = http::router(self.state.clone())
-            .merge(extra)
-            .layer(axum::middleware::from_fn_with_state(body_deadline, timeouts::bound_request_body))
-            .layer(axum::middleware::from_fn_with_state(trusted_proxies, client_addr::record_client));
-        let result = serve::serve(self.state.clone(), router, listener, shutdown).await;
+        let hub = &self.state;
+        // Around every route, the host's and the admin's too.
+        let bounded = |router: axum::Router| {
+            router
+                .layer(axum::middleware::from_fn_with_state(hub.clone(), timeouts::bound_request_body))
+                .layer(axum::middleware::from_fn_with_state(hub.clone(), client_addr::record_client))
+        };
+        let own_admin_listener = self.admin_listener.is_some();
+        let public = http::router(hub.clone(), !own_admin_listener).merge(extra);
+        let mut endpoints = Vec::new();
+        match self.admin_listener {
+            None => endpoints.push((listener, bounded(public.merge(admin::router(hub.clone()))))),
+            Some(admin_listener) => {
+                endpoints.push((listener, bounded(public)));
+                endpoints.push((admin_listener, bounded(http::operations_router(hub.clone()).merge(admin::router(hub.clone())))));
+            }
+        }
+        let result = serve::serve(self.state.clone(), endpoints, shutdown).await;
         ticker_stop.cancel();
         let _ = ticker.await;
         self.state.engine().close().await;
@@ -164,7 +186,8 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
     let mut sweep = tokio::time::interval(SWEEP_INTERVAL.min(every));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut maintain = tokio::time::interval(MAINTAIN_INTERVAL);
-    for i in [&mut sweep, &mut heartbeat, &mut maintain] {
+    let mut sample = tokio::time::interval(admin::SAMPLE_INTERVAL);
+    for i in [&mut sweep, &mut heartbeat, &mut maintain, &mut sample] {
         i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     loop {
@@ -176,6 +199,7 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
                 hub.fanout().broadcast(&ping);
             }
             _ = maintain.tick() => hub.engine().maintain(),
+            _ = sample.tick() => hub.sample_for_admin(),
         }
     }
 }

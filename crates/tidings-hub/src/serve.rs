@@ -21,20 +21,44 @@ use crate::h1;
 /// Pause after a failed `accept` (for example EMFILE) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
-pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+/// Serves every `(listener, router)` pair (the main listener, and the admin listener when it
+/// has its own) until `shutdown`, then drains them all as one.
+pub(crate) async fn serve(hub: Arc<HubState>, endpoints: Vec<(TcpListener, axum::Router)>, shutdown: CancellationToken) -> std::io::Result<()> {
     let mut hyper = auto::Builder::new(TokioExecutor::new());
     hyper.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(h1::HEAD_READ_TIMEOUT);
-    let shared = Arc::new(h1::Shared {
-        router,
-        hyper,
-        draining: hub.draining().clone(),
-        response_write_timeout: hub.config().limits.response_write_timeout,
-        metrics: hub.metrics().clone(),
-    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = TaskTracker::new();
     // Cancelled after the grace period: drops every connection still open.
     let hard_stop = CancellationToken::new();
+    let accepting = endpoints.into_iter().map(|(listener, router)| {
+        let shared = Arc::new(h1::Shared { router, hyper: hyper.clone(), hub: hub.clone() });
+        accept(&hub, shared, listener, &shutdown, &graceful, &connections, &hard_stop)
+    });
+    futures_util::future::join_all(accepting).await;
+    hub.begin_drain();
+    connections.close();
+    let grace = hub.config().limits.shutdown_grace;
+    tracing::info!(streams = hub.fanout().closing_len(), ?grace, "shutting down: streams told to close");
+    tokio::select! {
+        _ = async { tokio::join!(graceful.shutdown(), connections.wait()) } => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(grace) => {
+            tracing::warn!(?grace, "grace period over; dropping remaining connections");
+            hard_stop.cancel();
+        }
+    }
+    Ok(())
+}
+
+/// Accepts connections on one listener until `shutdown`, then drops the listener.
+async fn accept(
+    hub: &HubState,
+    shared: Arc<h1::Shared>,
+    listener: TcpListener,
+    shutdown: &CancellationToken,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    connections: &TaskTracker,
+    hard_stop: &CancellationToken,
+) {
     loop {
         let (socket, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -60,17 +84,4 @@ pub(crate) async fn serve(hub: Arc<HubState>, router: axum::Router, listener: Tc
             metrics.connections_open.dec();
         });
     }
-    drop(listener);
-    hub.begin_drain();
-    connections.close();
-    let grace = hub.config().limits.shutdown_grace;
-    tracing::info!(streams = hub.fanout().closing_len(), ?grace, "shutting down: streams told to close");
-    tokio::select! {
-        _ = async { tokio::join!(graceful.shutdown(), connections.wait()) } => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(grace) => {
-            tracing::warn!(?grace, "grace period over; dropping remaining connections");
-            hard_stop.cancel();
-        }
-    }
-    Ok(())
 }

@@ -27,22 +27,23 @@ use http::{HeaderValue, StatusCode, header};
 use http_body::{Frame, SizeHint};
 use tokio::time::Sleep;
 
+use crate::HubState;
 use crate::error::ApiError;
+
+/// The bound on one request's body.
+struct BodyDeadline {
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
 use crate::metrics::Metrics;
 
-/// What [`bound_request_body`] needs.
-#[derive(Debug, Clone)]
-pub(crate) struct BodyDeadline {
-    pub timeout: Duration,
-    pub metrics: Arc<Metrics>,
-}
-
-/// Gives the request's body until `timeout` from now to arrive in full; answers 408 and
-/// closes the connection when it does not.
-pub(crate) async fn bound_request_body(State(bound): State<BodyDeadline>, req: Request, next: Next) -> Response {
+/// Gives the request's body until `limits.body_timeout` (as in effect when the request
+/// arrived) from now to arrive in full; answers 408 and closes the connection when it does not.
+pub(crate) async fn bound_request_body(State(hub): State<Arc<HubState>>, req: Request, next: Next) -> Response {
     if http_body::Body::is_end_stream(req.body()) {
         return next.run(req).await;
     }
+    let bound = BodyDeadline { timeout: hub.config().limits.body_timeout, metrics: hub.metrics().clone() };
     let expired = Arc::new(AtomicBool::new(false));
     let req = req.map(|inner| {
         Body::new(DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(bound.timeout)), expired: expired.clone() })

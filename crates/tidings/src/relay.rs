@@ -88,7 +88,9 @@ pub async fn run(args: RelayArgs) -> Result<()> {
     config.validate().context("invalid relay settings")?;
     let metrics = Arc::new(Metrics::new());
     let shutdown = CancellationToken::new();
-    crate::signals::spawn(shutdown.clone());
+    crate::signals::spawn(shutdown.clone(), || {
+        tracing::warn!("SIGHUP: the relay takes its settings from flags and the environment; restart it to change them");
+    });
     if let Some(addr) = args.listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         println!("tidings relay listening on http://{} (metrics, readiness)", listener.local_addr()?);

@@ -1,15 +1,16 @@
-//! `tidings serve`: configuration from file, environment and flags, validated before binding.
+//! `tidings serve`: configuration from file, environment and flags, validated before binding,
+//! and read again on SIGHUP.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use tidings_hub::config::{PublisherKey, StaticToken};
-use tidings_hub::{Config, Hub};
+use tidings_hub::{Config, Hub, HubState};
 use tokio_util::sync::CancellationToken;
 
-/// Runs the hub until SIGINT or SIGTERM.
+/// Runs the hub until SIGINT or SIGTERM; SIGHUP reloads the configuration file.
 pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Result<()> {
     let (mut config, dev) = match &config_path {
         Some(path) => (Config::from_file(path).with_context(|| format!("loading {}", path.display()))?, None),
@@ -21,14 +22,29 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     if let Some(listen) = listen {
         config.listen = listen;
     }
-    let hub = Hub::new(config.clone()).context("cannot start the hub")?;
+    let mut hub = Hub::new(config.clone()).context("cannot start the hub")?;
     let listener = Hub::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let admin_addr = match config.admin.as_ref().and_then(|a| a.listen) {
+        Some(admin) => {
+            let admin_listener = Hub::bind(admin).await.with_context(|| format!("binding admin.listen {admin}"))?;
+            let admin_addr = admin_listener.local_addr()?;
+            hub.serve_admin_on(admin_listener);
+            Some(admin_addr)
+        }
+        None => None,
+    };
     let shutdown = CancellationToken::new();
-    crate::signals::spawn(shutdown.clone());
+    let state = hub.state().clone();
+    crate::signals::spawn(shutdown.clone(), move || reload(&state, config_path.as_deref(), listen));
     let engine = hub.state().engine_name();
     print_banner(|out| {
         writeln!(out, "tidings {} listening on http://{addr} (engine: {engine})", env!("CARGO_PKG_VERSION"))?;
+        if config.admin.is_some() {
+            let on = admin_addr.unwrap_or(addr);
+            let metrics = if admin_addr.is_some() { " and /metrics, on this address only" } else { "" };
+            writeln!(out, "admin page: http://{on}/admin/ (sign in with admin.key{metrics})")?;
+        }
         match &dev {
             Some(dev) => print_dev_banner(out, addr, dev),
             None => Ok(()),
@@ -37,6 +53,26 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     hub.run(listener, shutdown).await.context("serving")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration file again and hands it to the hub, which applies what can
+/// change live or, when anything is wrong with it, keeps running as it was. `listen` is the
+/// `--listen` flag, which overrides the file now as it did at start.
+fn reload(hub: &HubState, path: Option<&Path>, listen: Option<SocketAddr>) {
+    let Some(path) = path else {
+        tracing::warn!("SIGHUP: started without --config, so there is nothing to reload; the hub keeps running as it is");
+        return;
+    };
+    tracing::info!(file = %path.display(), "SIGHUP: reloading the configuration");
+    let result = Config::from_file(path).and_then(|mut config| {
+        if let Some(listen) = listen {
+            config.listen = listen;
+        }
+        hub.reload(config)
+    });
+    if let Err(e) = result {
+        tracing::error!(error = %e, "reload refused; the hub keeps running with its previous configuration");
+    }
 }
 
 /// Dev credentials generated for the embedded defaults.

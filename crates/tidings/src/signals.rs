@@ -1,5 +1,5 @@
 //! The process's signals, in one place: SIGTERM and SIGINT start the hub's graceful shutdown;
-//! SIGHUP, which operators send to mean "reload", is received and ignored (its default action
+//! SIGHUP, which operators send to mean "reload", calls the command's reload (its default action
 //! would end the process at once, without `closed` frames or a drain).
 //!
 //! SIGPIPE needs nothing here: Rust's runtime ignores it before `main`, so a write to a closed
@@ -10,8 +10,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Installs the handlers now (a signal that arrives once this returns is never missed, even
 /// before the start-up lines are out) and spawns the task that cancels `shutdown` on SIGTERM or
-/// SIGINT.
-pub fn spawn(shutdown: CancellationToken) {
+/// SIGINT and calls `on_hangup` on each SIGHUP, one at a time (a SIGHUP arriving during a
+/// reload is taken after it). `on_hangup` runs on that task: a slow reload delays the next
+/// SIGHUP, never a shutdown (a SIGTERM waits at most for the reload in progress).
+pub fn spawn(shutdown: CancellationToken, mut on_hangup: impl FnMut() + Send + 'static) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -35,14 +37,9 @@ pub fn spawn(shutdown: CancellationToken) {
     }
     #[cfg(not(unix))]
     tokio::spawn(async move {
+        let _ = &mut on_hangup;
         let _ = tokio::signal::ctrl_c().await;
         shutdown.cancel();
         tracing::info!("Ctrl-C: shutting down");
     });
-}
-
-/// SIGHUP: nothing can be reloaded yet, so the hub keeps running as it is.
-#[cfg(unix)]
-fn on_hangup() {
-    tracing::warn!("SIGHUP received and ignored: this version cannot reload its configuration; restart the hub to apply changes");
 }

@@ -405,3 +405,21 @@ async fn a_keyed_item_with_an_audience_is_stored_once_and_seen_by_its_audience_o
         assert_eq!(read_until(&mut replay, 2).await, [1, 2], "{engine}");
     }
 }
+
+/// A reload that changes a static token's grants closes that token's streams (`revoked`): they
+/// reconnect holding the new grants. Streams of unchanged tokens stay open.
+#[tokio::test]
+async fn a_reload_that_changes_a_tokens_grants_revokes_its_streams() {
+    let hub = Hub::start(&config("", GRANTED_TOKENS)).await;
+    let (mut admin, _) = open(&hub, "tok-admin").await;
+    let (mut viewer, _) = open(&hub, "tok-viewer").await;
+    hub.write_config(&config("", &GRANTED_TOKENS.replace(r#"grants = ["role:viewer"]"#, r#"grants = ["role:viewer", "role:admin"]"#)));
+    let said = hub.reload().await;
+    assert!(said.contains("revoked=1"), "{said}");
+    let closed = viewer.next_non_ping(T).await.expect("a closed frame");
+    assert_eq!((closed.kind(), closed.data["reason"].as_str()), ("closed", Some("revoked")));
+    let (mut viewer, _) = open(&hub, "tok-viewer").await;
+    publish_with(&hub, "acme", &[(1, Some(json!(["role:admin"])))]).await;
+    assert_eq!(read_until(&mut viewer, 1).await, [1], "the new grant holds");
+    assert_eq!(read_until(&mut admin, 1).await, [1], "an unchanged token's stream stays open");
+}

@@ -9,6 +9,7 @@
 mod load;
 mod mapping;
 mod resolve;
+mod suggest;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +20,7 @@ pub use mapping::{
     ParentEntry, ResourceEntry,
 };
 pub use resolve::{Explanation, Resolver};
+pub use suggest::{Suggestion, suggest_entry};
 
 /// A query key: a JSON array, matched by prefix.
 pub type Key = Vec<Value>;

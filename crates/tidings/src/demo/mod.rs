@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use tidings_hub::config::{JwtConfig, PublisherKey};
+use tidings_hub::config::{AdminConfig, JwtConfig, PublisherKey};
 use tidings_hub::{Config, Hub};
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +52,10 @@ pub struct DemoArgs {
     /// activities of their own. Without it the demo's own changes are the only publisher.
     #[arg(long)]
     publisher_key: Option<String>,
+    /// Turn the admin page on at `/admin/`, signed in with this key (at least 16 characters,
+    /// e.g. `openssl rand -hex 16`).
+    #[arg(long)]
+    admin_key: Option<String>,
 }
 
 pub async fn run(args: DemoArgs) -> Result<()> {
@@ -73,14 +77,18 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     if let Some(key) = args.publisher_key {
         config.auth.publishers.push(PublisherKey { key, name: Some("demo".into()) });
     }
+    config.admin = args.admin_key.map(|key| AdminConfig { key, listen: None });
     config.limits.shutdown_grace = Duration::from_secs(2);
+    let admin = config.admin.is_some();
     let hub = Hub::new(config).context("demo configuration")?;
     let listener = Hub::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     let accounts: Vec<&str> = users::TEAMMATES.iter().map(|t| t.0).collect();
     let demo = Demo { hub: hub.state().clone(), store: Arc::new(Mutex::new(Store::seeded(&accounts))), jwt_secret: DEMO_JWT_SECRET.into() };
     let shutdown = CancellationToken::new();
-    crate::signals::spawn(shutdown.clone());
+    crate::signals::spawn(shutdown.clone(), || {
+        tracing::warn!("SIGHUP: the demo has no configuration file to reload; it keeps running as it is");
+    });
     if !args.no_teammate {
         tokio::spawn(teammate(demo.clone(), args.teammate_every, shutdown.clone()));
     }
@@ -88,7 +96,11 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
         writeln!(out, "alice, bob and dave share the account acme; carol is in globex.")?;
-        writeln!(out, "dave does not hold firewall:read: firewall rules and their changes never reach his screen.")
+        writeln!(out, "dave does not hold firewall:read: firewall rules and their changes never reach his screen.")?;
+        if admin {
+            writeln!(out, "admin page: http://{addr}/admin/ (sign in with the --admin-key)")?;
+        }
+        Ok(())
     });
     let extra = api::router(demo).merge(assets::router());
     hub.run_with_routes(listener, shutdown, extra).await.context("serving")?;

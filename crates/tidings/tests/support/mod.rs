@@ -170,6 +170,58 @@ impl Hub {
             .sum()
     }
 
+    /// Rewrites the configuration file the hub was started with (for a reload).
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(&self.config_path, toml).unwrap();
+    }
+
+    /// Sends SIGHUP and waits until the hub logged the outcome: a reload or its refusal.
+    /// Returns what it logged from the signal on.
+    pub async fn reload(&self) -> String {
+        let from = self.output.lock().unwrap().len();
+        let pid = self.pid().to_string();
+        assert!(std::process::Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let said = self.output.lock().unwrap()[from..].join("\n");
+            if said.contains("configuration reloaded") || said.contains("reload refused") {
+                return said;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no reload outcome logged after SIGHUP: {said}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The admin page's address as the hub printed it (`admin page: http://…/admin/`, the line
+    /// after `listening on`).
+    pub async fn admin_addr(&self) -> String {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let found = self.output.lock().unwrap().iter().find_map(|l| Some(l.split("admin page: http://").nth(1)?.split("/admin/").next()?.to_owned()));
+            if let Some(addr) = found {
+                return addr;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no admin page line: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Calls the admin API (`/admin/api/<path>`) with `key`: a GET, or a POST of `body`.
+    pub async fn admin_api(&self, key: Option<&str>, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let url = format!("http://{}/admin/api/{path}", self.admin_addr().await);
+        let client = reqwest::Client::new();
+        let mut req = match body {
+            Some(b) => client.post(url).json(b),
+            None => client.get(url),
+        };
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn sigterm(&self) {
         let pid = self.child.id().expect("running");
         std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
