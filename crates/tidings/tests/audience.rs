@@ -423,3 +423,19 @@ async fn a_reload_that_changes_a_tokens_grants_revokes_its_streams() {
     assert_eq!(read_until(&mut viewer, 1).await, [1], "the new grant holds");
     assert_eq!(read_until(&mut admin, 1).await, [1], "an unchanged token's stream stays open");
 }
+
+/// The admin page's test publish takes the body of `POST /events`, audience included, and
+/// honours it like any publish.
+#[tokio::test]
+async fn the_admin_pages_test_publish_honours_an_audience() {
+    const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
+    let hub = Hub::start(&config("", &format!("{GRANTED_TOKENS}[admin]\nkey = \"{ADMIN_KEY}\"\n"))).await;
+    let (mut admin, _) = open(&hub, "tok-admin").await;
+    let (mut viewer, _) = open(&hub, "tok-viewer").await;
+    for (n, audience) in [(1, json!(["role:admin"])), (2, json!(["role:viewer"]))] {
+        let (status, answer) = hub.admin_api(Some(ADMIN_KEY), "publish", Some(&json!({"account": "acme", "audience": audience, "data": activity(n)}))).await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    assert_eq!(read_until(&mut admin, 1).await, [1]);
+    assert_eq!(read_until(&mut viewer, 2).await, [2]);
+}
