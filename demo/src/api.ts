@@ -6,12 +6,27 @@ export interface User {
   name: string;
   email: string;
   account: string;
+  grants: string[];
 }
 
 export interface Me {
   user: User;
   account: string;
   session: string;
+  /** What the session may see inside the account, as the hub reads it from the session. */
+  grants: string[];
+}
+
+/** Who may see firewall rules: every rule change is published with this audience. */
+export const FIREWALL_GRANT = 'firewall:read';
+
+export interface Rule {
+  id: number;
+  name: string;
+  action: 'allow' | 'deny';
+  version: number;
+  updated_at: string;
+  last_editor: string;
 }
 
 export interface Application {
@@ -66,12 +81,16 @@ export const api = {
   create: (name: string) => call<Application>('POST', '/applications', { name }),
   edit: (id: number, changes: Partial<Pick<Application, 'name' | 'status' | 'notes'>>) => call<Application>('PATCH', `/applications/${id}`, changes),
   remove: (id: number) => call<void>('DELETE', `/applications/${id}`),
+  rules: () => call<{ rules: Rule[] }>('GET', '/firewall-rules').then((r) => r.rules),
+  editRule: (id: number, changes: Pick<Rule, 'action'>) => call<Rule>('PATCH', `/firewall-rules/${id}`, changes),
 };
 
 /** Query keys: the hub's generic mapping turns a change of resource type `application` into
- * `["application"]` (list) and `["application", id]` (detail). */
+ * `["application"]` (list) and `["application", id]` (detail), and one of `firewall rule` into
+ * `["firewall-rule"]` and `["firewall-rule", id]`. */
 export const keys = {
   list: ['application'] as const,
   detail: (id: number) => ['application', id] as const,
+  rules: ['firewall-rule'] as const,
   activity: ['demo-activity'] as const,
 };

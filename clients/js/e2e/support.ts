@@ -187,6 +187,7 @@ export async function apiAs(demo: Demo, user: string) {
     list: async () => ((await call('GET', '/applications')) as { applications: Array<{ id: number; name: string }> }).applications,
     edit: (id: number, changes: Record<string, unknown>) => call('PATCH', `/applications/${id}`, changes),
     create: (name: string) => call('POST', '/applications', { name }),
+    editRule: (id: number, action: 'allow' | 'deny') => call('PATCH', `/firewall-rules/${id}`, { action }),
   };
 }
 
@@ -257,8 +258,8 @@ export async function sdkPage(context: BrowserContext, demo: Demo, withQuery = f
   return page;
 }
 
-/** Publishes a batch (up to 1,000 items) in one request. */
-export async function publishBatch(demo: Demo, items: Array<{ account: string; data: unknown }>): Promise<string[]> {
+/** Publishes a batch (up to 1,000 items) in one request; an item's `audience` limits who sees it. */
+export async function publishBatch(demo: Demo, items: Array<{ account: string; data: unknown; audience?: string[] }>): Promise<string[]> {
   const r = await fetch(`${demo.url}/events`, {
     method: 'POST',
     headers: { authorization: `Bearer ${PUBLISHER_KEY}`, 'content-type': 'application/json' },

@@ -178,6 +178,34 @@ describe('one stream per session across tabs', () => {
     release();
   });
 
+  it('gaps in the ids (events of the account this session may not see) are no loss: no resync, every activity, resume from the last id', async () => {
+    const g = group();
+    const a = g.tab();
+    const b = g.tab();
+    a.tidings.start();
+    await settle();
+    b.tidings.start();
+    await settle();
+    // The hub holds back events whose audience this session is outside of: seqs 1-4, 6-8 and
+    // 10-29 were someone else's.
+    g.hub.conn.send(connected('e-0') + activity('e-5', { n: 5 }, [['app']]) + activity('e-9', { n: 9 }, [['app']]) + activity('e-30', { n: 30 }, [['app']]));
+    await settle();
+    for (const t of [a, b]) expect(t.activities()).toEqual(['e-5', 'e-9', 'e-30']);
+    g.hub.conn.end();
+    await settle();
+    await g.clock.advance(a.tidings.status.stream!.retryInMs!);
+    expect(g.hub.requests).toHaveLength(2);
+    expect(g.hub.last.headers['last-event-id']).toBe('e-30');
+    // The hub replays from there what the session may see (only hidden events: nothing).
+    g.hub.conn.send(frame({ type: 'connected', client_id: 'c2', timestamp: 't', heartbeat_ms: 1_000, resumed: true }, 'e-30') + activity('e-77', { n: 77 }, [['app']]));
+    await settle();
+    for (const t of [a, b]) {
+      expect(t.activities()).toEqual(['e-5', 'e-9', 'e-30', 'e-77']);
+      expect(t.events.filter((e) => e.type === 'resync')).toEqual([]);
+      expect(t.tidings.status).toMatchObject({ connected: true, clientId: 'c2' });
+    }
+  });
+
   it('hand-over when the leader tab goes away: immediate, resuming from the last relayed id', async () => {
     const g = group();
     const a = g.tab();

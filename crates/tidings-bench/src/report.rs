@@ -84,7 +84,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             m("kernel TCP memory per stream, both ends (KiB)", |o| o.sock_mem_per_stream_kib, 2, false),
             connect,
         ],
-        Scenario::Fanout | Scenario::ManyAccounts => vec![
+        Scenario::Fanout | Scenario::FanoutAudience | Scenario::ManyAccounts => vec![
             m("publishes/s achieved", |o| o.publish_rate_achieved, 0, false),
             m("deliveries/s", |o| o.deliveries_per_sec, 0, true),
             m("latency p50 (ms)", |o| o.p50_ms, 1, true),
@@ -97,6 +97,7 @@ fn metrics(s: Scenario) -> Vec<Metric> {
             m("publish errors", |o| Some(o.publish_errors.values().sum::<u64>() as f64), 0, false),
             m("target CPU (cores busy)", |o| Some(o.target_cpu_secs? / o.cpu_window_secs?), 2, false),
             m("load generator CPU (cores busy)", |o| Some(o.loadgen_cpu_secs? / o.cpu_window_secs?), 2, false),
+            m("target CPU per delivery (µs)", |o| Some(o.target_cpu_secs? * 1e6 / o.delivered.max(1) as f64), 2, true),
         ],
         Scenario::ConnectStorm => vec![connect, errors],
         Scenario::ResumeStorm => vec![
@@ -180,6 +181,12 @@ pub fn markdown(r: &Report) -> String {
         let detail = match s {
             Scenario::Idle => format!("{} streams over {} accounts, idle {:?}", any.streams, any.accounts, sizes.settle),
             Scenario::Fanout => format!("{} streams in one account, {} publishes/s for {:?}", any.streams, sizes.fanout_rate, sizes.duration),
+            Scenario::FanoutAudience => format!(
+                "{} streams in one account, half of them in every event's audience, {} publishes/s (twice (b)'s, so as many deliveries are asked) for {:?}",
+                any.streams,
+                sizes.fanout_rate * 2.0,
+                sizes.duration
+            ),
             Scenario::ManyAccounts => format!("{} streams over {} accounts, {} publishes/s for {:?}", any.streams, any.accounts, sizes.many_rate, sizes.duration),
             Scenario::ConnectStorm => format!("{} streams connecting at once", any.streams),
             Scenario::ResumeStorm => format!("hub restarted under {} streams over {} accounts, {} publishes/s throughout", any.streams, any.accounts, sizes.resume_rate),

@@ -1,5 +1,5 @@
-//! The scenarios, each run against a freshly started target: idle memory, fan-out, many
-//! accounts, connect storm, resume storm.
+//! The scenarios, each run against a freshly started target: idle memory, fan-out (with and
+//! without an audience), many accounts, connect storm, resume storm.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,24 +25,40 @@ pub enum Scenario {
     #[default]
     Idle,
     Fanout,
+    /// The fan-out with an audience on every event that half of the streams are in (Tidings
+    /// only), at twice the publish rate, so the deliveries asked for are those of `fanout`.
+    FanoutAudience,
     ManyAccounts,
     ConnectStorm,
     ResumeStorm,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 5] = [Scenario::Idle, Scenario::Fanout, Scenario::ManyAccounts, Scenario::ConnectStorm, Scenario::ResumeStorm];
+    pub const ALL: [Scenario; 6] =
+        [Scenario::Idle, Scenario::Fanout, Scenario::FanoutAudience, Scenario::ManyAccounts, Scenario::ConnectStorm, Scenario::ResumeStorm];
 
     pub fn title(self) -> &'static str {
         match self {
             Scenario::Idle => "(a) idle",
             Scenario::Fanout => "(b) fan-out, one account",
+            Scenario::FanoutAudience => "(b') fan-out, one account, an audience on every event",
             Scenario::ManyAccounts => "(c) many accounts",
             Scenario::ConnectStorm => "(d) connect storm",
             Scenario::ResumeStorm => "(e) resume storm",
         }
     }
+
+    /// Whether a target can run it: audiences are a Tidings feature.
+    pub fn runs_on(self, kind: Kind) -> bool {
+        self != Scenario::FanoutAudience || kind == Kind::Tidings
+    }
 }
+
+/// The grant of half the streams (the even ones), which every event of
+/// [`Scenario::FanoutAudience`] is addressed to; the other half hold [`GRANT_ODD`]. Every
+/// stream holds its grant in every scenario, so (b) and (b') run against the same hub.
+pub const GRANT_EVEN: &str = "bench:half-0";
+pub const GRANT_ODD: &str = "bench:half-1";
 
 /// Sizes of the scenarios; the defaults are the issue's.
 #[derive(Debug, Clone, Serialize, Deserialize, clap::Args)]
@@ -306,7 +322,7 @@ impl Harness {
     pub async fn run(&self, kind: Kind, scenario: Scenario, sizes: &Sizes, identity: Identity) -> Result<Outcome> {
         let n = sizes.streams;
         let accounts = match scenario {
-            Scenario::Fanout | Scenario::ConnectStorm => 1,
+            Scenario::Fanout | Scenario::FanoutAudience | Scenario::ConnectStorm => 1,
             Scenario::Idle | Scenario::ManyAccounts | Scenario::ResumeStorm => sizes.accounts.min(n).max(1),
         };
         let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_url: None, nofile: self.nofile, history: String::new() };
@@ -342,17 +358,25 @@ impl Harness {
                 out.processes = target.processes();
                 out.load_avg = procfs::load_avg();
             }
-            Scenario::Fanout | Scenario::ManyAccounts => {
-                let rate = if scenario == Scenario::Fanout { sizes.fanout_rate } else { sizes.many_rate };
+            Scenario::Fanout | Scenario::FanoutAudience | Scenario::ManyAccounts => {
+                let (rate, api) = match scenario {
+                    Scenario::Fanout => (sizes.fanout_rate, target.publish_api()),
+                    Scenario::FanoutAudience => (sizes.fanout_rate * 2.0, target.publish_api().with_audience(GRANT_EVEN)),
+                    _ => (sizes.many_rate, target.publish_api()),
+                };
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 streams.reset_latency().await?;
                 let base = streams.counts();
                 let stop = Arc::new(AtomicBool::new(false));
                 let cpu0 = (target.cpu_secs(), procfs::tree_cpu_secs(std::process::id()));
                 let t_pub = Instant::now();
-                let publisher = spawn_publisher(target.publish_api(), rate, sizes.duration, accounts, stop);
+                let publisher = spawn_publisher(api, rate, sizes.duration, accounts, stop);
                 let published = tokio::task::spawn_blocking(move || publisher.join()).await?.map_err(|_| anyhow::anyhow!("publisher panicked"))?;
-                let expected = expected(&published, n, accounts);
+                let expected = match scenario {
+                    // The even streams: those holding the audience's grant.
+                    Scenario::FanoutAudience => published.per_account[0] * n.div_ceil(2) as u64,
+                    _ => expected(&published, n, accounts),
+                };
                 let (counts, last) = drain(&streams, base.delivered + expected, Duration::from_secs(5), Duration::from_secs(20)).await;
                 out.skipped = counts.skipped - base.skipped;
                 let delivered = counts.delivered - base.delivered;
@@ -414,7 +438,7 @@ impl Harness {
         out.reconnects = counts.reconnects;
         out.closed_frames = counts.closed_frames;
         out.errors = errors;
-        if matches!(scenario, Scenario::Fanout | Scenario::ManyAccounts) {
+        if matches!(scenario, Scenario::Fanout | Scenario::FanoutAudience | Scenario::ManyAccounts) {
             out.p50_ms = ms(&latency, 0.5);
             out.p99_ms = ms(&latency, 0.99);
             out.max_ms = (!latency.is_empty()).then(|| latency.max() as f64 / 1_000.0);

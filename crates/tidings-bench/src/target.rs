@@ -171,8 +171,10 @@ impl Target {
                 if opts.identity == Identity::Static {
                     let mut tokens = String::with_capacity(opts.max_streams * 100);
                     for i in 0..opts.max_streams {
+                        // Half the streams hold each grant (the audience scenario's split).
+                        let grant = if i % 2 == 0 { crate::scenario::GRANT_EVEN } else { crate::scenario::GRANT_ODD };
                         tokens.push_str(&format!(
-                            "[[tokens]]\ntoken = \"{}\"\naccount = \"a{}\"\nuser = \"u{i}\"\nsession = \"s{i}\"\n",
+                            "[[tokens]]\ntoken = \"{}\"\naccount = \"a{}\"\nuser = \"u{i}\"\nsession = \"s{i}\"\ngrants = [\"{grant}\"]\n",
                             identity::opaque(i),
                             i % opts.accounts.max(1)
                         ));
@@ -321,7 +323,7 @@ impl Target {
 
     /// How to publish to this target.
     pub fn publish_api(&self) -> PublishApi {
-        PublishApi { kind: self.kind, url: self.publish_url.clone() }
+        PublishApi { kind: self.kind, url: self.publish_url.clone(), audience: None }
     }
 
     /// Directory holding the generated configuration and logs.
@@ -335,9 +337,17 @@ impl Target {
 pub struct PublishApi {
     pub kind: Kind,
     url: String,
+    /// Tidings: every event is addressed to the streams holding this grant.
+    audience: Option<String>,
 }
 
 impl PublishApi {
+    /// Every event published through it carries `"audience": [grant]` (Tidings only).
+    pub fn with_audience(mut self, grant: &str) -> Self {
+        self.audience = Some(grant.to_owned());
+        self
+    }
+
     /// A client suited to publishing (keep-alive, bounded waits).
     pub fn client() -> reqwest::Client {
         reqwest::Client::builder().pool_max_idle_per_host(256).timeout(Duration::from_secs(10)).build().expect("static client config")
@@ -354,7 +364,7 @@ impl PublishApi {
                 let items: Vec<serde_json::Value> = events
                     .iter()
                     .map(|(a, seq)| {
-                        serde_json::json!({
+                        let mut item = serde_json::json!({
                             "account": format!("a{a}"),
                             "data": {
                                 "activity_type": "edited",
@@ -362,7 +372,11 @@ impl PublishApi {
                                 "description": "bench event",
                                 "metadata": {"id": seq, "bench": format!("{seq}:{ts}")}
                             }
-                        })
+                        });
+                        if let Some(grant) = &self.audience {
+                            item["audience"] = serde_json::json!([grant]);
+                        }
+                        item
                     })
                     .collect();
                 let body = serde_json::to_vec(&items).unwrap_or_default();

@@ -65,6 +65,12 @@ pub struct PublishItem {
     pub account: String,
     /// The activity object; every field reaches subscribers unchanged.
     pub data: Value,
+    /// Who in the account may see it: only streams whose identity holds one of these grants
+    /// (`user:<user>` and `session:<session>` included) receive it. `None`: the whole account
+    /// (or what the hub's mapping derives). `Some` must hold 1 to 64 grants, or the hub
+    /// refuses the publish with 422.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
     /// The idempotency key: within the account, the hub stores an item with a key it has
     /// already accepted only once. `None` gets a random key for the publish (so its own
     /// retries are safe); give one derived from your data (a row id, an operation id) to make
@@ -74,9 +80,15 @@ pub struct PublishItem {
 }
 
 impl PublishItem {
-    /// An item without a key of its own.
+    /// An item for the whole account, without a key of its own.
     pub fn new(account: impl Into<String>, data: Value) -> Self {
-        Self { account: account.into(), data, key: None }
+        Self { account: account.into(), data, audience: None, key: None }
+    }
+
+    /// The same item for the holders of any of these grants only.
+    pub fn with_audience<I: IntoIterator<Item = S>, S: Into<String>>(mut self, grants: I) -> Self {
+        self.audience = Some(grants.into_iter().map(Into::into).collect());
+        self
     }
 
     /// The same item with this idempotency key.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::WAIT;
-use support::hub::{ACCOUNT, ALICE, ALICE_AGAIN, BOB, Hub, PUBLISHER_KEY};
+use support::hub::{ACCOUNT, ALICE, ALICE_AGAIN, BOB, BOB_GRANT, Hub, PUBLISHER_KEY};
 use tidings_testkit::proxy::Proxy;
 use tidings_client::{
     Backoff, Cache, Client, CloseReason, Disconnect, Error, Event, Key, PublishError, PublishItem, Publisher,
@@ -148,6 +148,53 @@ async fn no_event_is_lost_across_a_cut_connection() {
     assert_eq!(activity(&mut sub).await, (missed[1].clone(), act(3)));
     let live = publish(&hub.url(), 4).await;
     assert_eq!(activity(&mut sub).await.0, live, "no duplicate between replay and live");
+}
+
+/// Publishes activity `n` for holders of Bob's grant only.
+async fn publish_for_bob(hub_url: &str, n: u64) -> String {
+    let item = PublishItem::new(ACCOUNT, act(n)).with_audience([BOB_GRANT]);
+    Publisher::new(hub_url, PUBLISHER_KEY).publish_batch(&[item]).await.unwrap().remove(0)
+}
+
+fn seq(id: &str) -> u64 {
+    id.rsplit_once('-').unwrap().1.parse().unwrap()
+}
+
+#[tokio::test]
+async fn gaps_in_the_seqs_are_not_loss_and_a_resume_past_hidden_events_needs_no_resync() {
+    let hub = Hub::start("15s").await;
+    let proxy = Proxy::start(hub.addr).await;
+    let cache = Arc::new(Recorder::default());
+    let mut alice = Client::builder(proxy.url()).token(ALICE).backoff(fast()).cache(cache.clone()).subscribe().unwrap();
+    connected(&mut alice).await;
+    let mut bob = subscribe(hub.url(), BOB);
+    connected(&mut bob).await;
+
+    // Live: Alice's ids skip Bob's events, and nothing makes her client think it lost any.
+    let first = publish(&hub.url(), 1).await;
+    let hidden = publish_for_bob(&hub.url(), 2).await;
+    let second = publish(&hub.url(), 3).await;
+    assert_eq!(activity(&mut alice).await.0, first);
+    assert_eq!(activity(&mut alice).await.0, second);
+    assert_eq!(seq(&second) - seq(&first), 2, "a gap where Bob's event was");
+    for expected in [&first, &hidden, &second] {
+        assert_eq!(&activity(&mut bob).await.0, expected);
+    }
+
+    // Cut: while she is away only Bob's events happen. The resume replays nothing, is exact,
+    // and asks for no resync; then one she may see.
+    proxy.set_down(true);
+    proxy.cut_all();
+    assert!(matches!(next(&mut alice).await, Ok(Event::Reconnecting { .. })));
+    publish_for_bob(&hub.url(), 4).await;
+    publish_for_bob(&hub.url(), 5).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set_down(false);
+    assert_eq!(connected(&mut alice).await, Some(true), "resumed, nothing to replay");
+    let later = publish(&hub.url(), 6).await;
+    assert_eq!(activity(&mut alice).await, (later, act(6)));
+    let calls = cache.0.lock().unwrap().clone();
+    assert!(!calls.iter().any(|c| c == "invalidate_all"), "no resync, nothing treated as lost: {calls:?}");
 }
 
 #[tokio::test]

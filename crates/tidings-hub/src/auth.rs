@@ -7,6 +7,9 @@
 //! reaches `/admin/api/`, and is refused everywhere else before any provider sees it. Tokens
 //! are never logged; errors carry a reason only.
 //!
+//! Every identity carries its credential's grants (what it may see inside its account; see
+//! `grants.rs`), shared between identities holding equal sets. Grants are never logged either.
+//!
 //! Every identity says which credential vouched for it ([`Credential`]), as digests, so that
 //! after a configuration reload the hub can tell which open streams lost their credential.
 
@@ -18,8 +21,10 @@ use http::HeaderMap;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tidings_protocol::Grants;
 
 use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig, StaticToken};
+use crate::grants::{GrantSets, from_claim};
 
 /// Introspection answers kept at most; older ones are evicted first.
 const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
@@ -41,6 +46,9 @@ pub const CREDENTIAL_LEN_MAX: usize = 8 * 1024;
 pub const JWT_HS256_SECRET_BYTES_MIN: usize = 16;
 /// Name a publisher key without a configured `name` goes by in logs.
 const PUBLISHER_UNNAMED: &str = "unnamed";
+/// Why a credential whose grants break the rules is refused (403): cutting them short
+/// instead would hide events without a word.
+const GRANTS_REFUSED: &str = "the credential's grants are not usable: an array of at most 256 strings (or one space-separated string) of 1 to 320 bytes each, without control characters, none starting with user: or session:";
 
 /// A signed-in session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +58,18 @@ pub struct Identity {
     pub session: Arc<str>,
     /// When the credential stops being valid; the stream is closed with `token_expired` then.
     pub expires_at: Option<SystemTime>,
+    /// What the credential grants inside the account, besides the implicit `user:<user>` and
+    /// `session:<session>`; shared by every identity holding the same set.
+    pub grants: Arc<Grants>,
     /// What vouched for this identity.
     pub credential: Credential,
+}
+
+impl Identity {
+    /// Who is watching, for audience checks: this identity's user, session and grants.
+    pub fn viewer(&self) -> tidings_protocol::Viewer {
+        tidings_protocol::Viewer::new(self.user.clone(), self.session.clone(), self.grants.clone())
+    }
 }
 
 /// What vouched for an identity, kept with its stream so that a reload can tell whether the
@@ -60,9 +78,11 @@ pub struct Identity {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Credential {
     /// A static token (`auth.tokens`, `auth.tokens_file`): a digest of the whole entry (token,
-    /// account, user, session), so an entry that was removed or changed no longer matches.
+    /// account, user, session, grants), so an entry that was removed or changed no longer
+    /// matches.
     Static(u64),
-    /// A JWT, verified with the key of this fingerprint (algorithm and key material).
+    /// A JWT, verified with the key of this fingerprint (algorithm, key material and the
+    /// grants claim).
     Jwt(u64),
     /// The introspection endpoint's answer.
     Introspected,
@@ -133,6 +153,8 @@ pub struct Authenticator {
     /// Shared with the authenticator a reload builds when the settings did not change, so the
     /// cache of answers survives the reload.
     introspection: Option<Arc<Introspector>>,
+    /// Shares grant sets between identities (see `grants.rs`).
+    grant_sets: GrantSets,
 }
 
 impl Authenticator {
@@ -144,20 +166,24 @@ impl Authenticator {
     /// the introspection settings are the same (a reload must not send every open session's
     /// token to the host application again).
     pub fn reusing(c: &AuthConfig, previous: Option<&Authenticator>) -> Result<Self, ConfigError> {
+        let grant_sets = GrantSets::default();
         let tokens = c
             .tokens
             .iter()
             .map(|t| {
+                let grants = Grants::new(t.grants.iter().map(String::as_str))
+                    .map_err(|e| ConfigError::Invalid(format!("auth.tokens: grants of the token of user {:?}: {e}", t.user)))?;
                 let id = Identity {
                     account: t.account.as_str().into(),
                     user: t.user.as_str().into(),
                     session: t.session.as_str().into(),
                     expires_at: None,
+                    grants: grant_sets.share(grants),
                     credential: Credential::Static(static_digest(t)),
                 };
-                (t.token.clone(), id)
+                Ok((t.token.clone(), id))
             })
-            .collect::<HashMap<String, Identity>>();
+            .collect::<Result<HashMap<String, Identity>, ConfigError>>()?;
         let static_digests = tokens.values().filter_map(|id| if let Credential::Static(d) = id.credential { Some(d) } else { None }).collect();
         let introspection = match (&c.introspection, previous.and_then(|p| p.introspection.as_ref())) {
             (None, _) => None,
@@ -177,6 +203,7 @@ impl Authenticator {
             query_token: c.query_token,
             jwt: c.jwt.as_ref().map(JwtVerifier::new).transpose()?,
             introspection,
+            grant_sets,
         })
     }
 
@@ -246,10 +273,10 @@ impl Authenticator {
             return Err(AuthError::Forbidden("the admin key cannot open streams"));
         }
         if let Some(jwt) = self.jwt.as_ref().filter(|_| looks_like_jwt(token)) {
-            return jwt.verify(token);
+            return jwt.verify(token, &self.grant_sets);
         }
         if let Some(intro) = &self.introspection {
-            return intro.identify(token, source).await;
+            return intro.identify(token, source, &self.grant_sets).await;
         }
         Err(AuthError::Invalid)
     }
@@ -332,7 +359,11 @@ fn looks_like_jwt(token: &str) -> bool {
 
 /// Digest of a whole static token entry, for [`Credential::Static`].
 fn static_digest(t: &StaticToken) -> u64 {
-    fnv1a_parts(&[t.token.as_bytes(), t.account.as_bytes(), t.user.as_bytes(), t.session.as_bytes()])
+    // Grants included: a reload that changes them closes the entry's streams, which reconnect
+    // holding the new ones.
+    let mut parts = vec![t.token.as_bytes(), t.account.as_bytes(), t.user.as_bytes(), t.session.as_bytes()];
+    parts.extend(t.grants.iter().map(String::as_bytes));
+    fnv1a_parts(&parts)
 }
 
 /// [`fnv1a`] over several strings, each followed by a NUL so that no two lists of parts
@@ -350,6 +381,7 @@ struct JwtVerifier {
     account_claim: String,
     user_claim: String,
     session_claim: String,
+    grants_claim: Option<String>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -388,7 +420,9 @@ impl JwtVerifier {
             }
             other => return Err(invalid(format!("algorithm {other:?} is not one of HS256, RS256, ES256"))),
         };
-        let fingerprint = fnv1a_parts(&[c.algorithm.as_bytes(), &material]);
+        // The grants claim too: a reload that reads grants elsewhere closes the streams whose
+        // grants came from the old claim.
+        let fingerprint = fnv1a_parts(&[c.algorithm.as_bytes(), &material, c.grants_claim.as_deref().unwrap_or("").as_bytes()]);
         // One algorithm only: a token's own `alg` header (including `none`) is never trusted.
         let mut validation = Validation::new(alg);
         validation.leeway = c.leeway.as_secs();
@@ -410,10 +444,11 @@ impl JwtVerifier {
             account_claim: c.account_claim.clone(),
             user_claim: c.user_claim.clone(),
             session_claim: c.session_claim.clone(),
+            grants_claim: c.grants_claim.clone(),
         })
     }
 
-    fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+    fn verify(&self, token: &str, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &self.key, &self.validation)
             .map_err(|e| match e.kind() {
@@ -433,7 +468,11 @@ impl JwtVerifier {
         // Without a session claim, the token itself names the session (a hash, never the token).
         let session = text(&self.session_claim).or_else(|| text("jti")).unwrap_or_else(|| format!("jwt-{:016x}", fnv1a(token)).into());
         let exp = claims.get("exp").and_then(serde_json::Value::as_u64).map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        Ok(Identity { account, user, session, expires_at: exp, credential: Credential::Jwt(self.fingerprint) })
+        let grants = match &self.grants_claim {
+            Some(name) => from_claim(claims.get(name)).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?,
+            None => Grants::none(),
+        };
+        Ok(Identity { account, user, session, expires_at: exp, grants: grant_sets.share(grants), credential: Credential::Jwt(self.fingerprint) })
     }
 }
 
@@ -471,6 +510,8 @@ struct IntrospectionAnswer {
     session: Option<String>,
     /// Expiry as Unix seconds.
     exp: Option<u64>,
+    /// What the identity may see inside its account (see `grants::from_claim`).
+    grants: Option<serde_json::Value>,
 }
 
 fn yes() -> bool {
@@ -499,13 +540,13 @@ impl Introspector {
         Ok(Self { config: c.clone(), url: c.url.clone(), client, in_flight: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX), timeout: c.timeout, cache })
     }
 
-    async fn identify(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+    async fn identify(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         let key = format!("{}:{token}", source.as_str());
         if let Some(answer) = self.cache.get(&key).await {
             return answer;
         }
         let answer = match tokio::time::timeout(self.timeout, self.in_flight.acquire()).await {
-            Ok(Ok(_permit)) => self.ask(token, source).await,
+            Ok(Ok(_permit)) => self.ask(token, source, grant_sets).await,
             _ => {
                 tracing::warn!("introspection requests queued past the timeout");
                 Err(AuthError::Unavailable)
@@ -517,7 +558,7 @@ impl Introspector {
         answer
     }
 
-    async fn ask(&self, token: &str, source: CredentialSource) -> Result<Identity, AuthError> {
+    async fn ask(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         let body = serde_json::json!({ "token": token, "source": source.as_str() });
         let resp = self.client.post(&self.url).json(&body).send().await.map_err(|e| {
             tracing::warn!(error = %e, "introspection request failed");
@@ -552,7 +593,9 @@ impl Introspector {
             return Err(AuthError::Expired);
         }
         let session = a.session.unwrap_or_else(|| format!("intro-{:016x}", fnv1a(token)));
-        Ok(Identity { account, user: a.user.unwrap_or_default().into(), session: session.into(), expires_at, credential: Credential::Introspected })
+        let grants = from_claim(a.grants.as_ref()).map_err(|_| AuthError::Forbidden(GRANTS_REFUSED))?;
+        let user = a.user.unwrap_or_default().into();
+        Ok(Identity { account, user, session: session.into(), expires_at, grants: grant_sets.share(grants), credential: Credential::Introspected })
     }
 }
 
@@ -605,5 +648,42 @@ mod tests {
         assert_eq!(with("key-without-a-name").as_deref(), Ok(PUBLISHER_UNNAMED));
         assert_eq!(with("key-of-the-billing-servicf"), Err(AuthError::Invalid));
         assert!(!format!("{auth:?}").contains("key-of"), "keys stay out of debug output");
+    }
+
+    #[tokio::test]
+    async fn jwt_grants_come_from_the_configured_claim_as_an_array_or_a_string_and_are_shared() {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let secret = "a-test-secret-of-32-bytes-length";
+        let jwt = JwtConfig {
+            algorithm: "HS256".into(),
+            secret: Some(secret.into()),
+            public_key_pem: None,
+            public_key_file: None,
+            issuer: None,
+            audience: None,
+            account_claim: "account".into(),
+            user_claim: "sub".into(),
+            session_claim: "sid".into(),
+            grants_claim: Some("scope".into()),
+            leeway: Duration::ZERO,
+        };
+        let auth = Authenticator::new(&AuthConfig { jwt: Some(jwt), ..AuthConfig::default() }).unwrap();
+        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        let token = |scope: serde_json::Value, sid: &str| {
+            let claims = serde_json::json!({"account": "acme", "sub": "dana", "sid": sid, "exp": exp, "scope": scope});
+            encode(&Header::default(), &claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
+        };
+        let auth = &auth;
+        let id = |t: String| async move { auth.identify(&t, CredentialSource::Header).await };
+        let array = id(token(serde_json::json!(["billing:read", "role:admin"]), "s-1")).await.unwrap();
+        let string = id(token(serde_json::json!("role:admin billing:read"), "s-2")).await.unwrap();
+        assert_eq!(array.grants.iter().collect::<Vec<_>>(), ["billing:read", "role:admin"]);
+        assert!(Arc::ptr_eq(&array.grants, &string.grants), "equal sets are one allocation");
+        assert!(array.viewer().holds("user:dana") && array.viewer().holds("session:s-1"));
+        let none = id(token(serde_json::Value::Null, "s-3")).await.unwrap();
+        assert!(none.grants.is_empty());
+        for bad in [serde_json::json!(["user:bob"]), serde_json::json!(7), serde_json::json!(["ok", 1])] {
+            assert!(matches!(id(token(bad.clone(), "s-4")).await, Err(AuthError::Forbidden(m)) if m == GRANTS_REFUSED), "{bad}");
+        }
     }
 }

@@ -196,6 +196,10 @@ pub struct StaticToken {
     pub account: String,
     pub user: String,
     pub session: String,
+    /// What this identity may see inside its account, besides the implicit `user:<user>`
+    /// and `session:<session>` (see SECURITY.md, audience).
+    #[serde(default)]
+    pub grants: Vec<String>,
 }
 
 /// One publisher key.
@@ -253,6 +257,10 @@ pub struct JwtConfig {
     pub user_claim: String,
     #[serde(default = "default_session_claim")]
     pub session_claim: String,
+    /// The claim holding the identity's grants: an array of strings, or one string of grants
+    /// separated by spaces (as OAuth's `scope`). None: tokens carry no grants.
+    #[serde(default)]
+    pub grants_claim: Option<String>,
     /// Clock skew tolerated on `exp`/`nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -789,6 +797,9 @@ impl Config {
             if !seen.insert(t.token.as_str()) {
                 return invalid(format!("auth.tokens: token of user {:?} appears twice", t.user));
             }
+            if let Err(e) = tidings_protocol::Grants::new(t.grants.iter().map(String::as_str)) {
+                return invalid(format!("auth.tokens: grants of the token of user {:?}: {e}", t.user));
+            }
         }
         for p in &self.auth.publishers {
             if p.key.len() < PUBLISHER_KEY_CHARS_MIN {
@@ -889,6 +900,23 @@ key = "pub-secret"
         c.validate().unwrap();
         assert_eq!(c.heartbeat, Duration::from_millis(500));
         assert_eq!(c.auth.tokens[0].account, "acme");
+    }
+
+    #[test]
+    fn token_grants_are_checked_at_start_without_naming_the_token() {
+        let parse = |grants: &str| {
+            let text = format!("[[auth.tokens]]\ntoken = \"tok-secret-1\"\naccount = \"acme\"\nuser = \"dana\"\nsession = \"s-d\"\ngrants = {grants}\n");
+            Config::from_toml_str(&text, Path::new("t.toml")).unwrap().validate().map_err(|e| e.to_string())
+        };
+        assert!(parse("[\"billing:read\", \"role:admin\"]").is_ok());
+        for (bad, why) in [("[\"user:bob\"]", "implied"), ("[\"\"]", "empty"), ("[\"a\\u0000\"]", "control")] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains("\"dana\"") && e.contains(why) && !e.contains("tok-secret"), "{bad}: {e}");
+        }
+        let many = format!("[{}]", (0..=tidings_protocol::audience::IDENTITY_GRANTS_MAX).map(|i| format!("\"g{i}\"")).collect::<Vec<_>>().join(","));
+        assert!(parse(&many).unwrap_err().contains("at most 256"));
+        let e = Config::from_toml_str("[[auth.tokens]]\ntoken = \"t\"\naccount = \"a\"\nuser = \"u\"\nsession = \"s\"\ngrants = [1]\n", Path::new("t.toml")).unwrap_err();
+        assert!(e.to_string().contains("t.toml"), "{e}");
     }
 
     #[test]

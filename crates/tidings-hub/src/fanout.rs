@@ -1,7 +1,10 @@
 //! Per-node fan-out: which streams are open, per account and per session, and their queues.
 //!
 //! Engines call [`Fanout::deliver`] with an event's frame, encoded once; every stream of the
-//! account gets a clone of the same bytes in its bounded queue. A queue that overflows closes
+//! account whose identity is in the event's audience (every stream, for an event without one)
+//! gets a clone of the same bytes in its bounded queue. The audience check is a few integer
+//! operations for a stream outside the audience and a short lookup in a shared set for one
+//! inside it, with no allocation (see `tidings_protocol::audience`). A queue that overflows closes
 //! its stream as a slow consumer (its frames are dropped at once, so memory stays flat) and
 //! the client resumes from its last id. This module owns no tasks and no timers: the hub's
 //! ticker drives heartbeats and deadlines through [`Fanout::tick`].
@@ -21,7 +24,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tidings_protocol::CloseReason;
+use tidings_protocol::{Audience, CloseReason, Viewer};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Credential;
@@ -54,7 +57,8 @@ pub struct StreamShared {
     /// Arrival order of the request that opened it (see [`Fanout::ticket`]).
     arrived: u64,
     pub account: Arc<str>,
-    pub session: Arc<str>,
+    /// Who is watching: user, session and grants, which decide what of the account it sees.
+    pub viewer: Viewer,
     /// What vouched for the stream's identity; a reload that no longer accepts it closes the
     /// stream (`revoked`).
     pub credential: Credential,
@@ -158,6 +162,10 @@ impl StreamShared {
         Next::Pending
     }
 
+    pub fn session(&self) -> &Arc<str> {
+        self.viewer.session()
+    }
+
     /// Called by the body when it is dropped.
     pub fn finish(&self) {
         self.finished.store(true, Ordering::Release);
@@ -220,7 +228,7 @@ struct Registry {
 #[derive(Debug)]
 pub struct NewStream {
     pub account: Arc<str>,
-    pub session: Arc<str>,
+    pub viewer: Viewer,
     pub credential: Credential,
     pub deadline: Option<(Instant, CloseReason)>,
     pub connection: CancellationToken,
@@ -262,7 +270,7 @@ impl Fanout {
     /// Registers a stream; an older stream of the same session is superseded.
     pub fn register(&self, new: NewStream) -> Result<Arc<StreamShared>, RegisterError> {
         let mut reg = self.registry.write().expect("registry lock");
-        let session_key = (new.account.clone(), new.session.clone());
+        let session_key = (new.account.clone(), new.viewer.session().clone());
         let previous = reg.sessions.get(&session_key).copied();
         let newer_open = previous
             .and_then(|id| reg.accounts.get(&new.account)?.get(&id))
@@ -290,7 +298,7 @@ impl Fanout {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             arrived: new.arrived,
             account: account.clone(),
-            session: new.session,
+            viewer: new.viewer,
             credential: new.credential,
             deadline: new.deadline,
             connection: new.connection,
@@ -305,7 +313,7 @@ impl Fanout {
             claim: Mutex::default(),
         });
         reg.accounts.entry(account.clone()).or_default().insert(stream.id, stream.clone());
-        reg.sessions.insert((account, stream.session.clone()), stream.id);
+        reg.sessions.insert((account, stream.session().clone()), stream.id);
         reg.total += 1;
         self.metrics.streams_open.set(reg.total as i64);
         drop(reg);
@@ -391,19 +399,22 @@ impl Fanout {
         }
     }
 
-    /// Queues an activity frame for every stream of `account`.
-    pub fn deliver(&self, account: &str, seq: u64, bytes: &Bytes) {
+    /// Queues an activity frame for every stream of `account` in its `audience` (every
+    /// stream of the account when there is none).
+    pub fn deliver(&self, account: &str, seq: u64, bytes: &Bytes, audience: Option<&Audience>) {
         let now = Instant::now();
         let mut evicted = Vec::new();
         {
             let reg = self.registry.read().expect("registry lock");
             let Some(streams) = reg.accounts.get(account) else { return };
-            for s in streams.values() {
+            let mut delivered = 0u64;
+            for s in streams.values().filter(|s| s.viewer.sees(audience)) {
+                delivered += 1;
                 if !s.push(Queued { seq, at: now, bytes: bytes.clone(), new_epoch: None }) {
                     evicted.push(s.clone());
                 }
             }
-            self.metrics.events_delivered.inc_by(streams.len() as u64);
+            self.metrics.events_delivered.inc_by(delivered);
         }
         self.evict(evicted);
     }
@@ -486,7 +497,7 @@ impl Fanout {
         let matching: Vec<_> = {
             let reg = self.registry.read().expect("registry lock");
             let Some(streams) = reg.accounts.get(account) else { return 0 };
-            streams.values().filter(|s| session.is_none_or(|want| &*s.session == want)).cloned().collect()
+            streams.values().filter(|s| session.is_none_or(|want| &**s.session() == want)).cloned().collect()
         };
         for s in &matching {
             s.close(reason);
@@ -528,7 +539,7 @@ impl Fanout {
             }
         }
         let sessions = |account: &Arc<str>| {
-            reg.accounts[account].values().map(|s| &s.session).collect::<std::collections::HashSet<_>>().len()
+            reg.accounts[account].values().map(|s| s.session()).collect::<std::collections::HashSet<_>>().len()
         };
         let top = top.into_iter().map(|(account, count)| (account.clone(), count, sessions(account))).collect();
         (reg.accounts.len(), top)
@@ -539,7 +550,7 @@ impl Fanout {
         let reg = self.registry.read().expect("registry lock");
         let Some(streams) = reg.accounts.get(account) else { return (0, Vec::new()) };
         let mut all: Vec<_> = streams.values().cloned().collect();
-        all.sort_by(|a, b| a.session.cmp(&b.session));
+        all.sort_by(|a, b| a.session().cmp(b.session()));
         all.truncate(n);
         (streams.len(), all)
     }
@@ -622,7 +633,7 @@ fn remove_locked(reg: &mut Registry, account: &Arc<str>, id: u64) -> Option<Arc<
     if streams.is_empty() {
         reg.accounts.remove(account);
     }
-    let key = (s.account.clone(), s.session.clone());
+    let key = (s.account.clone(), s.session().clone());
     if reg.sessions.get(&key) == Some(&id) {
         reg.sessions.remove(&key);
     }
@@ -637,7 +648,7 @@ mod tests {
     fn stream(f: &Fanout, session: &str, arrived: u64) -> Result<Arc<StreamShared>, RegisterError> {
         f.register(NewStream {
             account: "acme".into(),
-            session: session.into(),
+            viewer: Viewer::new("u".into(), session.into(), Arc::default()),
             credential: Credential::Introspected,
             deadline: None,
             connection: CancellationToken::new(),
@@ -657,5 +668,26 @@ mod tests {
         assert!(newest.queue.lock().unwrap().close.is_none());
         assert_eq!(f.len(), 1);
         assert!(stream(&f, "other", first).is_ok(), "other sessions are not affected by order");
+    }
+
+    #[test]
+    fn an_event_with_an_audience_is_queued_only_for_the_streams_in_it() {
+        let metrics = Arc::new(Metrics::new());
+        let f = Fanout::new(10, 10, 8, metrics.clone());
+        let open = |user: &str, session: &str, grants: &[&str]| {
+            let grants = Arc::new(tidings_protocol::Grants::new(grants.iter().copied()).unwrap());
+            let viewer = Viewer::new(user.into(), session.into(), grants);
+            f.register(NewStream { account: "acme".into(), viewer, credential: Credential::Introspected, deadline: None, connection: CancellationToken::new(), arrived: f.ticket() }).unwrap()
+        };
+        let admin = open("ann", "s-1", &["role:admin"]);
+        let viewer = open("vic", "s-2", &[]);
+        let queued = |s: &StreamShared| s.queue.lock().unwrap().frames.iter().map(|q| q.seq).collect::<Vec<_>>();
+        let audience = |g: &[&str]| Audience::new(g.iter().copied()).unwrap();
+        f.deliver("acme", 1, &Bytes::from_static(b"x"), None);
+        f.deliver("acme", 2, &Bytes::from_static(b"x"), Some(&audience(&["role:admin"])));
+        f.deliver("acme", 3, &Bytes::from_static(b"x"), Some(&audience(&["user:vic"])));
+        f.deliver("acme", 4, &Bytes::from_static(b"x"), Some(&audience(&["billing:read"])));
+        assert_eq!((queued(&admin), queued(&viewer)), (vec![1, 2], vec![1, 3]));
+        assert_eq!(metrics.events_delivered.get(), 4, "only deliveries made are counted");
     }
 }

@@ -119,11 +119,12 @@ async fn open_stream(
     }
     let now = Instant::now();
     let deadline = stream_deadline(hub, identity.expires_at, now)?;
+    let viewer = identity.viewer();
     let stream = hub
         .fanout()
         .register(NewStream {
             account: identity.account.clone(),
-            session: identity.session.clone(),
+            viewer: viewer.clone(),
             credential: identity.credential,
             deadline,
             connection: conn,
@@ -140,7 +141,7 @@ async fn open_stream(
         hub.fanout().deregister(&stream);
         return Err(crate::auth::AuthError::Invalid.into());
     }
-    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref())).await {
+    let opening = match hub.engine().open(&identity.account, resume_position(headers, query.as_ref()), &viewer).await {
         Ok(o) => o,
         Err(e) => {
             hub.fanout().deregister(&stream);
@@ -271,7 +272,7 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
             ApiError::new(StatusCode::BAD_REQUEST, "body_unreadable", "the request body could not be read").field("body")
         }
     })?;
-    let items = parse_body(&body).map_err(|e| {
+    let mut items = parse_body(&body).map_err(|e| {
         let status = match e.kind {
             PublishErrorKind::Syntax => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -280,12 +281,14 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
         ApiError::new(status, code, e.message.clone()).field(e.field)
     })?;
     let batch: Vec<NewEvent> = items
-        .iter()
+        .iter_mut()
         .map(|item| {
             let keys = hub.resolve(&item.activity);
+            let audience = hub.audience(item.audience.take(), &item.activity);
             NewEvent {
                 account: item.account.as_str().into(),
                 payload: activity_payload(&item.data, &keys.invalidate, &keys.remove).into(),
+                audience,
                 key: item.key.as_deref().map(Into::into),
             }
         })

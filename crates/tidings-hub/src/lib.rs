@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fanout;
+pub mod grants;
 pub mod http;
 pub mod metrics;
 pub mod origin;

@@ -16,7 +16,7 @@ use arc_swap::ArcSwap;
 use http::{HeaderMap, Uri};
 use tidings_protocol::frame::activity_payload;
 use tidings_protocol::resolver::{Resolution, Resolver, resource_type};
-use tidings_protocol::{CloseReason, EventId};
+use tidings_protocol::{Audience, CloseReason, EventId};
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Admin;
@@ -197,20 +197,28 @@ impl HubState {
     }
 
     /// Publishes one activity to `account` from inside the process, exactly as an accepted
-    /// `POST /events` item would be (keys resolved, stored, fanned out, counted). For hosts that
-    /// embed the hub next to their own API, such as `tidings demo`; there is no publisher key
-    /// to check because the caller is the host itself.
+    /// `POST /events` item without an `audience` would be (keys resolved, the mapping's
+    /// audience derived, stored, fanned out, counted). For hosts that embed the hub next to
+    /// their own API, such as `tidings demo`; there is no publisher key to check because the
+    /// caller is the host itself.
     pub async fn publish(&self, account: &str, data: &serde_json::Value) -> Result<EventId, EngineError> {
-        self.publish_as(account, data, HOST_PUBLISHER).await
+        self.publish_as(account, data, None, HOST_PUBLISHER).await
     }
 
-    /// [`HubState::publish`], shown on the admin page as published by `publisher`.
-    pub(crate) async fn publish_as(&self, account: &str, data: &serde_json::Value, publisher: &str) -> Result<EventId, EngineError> {
+    /// [`HubState::publish`] for the streams of `account` whose identity holds one of the
+    /// `audience`'s grants (`None`: as the mapping says, else the whole account).
+    pub async fn publish_to(&self, account: &str, data: &serde_json::Value, audience: Option<Audience>) -> Result<EventId, EngineError> {
+        self.publish_as(account, data, audience, HOST_PUBLISHER).await
+    }
+
+    /// [`HubState::publish_to`], shown on the admin page as published by `publisher`.
+    pub(crate) async fn publish_as(&self, account: &str, data: &serde_json::Value, audience: Option<Audience>, publisher: &str) -> Result<EventId, EngineError> {
         let started = Instant::now();
         let keys = self.resolve(data);
         let raw = serde_json::value::to_raw_value(data).expect("a JSON value always serialises");
         let payload = activity_payload(&raw, &keys.invalidate, &keys.remove);
-        let accepted = self.store(vec![NewEvent { account: account.into(), payload: payload.into(), key: None }]).await?;
+        let audience = self.audience(audience, data);
+        let accepted = self.store(vec![NewEvent { account: account.into(), payload: payload.into(), audience, key: None }]).await?;
         self.metrics.publish_latency.observe(started.elapsed().as_secs_f64());
         let id = accepted.into_iter().next().expect("one id per published event").id;
         self.published(&[(account, data)], &[id], &publisher.into());
@@ -247,6 +255,12 @@ impl HubState {
             }
         }
         r
+    }
+
+    /// Who may see an activity: the publisher's audience, else the one the mapping derives,
+    /// else (`None`) the whole account.
+    pub(crate) fn audience(&self, given: Option<Audience>, activity: &serde_json::Value) -> Option<Arc<Audience>> {
+        given.map(Arc::new).or_else(|| self.live.load().resolver.audience(activity).cloned())
     }
 
     /// Stores a batch of encoded activities through the engine (which fans them out) and

@@ -5,6 +5,7 @@
 //! It deliberately does no I/O: no sockets, no clocks, no tokio. Callers pass time and state
 //! in, which keeps every rule here testable and fuzzable in isolation.
 
+pub mod audience;
 pub mod frame;
 pub mod id;
 pub mod profiles;
@@ -12,5 +13,6 @@ pub mod publish;
 pub mod resolver;
 pub mod resume;
 
+pub use audience::{Audience, Grants, Viewer};
 pub use frame::{CloseReason, ResyncReason};
 pub use id::EventId;

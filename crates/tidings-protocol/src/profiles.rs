@@ -18,7 +18,9 @@ mod tests {
     #[test]
     fn every_builtin_profile_loads() {
         for (name, text) in super::BUILTIN {
-            crate::resolver::Resolver::from_toml_str(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let r = crate::resolver::Resolver::from_toml_str(text, name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Who may see what is each deployment's own decision: no shipped profile makes it.
+            assert!(r.mapping().audience.is_empty(), "{name} ships audience rules");
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The publish body: one activity or an array of them, validated all-or-nothing.
 //!
-//! Each item is `{"account": "...", "data": {…activity…}, "key": "..."?}`; the optional `key`
-//! makes the item idempotent within its account (the hub stores it once however often it is
-//! sent, see the hub's `engine::idempotency`). The activity is kept as the exact
+//! Each item is `{"account": "...", "data": {…activity…}, "audience": [...]?, "key": "..."?}`;
+//! the optional `audience` limits the activity to the streams whose identity holds one of its
+//! grants (see [`crate::audience`]); the optional `key` makes the item idempotent within its
+//! account (the hub stores it once however often it is sent, see the hub's
+//! `engine::idempotency`). The activity is kept as the exact
 //! bytes the publisher sent (`RawValue`; only line breaks between tokens become spaces, so a
 //! frame stays one line), so every field, known or unknown, reaches subscribers unchanged; a
 //! parsed copy is kept beside it for validation and key resolution. Errors name the offending
@@ -12,6 +14,8 @@
 use serde::Deserialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::audience::{AUDIENCE_GRANTS_MAX, Audience, GrantError};
 
 /// Most items in one publish request; larger batches are refused whole.
 pub const BATCH_ITEMS_MAX: usize = 1_000;
@@ -32,6 +36,9 @@ pub struct PublishItem {
     pub data: Box<RawValue>,
     /// The same activity parsed, for resolution.
     pub activity: Value,
+    /// Who in the account may see it; `None`: every stream of the account (unless the
+    /// mapping derives an audience).
+    pub audience: Option<Audience>,
     /// The idempotency key: within `account`, an item whose key was already accepted (and is
     /// still remembered) is not stored again.
     pub key: Option<String>,
@@ -68,7 +75,15 @@ impl PublishError {
 struct ItemWire {
     account: Option<Value>,
     data: Option<Box<RawValue>>,
+    /// Absent is `None`; present (even `null`) is `Some`, so a `null` can be refused.
+    #[serde(default, deserialize_with = "present")]
+    audience: Option<Value>,
     key: Option<Value>,
+}
+
+/// Deserializes a field that is present, whatever its value (`null` included), as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
 }
 
 /// Parses and validates a publish body. Nothing is returned unless every item is valid.
@@ -136,6 +151,7 @@ fn parse_item(text: &str, at: &str) -> Result<PublishItem, PublishError> {
     let activity: Value = serde_json::from_str(data.get())
         .map_err(|e| PublishError::invalid(format!("{at}data"), e.to_string()))?;
     validate_activity(&activity, &format!("{at}data"))?;
+    let audience = wire.audience.map(|v| parse_audience(&v, &format!("{at}audience"))).transpose()?;
     let key = match wire.key {
         None | Some(Value::Null) => None,
         Some(Value::String(k)) if !k.is_empty() && k.len() <= KEY_LEN_MAX && !k.chars().any(char::is_control) => Some(k),
@@ -143,7 +159,25 @@ fn parse_item(text: &str, at: &str) -> Result<PublishItem, PublishError> {
             return Err(PublishError::invalid(format!("{at}key"), format!("must be a string of 1 to {KEY_LEN_MAX} bytes without control characters")));
         }
     };
-    Ok(PublishItem { account, data, activity, key })
+    Ok(PublishItem { account, data, activity, audience, key })
+}
+
+/// An item's `audience`: an array of 1 to [`AUDIENCE_GRANTS_MAX`] grant strings. Anything else
+/// is refused, `null` included: a publisher meaning to restrict an activity must never
+/// address the whole account by accident (leaving the field out does that on purpose).
+fn parse_audience(v: &Value, at: &str) -> Result<Audience, PublishError> {
+    let shape = || format!("must be an array of 1 to {AUDIENCE_GRANTS_MAX} grant strings; leave it out to address the whole account");
+    let Value::Array(list) = v else { return Err(PublishError::invalid(at.to_owned(), shape())) };
+    if list.is_empty() || list.len() > AUDIENCE_GRANTS_MAX {
+        return Err(PublishError::invalid(at.to_owned(), shape()));
+    }
+    let mut grants = Vec::with_capacity(list.len());
+    for (i, g) in list.iter().enumerate() {
+        let g = g.as_str().ok_or_else(|| PublishError::invalid(format!("{at}[{i}]"), "must be a string"))?;
+        crate::audience::check_grant(g).map_err(|e| PublishError::invalid(format!("{at}[{i}]"), e.to_string()))?;
+        grants.push(g);
+    }
+    Audience::new(grants).map_err(|e: GrantError| PublishError::invalid(at.to_owned(), e.to_string()))
 }
 
 /// The activity text with every CR and LF turned into a space, so the frame that carries it
@@ -272,6 +306,33 @@ mod tests {
             (Invalid, "data.resource.parent.id".into())
         );
         assert_eq!(err(r#"{"account":"a","data":{"activity_type":"created","parent":"x"}}"#), (Invalid, "data.parent".into()));
+    }
+
+    #[test]
+    fn reads_the_audience_and_refuses_bad_ones_by_name() {
+        let item = |audience: &str| format!(r#"{{"account":"a","data":{{"activity_type":"created"}},"audience":{audience}}}"#);
+        let parsed = parse_body(item(r#"["role:admin","user:alice","role:admin"]"#).as_bytes()).unwrap();
+        let names: Vec<&str> = parsed[0].audience.as_ref().unwrap().iter().collect();
+        assert_eq!(names, ["role:admin", "user:alice"]);
+        assert!(parse_body(br#"{"account":"a","data":{"activity_type":"created"}}"#).unwrap()[0].audience.is_none());
+        let long = format!("[\"{}\"]", "g".repeat(crate::audience::GRANT_LEN_MAX + 1));
+        let many = format!("[{}]", (0..=AUDIENCE_GRANTS_MAX).map(|i| format!("\"g{i}\"")).collect::<Vec<_>>().join(","));
+        for (bad, field) in [
+            ("[]", "audience"),
+            ("null", "audience"),
+            ("\"role:admin\"", "audience"),
+            ("{}", "audience"),
+            (many.as_str(), "audience"),
+            ("[\"a\", 7]", "audience[1]"),
+            ("[\"a\", null]", "audience[1]"),
+            ("[\"\"]", "audience[0]"),
+            ("[\"a\\nb\"]", "audience[0]"),
+            (long.as_str(), "audience[0]"),
+        ] {
+            assert_eq!(err(&item(bad)), (PublishErrorKind::Invalid, field.to_owned()), "{bad}");
+        }
+        let batch = format!("[{},{}]", item("[\"a\"]"), item("[]"));
+        assert_eq!(err(&batch), (PublishErrorKind::Invalid, "[1].audience".into()));
     }
 
     #[test]

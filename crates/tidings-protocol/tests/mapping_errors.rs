@@ -87,3 +87,21 @@ fn accepted_profile_is_canonical() {
         })
     );
 }
+
+#[test]
+fn refused_audience_rules() {
+    use MappingErrorKind::*;
+    check("[audience.resources]\na = \"billing:read\"\n", BadAudience, 2, "audience.resources.a: expected an array");
+    check("[audience.resources]\na = []\n", BadAudience, 2, "1 to 64 grant strings");
+    check("[audience.parents]\na = [\"x\", 3]\n", BadAudience, 2, "grants are strings, found integer");
+    check("[audience.descriptions]\n\"Pay\" = [\"a\\tb\"]\n", BadAudience, 2, "control characters");
+    check("[audience.resources]\n\" _ \" = [\"a\"]\n", EmptyType, 2, "empty once normalised");
+    check("[audience]\nusers = { a = [\"x\"] }\n", Syntax, 2, "users");
+    check(
+        "[resources.edge_firewall]\naliases = [\"firewall\"]\nlist = [\"f\"]\n[audience.resources]\n\"Edge Firewall\" = [\"a\"]\nfirewall = [\"b\"]\n",
+        DuplicateType,
+        6,
+        "`firewall` is type `edge firewall`, already given by audience.resources.\"Edge Firewall\"",
+    );
+    check("[audience.descriptions]\n\"Pay\" = [\"a\"]\n\"pay \" = [\"b\"]\n", DuplicatePrefix, 3, "already given by");
+}

@@ -23,12 +23,17 @@ pub struct PublishArgs {
     /// The activity as JSON (with --account).
     #[arg(long, requires = "account", conflicts_with = "file")]
     data: Option<String>,
+    /// Only identities holding one of these grants receive it (comma-separated, with
+    /// --data; e.g. `edge_firewall:read,user:alice@example.com`). Without it: the account.
+    #[arg(long, requires = "data", value_delimiter = ',')]
+    audience: Option<Vec<String>>,
     /// Idempotency key of the activity (with --data): the hub stores it once per account
     /// however often it is sent. Default: a random key, reused by this command's retries.
     #[arg(long, requires = "data")]
     item_key: Option<String>,
-    /// A JSON file with a whole publish body (`{"account","data","key"?}` or an array); `-`
-    /// reads stdin. Items without a key get a random one, reused by this command's retries.
+    /// A JSON file with a whole publish body (`{"account","data","audience"?,"key"?}` or an
+    /// array); `-` reads stdin. Items without a key get a random one, reused by this command's
+    /// retries.
     #[arg(long)]
     file: Option<PathBuf>,
     /// Retry connection errors, timeouts, 408, 429, 5xx (honouring Retry-After) for at most
@@ -40,11 +45,10 @@ pub struct PublishArgs {
 pub async fn run(args: PublishArgs) -> Result<()> {
     let items = match (&args.account, &args.data, &args.file) {
         (Some(account), Some(data), None) => {
-            let item = PublishItem::new(account.clone(), serde_json::from_str(data).context("--data is not JSON")?);
-            vec![match &args.item_key {
-                Some(key) => item.with_key(key.clone()),
-                None => item,
-            }]
+            let mut item = PublishItem::new(account.clone(), serde_json::from_str(data).context("--data is not JSON")?);
+            item.audience = args.audience.clone();
+            item.key = args.item_key.clone();
+            vec![item]
         }
         (None, None, Some(path)) => items_of(&read(path)?)?,
         _ => bail!("give either --account and --data, or --file"),
@@ -81,13 +85,24 @@ fn items_of(text: &str) -> Result<Vec<PublishItem>> {
                 _ => bail!("item {i}: account is missing or not a string"),
             };
             let data = item.get("data").cloned().with_context(|| format!("item {i}: data is missing"))?;
-            let item = PublishItem::new(account, data);
-            Ok(match item_key(&item_json, i)? {
-                Some(key) => item.with_key(key),
-                None => item,
-            })
+            let mut item = PublishItem::new(account, data);
+            item.audience = item_audience(&item_json, i)?;
+            item.key = item_key(&item_json, i)?;
+            Ok(item)
         })
         .collect()
+}
+
+/// An item's audience, kept as given: the hub checks it and names the field when it is wrong.
+fn item_audience(item: &Value, i: usize) -> Result<Option<Vec<String>>> {
+    match item.get("audience") {
+        None => Ok(None),
+        Some(Value::Array(grants)) => {
+            let grants: Option<Vec<String>> = grants.iter().map(|g| g.as_str().map(str::to_owned)).collect();
+            grants.map(Some).with_context(|| format!("item {i}: audience must be an array of strings"))
+        }
+        Some(_) => bail!("item {i}: audience must be an array of strings"),
+    }
 }
 
 fn item_key(item: &Value, i: usize) -> Result<Option<String>> {

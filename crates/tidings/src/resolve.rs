@@ -62,6 +62,10 @@ pub fn run(args: ResolveArgs) -> Result<()> {
     for k in &r.remove {
         println!("remove     {}", serde_json::to_string(k)?);
     }
+    match &explanation.audience {
+        Some(grants) => println!("audience   {} (from the mapping, unless the publisher sends one)", serde_json::to_string(grants)?),
+        None => println!("audience   the whole account (unless the publisher sends one)"),
+    }
     Ok(())
 }
 

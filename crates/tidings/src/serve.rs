@@ -95,6 +95,7 @@ fn embedded_defaults() -> (Config, DevCredentials) {
         account: dev.account.clone(),
         user: "dev@example.com".into(),
         session: "dev-session".into(),
+        grants: Vec::new(),
     });
     config.auth.publishers.push(PublisherKey { key: dev.publisher_key.clone(), name: Some("dev".into()) });
     (config, dev)

@@ -42,6 +42,15 @@ async fn fanout_counts_every_delivery_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_with_an_audience_reaches_exactly_the_half_in_it() {
+    let o = harness(10_000).run(Kind::Tidings, Scenario::FanoutAudience, &sizes(), Identity::Static).await.unwrap();
+    // Every event is for the 100 even streams; a delivery to an odd one would be counted too.
+    assert_eq!(o.expected, o.published * 100, "{o:?}");
+    assert_exact(&o);
+    assert!(o.publish_rate_asked == Some(100.0), "twice the fan-out rate: {o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_accounts_split_over_worker_processes_add_up() {
     // 200 streams at 80 per process: three `tidings bench worker` processes carry them.
     let o = harness(80).run(Kind::Tidings, Scenario::ManyAccounts, &sizes(), Identity::Static).await.unwrap();

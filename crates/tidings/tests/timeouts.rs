@@ -230,8 +230,9 @@ async fn hundreds_of_stalled_clients_leave_nothing_behind() {
     assert!(open_fds(&hub) <= fds, "file descriptors back to the baseline after the first wave");
 
     // Two more waves: the memory they leave must stay near the baseline. What the allocator
-    // keeps wanders by a few MiB from wave to wave; a leak of a wave's unread answers would add
-    // about what the first wave did (50 MiB and more) each time.
+    // keeps wanders by several MiB from wave to wave (more with the machine busy: threads get
+    // arenas of their own); a leak of a wave's unread answers would add about what the first
+    // wave did (50 MiB and more) each time, so the two together must add less than half of it.
     let (mut peak, mut took) = (0.0, Duration::ZERO);
     for _ in 0..2 {
         let wave = stalled_wave(&hub, STALLED).await;
@@ -247,7 +248,11 @@ async fn hundreds_of_stalled_clients_leave_nothing_behind() {
          fds {fds} -> {fds_after}; VmRSS idle {rss_idle} KiB, after the first wave {rss} KiB, after two more {rss_after} KiB"
     );
     assert!(fds_after <= fds, "file descriptors: {fds} before, {fds_after} after");
-    assert!(rss_after < rss + 16 * 1024, "VmRSS {rss} KiB after the first wave, {rss_after} KiB after two more");
+    let first_wave = rss.saturating_sub(rss_idle);
+    assert!(
+        rss_after.saturating_sub(rss) < first_wave / 2,
+        "VmRSS {rss_idle} KiB idle, {rss} KiB after the first wave, {rss_after} KiB after two more"
+    );
 }
 
 /// The bound covers the host's own routes too: `tidings demo`'s sign-in, whose body stops,

@@ -18,6 +18,8 @@ pub const ALICE_AGAIN: &str = "tok-alice-again";
 pub const BOB: &str = "tok-bob";
 pub const ACCOUNT: &str = "acme";
 pub const PUBLISHER_KEY: &str = "pub-secret";
+/// A grant Bob holds and Alice does not.
+pub const BOB_GRANT: &str = "role:admin";
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -121,6 +123,7 @@ token = "{BOB}"
 account = "{ACCOUNT}"
 user = "bob@example.com"
 session = "s-bob"
+grants = ["{BOB_GRANT}"]
 
 [[auth.publishers]]
 key = "{PUBLISHER_KEY}"

@@ -206,7 +206,7 @@ async fn sessions(State(hub): State<Arc<HubState>>, Query(q): Query<SessionsQuer
     let (total, streams) = hub.fanout().streams_of(&q.account, ACCOUNT_STREAMS_LISTED_MAX);
     let rows: Vec<Value> = streams
         .iter()
-        .map(|s| json!({ "session": s.session, "stream": s.id, "credential": s.credential.kind() }))
+        .map(|s| json!({ "session": s.session(), "stream": s.id, "credential": s.credential.kind() }))
         .collect();
     let last = hub.admin().last_activity(&q.account).map(|at| humantime::format_rfc3339_millis(at).to_string());
     axum::Json(json!({ "account": q.account, "streams": total, "sessions": rows, "last_activity": last })).into_response()
@@ -271,7 +271,7 @@ async fn revoke(State(hub): State<Arc<HubState>>, req: Request) -> Response {
 }
 
 /// Publishes one test activity, in the body format of `POST /events` (one item), as publisher
-/// `admin`: resolved, stored and fanned out like any other.
+/// `admin`: resolved, stored and fanned out like any other, to its audience if it names one.
 async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
     let result = async {
         let body = read_body(&hub, req).await?;
@@ -286,7 +286,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
             return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", "publish one activity at a time here").field("body"));
         }
         let item = items.remove(0);
-        let id = hub.publish_as(&item.account, &item.activity, ADMIN_PUBLISHER).await.map_err(|e| {
+        let id = hub.publish_as(&item.account, &item.activity, item.audience, ADMIN_PUBLISHER).await.map_err(|e| {
             tracing::warn!(error = %e, "test activity from the admin page not published");
             ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
         })?;

@@ -18,7 +18,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tidings_protocol::EventId;
+use tidings_protocol::{Audience, EventId, Viewer};
 use tidings_protocol::resume::{HistoryWindow, LastEventId, decide};
 
 use super::idempotency::KeyMemory;
@@ -62,6 +62,8 @@ pub struct Entry {
     pub at_ms: u64,
     /// Its seq and its frame, id included, ready to write.
     pub frame: StoredFrame,
+    /// Who in the account may see it (`None`: everyone); replay honours it as delivery does.
+    pub audience: Option<Arc<Audience>>,
     /// The idempotency key it was published with: while the event is retained, the key
     /// names it ([`History::admit`]).
     pub key: Option<Arc<str>>,
@@ -410,14 +412,16 @@ impl History {
     }
 
     /// How a stream of `account` starts from `last_event_id`, as of `now_ms`: the decision,
-    /// and for a replay every retained event after the client's id, within the replay budget.
-    pub fn open(&self, account: &str, last_event_id: LastEventId, now_ms: u64) -> Opening {
+    /// and for a replay every retained event after the client's id that `viewer` may see,
+    /// within the replay budget (which counts only those).
+    pub fn open(&self, account: &str, last_event_id: LastEventId, viewer: &Viewer, now_ms: u64) -> Opening {
         let oldest = oldest_kept_ms(now_ms, self.bounds.max_age);
         let log = self.accounts.get(account);
         let trimmed_through = log.map_or_else(|| self.floor(account), |l| l.trimmed_through_at(oldest));
         let window = HistoryWindow { epoch: self.epoch, head: self.head, trimmed_through };
         let decision = decide(last_event_id, &window);
-        let retained = log.into_iter().flat_map(|l| l.entries.iter().map(|e| &e.frame));
+        let visible = log.into_iter().flat_map(|l| l.entries.iter()).filter(|e| viewer.sees(e.audience.as_deref()));
+        let retained = visible.map(|e| &e.frame);
         Opening::from_retained(self.epoch, self.head, decision, retained, self.bounds.replay_max_bytes)
     }
 }
@@ -433,12 +437,16 @@ mod tests {
     const HOUR_MS: u64 = 3_600_000;
 
     fn entry(seq: u64, at_ms: u64) -> Entry {
-        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) }, key: None }
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(format!("frame {seq}\n\n")) }, audience: None, key: None }
+    }
+
+    fn anyone() -> Viewer {
+        Viewer::new("u".into(), "s".into(), Arc::default())
     }
 
     /// An event of exactly `len` encoded bytes.
     fn sized(seq: u64, at_ms: u64, len: usize) -> Entry {
-        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(vec![b'x'; len]) }, key: None }
+        Entry { at_ms, frame: StoredFrame { seq, bytes: Bytes::from(vec![b'x'; len]) }, key: None, audience: None }
     }
 
     /// Publishes one event of `len` bytes to `account` as the memory engine does.
@@ -456,7 +464,7 @@ mod tests {
 
     /// The decision and the replayed seqs of a resume from `seq` at `now`.
     fn resume(h: &History, account: &str, seq: u64, now: u64) -> (ResumeDecision, Vec<u64>) {
-        let o = h.open(account, LastEventId::Id(EventId::new(h.epoch(), seq)), now);
+        let o = h.open(account, LastEventId::Id(EventId::new(h.epoch(), seq)), &anyone(), now);
         (o.decision, o.replay.iter().map(|f| f.seq).collect())
     }
 
@@ -490,9 +498,9 @@ mod tests {
         assert_eq!(resume(&h, "a", 2, 1_000), (ResumeDecision::Replay { after: 2 }, vec![3, 4, 5]));
         assert_eq!(resume(&h, "b", 5, 1_000), (ResumeDecision::Replay { after: 5 }, vec![]), "an account with no events");
         assert_eq!(resume(&h, "a", 6, 1_000).0, ResumeDecision::Resync(ResyncReason::UnknownId));
-        let o = h.open("a", LastEventId::Id(EventId::new(0xab, 2)), 1_000);
+        let o = h.open("a", LastEventId::Id(EventId::new(0xab, 2)), &anyone(), 1_000);
         assert_eq!((o.position, o.live_from()), (EventId::new(0xab, 2), EventId::new(0xab, 5)), "connected at the client's id, live after the replay");
-        let o = h.open("a", LastEventId::None, 1_000);
+        let o = h.open("a", LastEventId::None, &anyone(), 1_000);
         assert_eq!((o.position, o.live_from()), (EventId::new(0xab, 5), EventId::new(0xab, 5)));
     }
 
@@ -538,12 +546,12 @@ mod tests {
             h.push(&a, entry(id.seq, 0));
         }
         assert_eq!(resume(&h, "a", 1, 0), (ResumeDecision::Replay { after: 1 }, vec![2, 3]));
-        let o = h.open("a", LastEventId::Id(EventId::new(1, 0)), 0);
+        let o = h.open("a", LastEventId::Id(EventId::new(1, 0)), &anyone(), 0);
         assert_eq!((o.decision, o.position), (ResumeDecision::Resync(ResyncReason::ReplayTooLarge), EventId::new(1, 3)));
     }
 
     fn keyed(account: &str, key: &str) -> NewEvent {
-        NewEvent { account: account.into(), payload: "{}".into(), key: Some(key.into()) }
+        NewEvent { account: account.into(), payload: "{}".into(), audience: None, key: Some(key.into()) }
     }
 
     /// Publishes `events` at `at_ms` as the engines do (admit, then push the new ones and
@@ -663,6 +671,28 @@ mod tests {
         assert_eq!(floor_bucket("ab"), (97 * 31 + 98) % FLOOR_BUCKETS);
         let used: std::collections::HashSet<usize> = (0..FLOOR_BUCKETS).map(|i| floor_bucket(&format!("account-{i}"))).collect();
         assert!(used.len() > FLOOR_BUCKETS / 2, "{} buckets used", used.len());
+    }
+
+    #[test]
+    fn a_replay_holds_only_what_the_viewer_may_see_and_the_budget_counts_only_that() {
+        let a: Arc<str> = "a".into();
+        let frame_len = entry(1, 0).frame.bytes.len();
+        let mut h = History::new(1, 0, &HistoryConfig { replay_max_bytes: frame_len * 2, ..bounds(100) });
+        let admins = Some(Arc::new(Audience::new(["role:admin"]).unwrap()));
+        for audience in [None, admins.clone(), admins.clone(), admins, None] {
+            let id = h.next_id();
+            h.push(&a, Entry { audience, ..entry(id.seq, 0) });
+        }
+        let admin = Viewer::new("ann".into(), "s-1".into(), Arc::new(tidings_protocol::Grants::new(["role:admin"]).unwrap()));
+        let open = |v: &Viewer, seq| {
+            let o = h.open("a", LastEventId::Id(EventId::new(1, seq)), v, 0);
+            (o.decision, o.replay.iter().map(|f| f.seq).collect::<Vec<_>>())
+        };
+        assert_eq!(open(&anyone(), 0), (ResumeDecision::Replay { after: 0 }, vec![1, 5]), "hidden events leave gaps and cost no budget");
+        assert_eq!(open(&anyone(), 1), (ResumeDecision::Replay { after: 1 }, vec![5]));
+        assert_eq!(open(&anyone(), 4), (ResumeDecision::Replay { after: 4 }, vec![5]));
+        assert_eq!(open(&admin, 3), (ResumeDecision::Replay { after: 3 }, vec![4, 5]));
+        assert_eq!(open(&admin, 0).0, ResumeDecision::Resync(ResyncReason::ReplayTooLarge), "five visible frames exceed the budget of two");
     }
 
     #[test]

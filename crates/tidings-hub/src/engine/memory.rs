@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
+use tidings_protocol::Viewer;
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::LastEventId;
 
@@ -50,17 +51,17 @@ impl Engine for MemoryEngine {
             let id = h.next_id();
             debug_assert_eq!(id, a.id, "admit numbers the new events from the head, in order");
             let bytes = Bytes::from(encode_data_frame(Some(id), &ev.payload));
-            h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes: bytes.clone() }, key: ev.key });
+            self.fanout.deliver(&ev.account, id.seq, &bytes, ev.audience.as_deref());
+            h.push(&ev.account, Entry { at_ms, frame: StoredFrame { seq: id.seq, bytes }, key: ev.key, audience: ev.audience });
             h.trim(&ev.account, at_ms);
             h.trim_node();
-            self.fanout.deliver(&ev.account, id.seq, &bytes);
         }
         drop(h);
         async move { Ok(accepted) }.boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        let opening = self.history.lock().expect("history lock").open(account, last_event_id, now_ms());
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let opening = self.history.lock().expect("history lock").open(account, last_event_id, viewer, now_ms());
         async move { Ok(opening) }.boxed()
     }
 

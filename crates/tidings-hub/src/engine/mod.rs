@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use tidings_protocol::EventId;
+use tidings_protocol::{Audience, EventId, Viewer};
 use tidings_protocol::frame::ResyncReason;
 use tidings_protocol::resume::{LastEventId, ResumeDecision};
 
@@ -21,12 +21,15 @@ mod idempotency;
 pub mod memory;
 pub mod redis;
 
-/// One activity to store: its account, its `activity` payload (JSON, encoded once) and its
-/// idempotency key, if the publisher gave one.
+/// One activity to store: its account, its `activity` payload (JSON, encoded once), who in
+/// the account may see it, and its idempotency key, if the publisher gave one.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub account: Arc<str>,
     pub payload: Arc<str>,
+    /// `None`: every stream of the account. Stored with the event: delivery and replay both
+    /// honour it, on every node.
+    pub audience: Option<Arc<Audience>>,
     /// Within `account`, an event whose key is still remembered is not stored again (the rule
     /// is [`history::History::admit`]'s; Redis keeps it in its publish script): the publisher
     /// is answered with the id the key got first.
@@ -55,7 +58,8 @@ pub struct Opening {
     /// The position the stream starts from, sent as the `connected` frame's id.
     pub position: EventId,
     pub decision: ResumeDecision,
-    /// With [`ResumeDecision::Replay`], every retained event after the client's id, in order.
+    /// With [`ResumeDecision::Replay`], every retained event after the client's id that the
+    /// stream may see, in order.
     pub replay: Vec<StoredFrame>,
 }
 
@@ -138,8 +142,9 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>>;
 
     /// Decides how a stream of `account` starts from the client's position and reads what it
-    /// must replay.
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>>;
+    /// must replay: the events after it that `viewer` may see (the others leave gaps in the
+    /// seqs, which are not loss).
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>>;
 
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;

@@ -14,10 +14,11 @@ use serde_json::Value;
 use toml::Spanned;
 
 use super::mapping::{
-    DescriptionEntry, GenericDefault, IdType, MAPPING_FORMAT, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID,
+    AudienceRules, DescriptionEntry, GenericDefault, IdType, MAPPING_FORMAT, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID,
     ParentEntry, ResourceEntry,
 };
 use super::{Key, normalize_type};
+use crate::audience::{AUDIENCE_GRANTS_MAX, check_grant};
 
 /// Every placeholder the format knows, whatever the table.
 const PLACEHOLDERS_KNOWN: [&str; 2] = [PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID];
@@ -50,6 +51,8 @@ pub enum MappingErrorKind {
     DuplicatePrefix,
     /// A resource entry with neither `list` nor `detail`.
     NoKeys,
+    /// An audience rule that is not an array of 1 to 64 valid grants.
+    BadAudience,
 }
 
 /// A profile that cannot be loaded, with where and why.
@@ -88,6 +91,20 @@ struct RawDoc {
     resources: BTreeMap<Spanned<String>, RawResource>,
     #[serde(default)]
     parents: BTreeMap<Spanned<String>, RawParent>,
+    #[serde(default)]
+    descriptions: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    audience: RawAudience,
+}
+
+/// `[audience.parents]`, `[audience.resources]`, `[audience.descriptions]`: name → grants.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAudience {
+    #[serde(default)]
+    parents: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+    #[serde(default)]
+    resources: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
     #[serde(default)]
     descriptions: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
 }
@@ -175,8 +192,88 @@ impl Mapping {
             let keys = cx.key_set(&keys, &[], &label)?;
             mapping.descriptions.push(DescriptionEntry { prefix: canonical, keys });
         }
+        mapping.audience = cx.audience_rules(raw.audience, &mapping)?;
         mapping.sort_descriptions();
         Ok(mapping)
+    }
+}
+
+/// The entry of a table that owns normalised type `t`, by name or alias.
+fn owner<'a>(mut entries: impl Iterator<Item = (&'a String, &'a [String])>, t: &str) -> Option<String> {
+    entries.find(|(n, aliases)| n.as_str() == t || aliases.iter().any(|a| a == t)).map(|(n, _)| n.clone())
+}
+
+impl Cx<'_> {
+    /// The `[audience]` tables. A type that is a name or alias of a `resources` (or
+    /// `parents`) entry is stored under the entry's name, so the rule covers every name of the
+    /// type, exactly as its keys do; two rules for one type are refused.
+    fn audience_rules(&self, raw: RawAudience, mapping: &Mapping) -> Result<AudienceRules, MappingError> {
+        let parent_owner = |t: &str| owner(mapping.parents.iter().map(|(n, e)| (n, &e.aliases[..])), t);
+        let resource_owner = |t: &str| owner(mapping.resources.iter().map(|(n, e)| (n, &e.aliases[..])), t);
+        let mut rules = AudienceRules {
+            parents: self.audience_by_type("audience.parents", raw.parents, parent_owner)?,
+            resources: self.audience_by_type("audience.resources", raw.resources, resource_owner)?,
+            descriptions: Vec::new(),
+        };
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (prefix, grants) in raw.descriptions {
+            let label = entry_label("audience.descriptions", prefix.get_ref());
+            let canonical = prefix.get_ref().trim().to_lowercase();
+            if canonical.is_empty() {
+                let msg = "a description prefix must not be empty".to_owned();
+                return Err(self.error(MappingErrorKind::EmptyPrefix, &prefix.span(), label, msg));
+            }
+            if let Some(first) = seen.insert(canonical.clone(), label.clone()) {
+                let msg = format!("prefix `{canonical}` is already given by {first} (prefixes match case-insensitively)");
+                return Err(self.error(MappingErrorKind::DuplicatePrefix, &prefix.span(), label, msg));
+            }
+            rules.descriptions.push((canonical, self.grant_list(&grants, &label)?));
+        }
+        Ok(rules)
+    }
+
+    /// One `[audience.*]` table keyed by type, each type under its entry's name when `owner`
+    /// knows it.
+    fn audience_by_type(
+        &self,
+        table: &str,
+        entries: BTreeMap<Spanned<String>, Spanned<toml::Value>>,
+        owner: impl Fn(&str) -> Option<String>,
+    ) -> Result<BTreeMap<String, Vec<String>>, MappingError> {
+        let mut out = BTreeMap::new();
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (name, grants) in entries {
+            let label = entry_label(table, name.get_ref());
+            let t = normalize_type(name.get_ref());
+            if t.is_empty() {
+                let msg = format!("type `{}` is empty once normalised", name.get_ref());
+                return Err(self.error(MappingErrorKind::EmptyType, &name.span(), label, msg));
+            }
+            let canonical = owner(&t).unwrap_or(t);
+            if let Some(first) = seen.insert(canonical.clone(), label.clone()) {
+                let msg = format!("`{}` is type `{canonical}`, already given by {first}", name.get_ref());
+                return Err(self.error(MappingErrorKind::DuplicateType, &name.span(), label, msg));
+            }
+            out.insert(canonical, self.grant_list(&grants, &label)?);
+        }
+        Ok(out)
+    }
+
+    /// An audience: an array of 1 to [`AUDIENCE_GRANTS_MAX`] grant strings.
+    fn grant_list(&self, v: &Spanned<toml::Value>, label: &str) -> Result<Vec<String>, MappingError> {
+        let fail = |msg: String| self.error(MappingErrorKind::BadAudience, &v.span(), label.to_owned(), msg);
+        let shape = || format!("expected an array of 1 to {AUDIENCE_GRANTS_MAX} grant strings, such as [\"billing:read\"]");
+        let toml::Value::Array(items) = v.get_ref() else { return Err(fail(shape())) };
+        if items.is_empty() || items.len() > AUDIENCE_GRANTS_MAX {
+            return Err(fail(shape()));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for item in items {
+            let g = item.as_str().ok_or_else(|| fail(format!("grants are strings, found {}", item.type_str())))?;
+            check_grant(g).map_err(|e| fail(e.to_string()))?;
+            out.push(g.to_owned());
+        }
+        Ok(out)
     }
 }
 

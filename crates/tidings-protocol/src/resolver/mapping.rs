@@ -115,6 +115,30 @@ pub struct Mapping {
     pub parents: BTreeMap<String, ParentEntry>,
     /// Description prefixes, longest first: the first that matches is the longest.
     pub descriptions: Vec<DescriptionEntry>,
+    /// Rules deriving an activity's audience when its publisher sent none. For the hub alone:
+    /// not part of the JSON form, because clients never see audiences.
+    #[serde(skip)]
+    pub audience: AudienceRules,
+}
+
+/// Who may see an activity, by the same tiers as its keys (parent, then resource type, then
+/// description prefix); the first tier with a rule for the activity answers. Grants are kept
+/// as written (they compare byte for byte); types and prefixes in canonical form.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AudienceRules {
+    /// By parent type: the entry's name when the type is one of `parents` (its aliases then
+    /// share the rule), else the normalised type.
+    pub parents: BTreeMap<String, Vec<String>>,
+    /// By resource type, likewise for `resources`.
+    pub resources: BTreeMap<String, Vec<String>>,
+    /// By description prefix (trimmed, lower-cased), longest first.
+    pub descriptions: Vec<(String, Vec<String>)>,
+}
+
+impl AudienceRules {
+    pub fn is_empty(&self) -> bool {
+        self.parents.is_empty() && self.resources.is_empty() && self.descriptions.is_empty()
+    }
 }
 
 /// One resource type.
@@ -172,11 +196,12 @@ impl Mapping {
         self.resources.iter().find(|(n, e)| **n == t || e.aliases.contains(&t)).map(|(n, e)| (n.as_str(), e))
     }
 
-    /// Sorts descriptions longest first (ties alphabetically), the canonical order.
+    /// Sorts descriptions longest first (ties alphabetically), the canonical order; audience
+    /// prefixes too.
     pub(super) fn sort_descriptions(&mut self) {
-        self.descriptions.sort_by(|a, b| {
-            b.prefix.chars().count().cmp(&a.prefix.chars().count()).then_with(|| a.prefix.cmp(&b.prefix))
-        });
+        let longest_first = |a: &str, b: &str| b.chars().count().cmp(&a.chars().count()).then_with(|| a.cmp(b));
+        self.descriptions.sort_by(|a, b| longest_first(&a.prefix, &b.prefix));
+        self.audience.descriptions.sort_by(|a, b| longest_first(&a.0, &b.0));
     }
 }
 

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 pub use load::{MappingError, MappingErrorKind};
 pub use mapping::{
-    DescriptionEntry, GenericDefault, IdType, MAPPING_FORMAT, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID,
+    AudienceRules, DescriptionEntry, GenericDefault, IdType, MAPPING_FORMAT, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID,
     ParentEntry, ResourceEntry,
 };
 pub use resolve::{Explanation, Resolver};

@@ -8,11 +8,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
 
 use super::load::entry_label as label;
+use crate::audience::{Audience, check_grant};
 use super::mapping::{IdType, Mapping, PLACEHOLDER_ID, PLACEHOLDER_PARENT_ID};
 use super::{
     ActivityKind, Key, Resolution, Tier, TypeSpelling, dedupe_prefixes, normalize_type, normalize_type_into,
@@ -30,6 +32,12 @@ pub struct Resolver {
     parents: Vec<ParentRule>,
     /// Longest prefix first, so the first match is the answer.
     descriptions: Vec<(String, Vec<Key>)>,
+    /// The audience rules, compiled like the tables: spellings and prefixes to an index into
+    /// `audiences`, which events share.
+    audience_parents: HashMap<String, usize>,
+    audience_resources: HashMap<String, usize>,
+    audience_descriptions: Vec<(String, usize)>,
+    audiences: Vec<Arc<Audience>>,
 }
 
 #[derive(Debug, Clone)]
@@ -115,6 +123,10 @@ pub struct Explanation {
     /// The entry that answered, in dotted form (`resources.application`,
     /// `descriptions."dns zone"`), or `generic`.
     pub entry: Option<String>,
+    /// The audience the mapping derives for the activity (when its publisher sends none);
+    /// absent: the whole account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
 }
 
 impl Default for Resolver {
@@ -157,6 +169,28 @@ impl Resolver {
         let mut sorted = mapping.clone();
         sorted.sort_descriptions();
         let descriptions = sorted.descriptions.into_iter().map(|d| (d.prefix.trim().to_lowercase(), d.keys)).collect();
+        let mut audiences = Vec::new();
+        let mut add = |grants: &[String]| {
+            audiences.push(Arc::new(compile_audience(grants)));
+            audiences.len() - 1
+        };
+        let mut audience_parents = HashMap::new();
+        for (name, grants) in &mapping.audience.parents {
+            let at = add(grants);
+            let aliases = mapping.parents.get(name).map_or(&[][..], |e| &e.aliases[..]);
+            for n in std::iter::once(name).chain(aliases) {
+                index_spellings(&mut audience_parents, n, at);
+            }
+        }
+        let mut audience_resources = HashMap::new();
+        for (name, grants) in &mapping.audience.resources {
+            let at = add(grants);
+            let aliases = mapping.resources.get(name).map_or(&[][..], |e| &e.aliases[..]);
+            for n in std::iter::once(name).chain(aliases) {
+                index_spellings(&mut audience_resources, n, at);
+            }
+        }
+        let audience_descriptions = sorted.audience.descriptions.iter().map(|(p, grants)| (p.trim().to_lowercase(), add(grants))).collect();
         Self {
             generic: mapping.generic.spelling(),
             mapping,
@@ -165,6 +199,10 @@ impl Resolver {
             parent_index,
             parents,
             descriptions,
+            audience_parents,
+            audience_resources,
+            audience_descriptions,
+            audiences,
         }
     }
 
@@ -184,6 +222,22 @@ impl Resolver {
         self.run(activity).0
     }
 
+    /// The audience the mapping derives for an activity whose publisher sent none, by the
+    /// tiers of [`Resolver::resolve`] (parent type, resource type, description prefix): the
+    /// first tier with a rule for the activity answers. `None`: the whole account. Shared, so
+    /// every event it applies to holds the same set.
+    pub fn audience(&self, activity: &Value) -> Option<&Arc<Audience>> {
+        if self.audiences.is_empty() {
+            return None;
+        }
+        let mut scratch = String::new();
+        let by_parent = parent_parts(activity).and_then(|(t, _)| lookup(&self.audience_parents, t, &mut scratch).copied());
+        let at = by_parent
+            .or_else(|| resource_type_raw(activity).and_then(|t| lookup(&self.audience_resources, t, &mut scratch).copied()))
+            .or_else(|| longest_prefix(&self.audience_descriptions, activity).map(|(_, at)| *at))?;
+        Some(&self.audiences[at])
+    }
+
     /// [`Resolver::resolve`] plus what it looked at and which entry answered.
     pub fn explain(&self, activity: &Value) -> Explanation {
         let (resolution, answer) = self.run(activity);
@@ -199,6 +253,7 @@ impl Resolver {
             parent_type: parent_parts(activity).map(|(t, _)| normalize_type(t)),
             resource_type: super::resource_type(activity),
             entry,
+            audience: self.audience(activity).map(|a| a.iter().map(str::to_owned).collect()),
         }
     }
 
@@ -263,15 +318,29 @@ impl Resolver {
     }
 
     fn description_tier(&self, activity: &Value) -> Option<(Vec<Key>, Answer<'_>)> {
-        let d = activity.get("description").and_then(Value::as_str).map(str::trim).filter(|d| !d.is_empty())?;
-        // ASCII descriptions are compared in place; others are lower-cased once, because some
-        // non-ASCII characters lower-case to ASCII (the Kelvin sign to `k`).
-        let lowered: Cow<'_, str> = if d.is_ascii() { Cow::Borrowed(d) } else { Cow::Owned(d.to_lowercase()) };
-        let (prefix, keys) = self.descriptions.iter().find(|(p, _)| {
-            lowered.len() >= p.len() && lowered.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes())
-        })?;
+        let (prefix, keys) = longest_prefix(&self.descriptions, activity)?;
         Some((keys.clone(), Answer::Description(prefix)))
     }
+}
+
+/// The first entry of `list` (prefixes lower-cased, longest first) whose prefix starts the
+/// activity's description, compared case-insensitively.
+fn longest_prefix<'a, T>(list: &'a [(String, T)], activity: &Value) -> Option<&'a (String, T)> {
+    if list.is_empty() {
+        return None;
+    }
+    let d = activity.get("description").and_then(Value::as_str).map(str::trim).filter(|d| !d.is_empty())?;
+    // ASCII descriptions are compared in place; others are lower-cased once, because some
+    // non-ASCII characters lower-case to ASCII (the Kelvin sign to `k`).
+    let lowered: Cow<'_, str> = if d.is_ascii() { Cow::Borrowed(d) } else { Cow::Owned(d.to_lowercase()) };
+    list.iter().find(|(p, _)| lowered.len() >= p.len() && lowered.as_bytes()[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+}
+
+/// A rule's audience. Loading validated it; a hand-built mapping is taken as it is, except
+/// that grants no audience may hold are dropped, and a rule left with none admits nobody:
+/// a broken rule hides its events rather than showing them to the whole account.
+fn compile_audience(grants: &[String]) -> Audience {
+    Audience::new(grants.iter().map(String::as_str).filter(|g| check_grant(g).is_ok())).unwrap_or_else(|_| Audience::nobody())
 }
 
 /// Indexes a type under its normalised name and under the spellings publishers commonly use
@@ -334,6 +403,42 @@ mod tests {
         assert_eq!(edited.invalidate, vec![vec![json!("a")], vec![json!("b"), json!(1)]]);
         let deleted = r.resolve(&json!({"activity_type": "deleted", "resource": {"type": "A", "id": 1}}));
         assert_eq!(deleted.remove, vec![vec![json!("a"), json!(1)], vec![json!("b"), json!(1)]]);
+    }
+
+    #[test]
+    fn audience_rules_answer_by_tier_and_cover_aliases() {
+        let r = resolver(
+            r#"
+generic = "kebab-case"
+[resources."edge firewall"]
+aliases = ["firewall"]
+list = ["edge-firewalls"]
+[parents."edge firewall"]
+keys = ["edge-firewalls", "{parent_id}"]
+[audience.parents]
+"Edge_Firewall" = ["edge_firewall:read"]
+[audience.resources]
+"firewall" = ["edge_firewall:read", "role:admin"]
+"billing invoice" = ["billing:read"]
+[audience.descriptions]
+"Payment" = ["billing:read"]
+"Payment method" = ["billing:admin"]
+"#,
+        );
+        let audience = |a: Value| r.audience(&a).map(|a| a.iter().map(str::to_owned).collect::<Vec<_>>());
+        let admin = Some(vec!["edge_firewall:read".to_owned(), "role:admin".to_owned()]);
+        assert_eq!(audience(json!({"activity_type": "edited", "resource": {"type": "Edge Firewall"}})), admin, "an alias's rule covers the entry's name");
+        assert_eq!(audience(json!({"activity_type": "edited", "resource": {"type": "firewall"}})), admin);
+        let rule = json!({"activity_type": "created", "resource": {"type": "rule", "parent": {"type": "edge-firewall", "id": 3}}});
+        assert_eq!(audience(rule), Some(vec!["edge_firewall:read".to_owned()]), "the parent tier answers first");
+        assert_eq!(audience(json!({"activity_type": "created", "resource": {"type": "Billing_Invoice"}})), Some(vec!["billing:read".to_owned()]));
+        let by_description = json!({"activity_type": "edited", "description": "PAYMENT METHOD changed"});
+        assert_eq!(audience(by_description), Some(vec!["billing:admin".to_owned()]), "the longest prefix answers");
+        assert_eq!(audience(json!({"activity_type": "edited", "resource": {"type": "application"}, "description": "Paymen"})), None);
+        let e = r.explain(&json!({"activity_type": "deleted", "resource": {"type": "firewall", "id": 1}}));
+        assert_eq!(serde_json::to_value(&e).unwrap()["audience"], json!(["edge_firewall:read", "role:admin"]));
+        assert!(serde_json::to_value(r.explain(&json!({"activity_type": "created"}))).unwrap().get("audience").is_none());
+        assert!(!r.mapping().to_json_pretty().contains("audience"), "clients never see audience rules");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The demo's HTTP API under `/demo/api/`: sign-in as a demo user, applications per account
-//! (list, detail, create, edit, delete) and the account's recent activity.
+//! (list, detail, create, edit, delete), firewall rules (list, edit) for holders of
+//! `firewall:read` only, and the account's recent activity as far as the caller may see it.
 //!
 //! Requests are authenticated exactly like streams, by the hub's own authenticator (session
 //! cookie or `Authorization` header), so the page and its stream always agree on who is signed
@@ -23,8 +24,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tidings_hub::HubState;
 use tidings_hub::error::ApiError;
+use tidings_protocol::{Audience, Viewer};
 
-use super::store::{Changes, Editor, Store, StoreError};
+use super::store::{Changes, Editor, FIREWALL_GRANT, RULE_AUDIENCE, RuleChanges, Store, StoreError};
 use super::users::{DemoUser, USERS};
 
 /// How long a sign-in lasts (the JWT's `exp`); the hub ends the stream then (`token_expired`).
@@ -47,6 +49,8 @@ pub fn router(demo: Demo) -> Router {
         .route("/demo/api/activity", get(activity))
         .route("/demo/api/applications", get(list).post(create))
         .route("/demo/api/applications/{id}", get(detail).patch(edit).delete(delete))
+        .route("/demo/api/firewall-rules", get(rules))
+        .route("/demo/api/firewall-rules/{id}", axum::routing::patch(edit_rule))
         .route_layer(axum::middleware::from_fn_with_state(demo.clone(), guard))
         .with_state(demo)
 }
@@ -82,6 +86,19 @@ struct Caller {
     account: String,
     session: String,
     editor: Editor,
+    /// The session's grants as the hub sees them, the same that decide what its stream gets.
+    viewer: Viewer,
+}
+
+impl Caller {
+    /// Refuses a caller without the firewall grant (the page hides the rules from them, and
+    /// the hub never sends them a rule's activity).
+    fn may_see_rules(&self) -> Result<(), ApiError> {
+        if self.viewer.holds(FIREWALL_GRANT) {
+            return Ok(());
+        }
+        Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "firewall rules are for holders of firewall:read"))
+    }
 }
 
 async fn caller(demo: &Demo, uri: &Uri, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -92,6 +109,7 @@ async fn caller(demo: &Demo, uri: &Uri, headers: &HeaderMap) -> Result<Caller, A
         account: identity.account.to_string(),
         session: identity.session.to_string(),
         editor: Editor { email: identity.user.to_string(), name },
+        viewer: identity.viewer(),
     })
 }
 
@@ -110,7 +128,7 @@ async fn login(State(demo): State<Demo>, Json(body): Json<Login>) -> Response {
     };
     let session = format!("s-{}-{:08x}", user.id, rand::random::<u32>());
     let exp = (SystemTime::now() + SESSION_LIFETIME).duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    let claims = json!({ "account": user.account, "sub": user.email, "sid": session, "exp": exp });
+    let claims = json!({ "account": user.account, "sub": user.email, "sid": session, "exp": exp, "grants": user.grants });
     let key = jsonwebtoken::EncodingKey::from_secret(demo.jwt_secret.as_bytes());
     let token = match jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key) {
         Ok(t) => t,
@@ -120,7 +138,7 @@ async fn login(State(demo): State<Demo>, Json(body): Json<Login>) -> Response {
         }
     };
     let cookie = format!("{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}", demo.hub.cookie_name(), SESSION_LIFETIME.as_secs());
-    let me = json!({ "user": user.public(), "account": user.account, "session": session });
+    let me = json!({ "user": user.public(), "account": user.account, "session": session, "grants": user.grants });
     with_cookie(Json(me).into_response(), &cookie)
 }
 
@@ -140,12 +158,28 @@ fn with_cookie(mut resp: Response, cookie: &str) -> Response {
 async fn me(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let c = caller(&demo, &uri, &headers).await?;
     let user = USERS.iter().find(|u| u.email == c.editor.email).map(DemoUser::public);
-    Ok(Json(json!({ "user": user, "account": c.account, "session": c.session })))
+    let grants: Vec<&str> = c.viewer.grants().iter().collect();
+    Ok(Json(json!({ "user": user, "account": c.account, "session": c.session, "grants": grants })))
 }
 
 async fn activity(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let c = caller(&demo, &uri, &headers).await?;
-    Ok(Json(json!({ "activity": demo.store.lock().expect("store lock").feed(&c.account) })))
+    Ok(Json(json!({ "activity": demo.store.lock().expect("store lock").feed(&c.account, |g| c.viewer.holds(g)) })))
+}
+
+async fn rules(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
+    c.may_see_rules()?;
+    Ok(Json(json!({ "rules": demo.store.lock().expect("store lock").rules(&c.account) })))
+}
+
+async fn edit_rule(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Path(id): Path<u64>, Json(changes): Json<RuleChanges>) -> Result<Json<Value>, ApiError> {
+    let c = caller(&demo, &uri, &headers).await?;
+    c.may_see_rules()?;
+    let result = demo.store.lock().expect("store lock").edit_rule(&c.account, id, &c.editor, changes);
+    let (rule, activity) = result.map_err(store_error)?;
+    publish_rule(&demo, &c.account, &activity).await;
+    Ok(Json(json!(rule)))
 }
 
 async fn list(State(demo): State<Demo>, uri: Uri, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
@@ -187,6 +221,14 @@ async fn delete(State(demo): State<Demo>, uri: Uri, headers: HeaderMap, Path(id)
 /// screens catch up on their next refetch (the in-memory engine does not fail in practice).
 pub async fn publish(demo: &Demo, account: &str, activity: &Value) {
     if let Err(e) = demo.hub.publish(account, activity).await {
+        tracing::warn!(error = %e, account, "demo change not published");
+    }
+}
+
+/// Publishes a firewall rule's change to the holders of the firewall grant only.
+pub async fn publish_rule(demo: &Demo, account: &str, activity: &Value) {
+    let audience = Audience::new(RULE_AUDIENCE.iter().copied()).expect("the rule audience is valid");
+    if let Err(e) = demo.hub.publish_to(account, activity, Some(audience)).await {
         tracing::warn!(error = %e, account, "demo change not published");
     }
 }

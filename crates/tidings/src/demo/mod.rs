@@ -21,7 +21,7 @@ mod store;
 mod users;
 
 use api::Demo;
-use store::{Changes, Editor, STATUSES, Store};
+use store::{Changes, Editor, RULE_ACTIONS, RuleChanges, STATUSES, Store};
 
 /// The HS256 secret of demo sessions. Fixed, not random, so signed-in pages survive a restart
 /// of the demo (the point of the restart scenario); it protects nothing, and the demo binds
@@ -71,6 +71,7 @@ pub async fn run(args: DemoArgs) -> Result<()> {
         account_claim: "account".into(),
         user_claim: "sub".into(),
         session_claim: "sid".into(),
+        grants_claim: Some("grants".into()),
         leeway: Duration::from_secs(5),
     });
     if let Some(key) = args.publisher_key {
@@ -94,7 +95,8 @@ pub async fn run(args: DemoArgs) -> Result<()> {
     crate::serve::print_banner(|out| {
         writeln!(out, "tidings {} demo listening on http://{addr}", env!("CARGO_PKG_VERSION"))?;
         writeln!(out, "\nOpen http://{addr}/ in two browsers (or a private window) and sign in as different users.")?;
-        writeln!(out, "alice and bob share the account acme; carol is in globex.")?;
+        writeln!(out, "alice, bob and dave share the account acme; carol is in globex.")?;
+        writeln!(out, "dave does not hold firewall:read: firewall rules and their changes never reach his screen.")?;
         if admin {
             writeln!(out, "admin page: http://{addr}/admin/ (sign in with the --admin-key)")?;
         }
@@ -123,7 +125,8 @@ fn check_exposure(listen: SocketAddr, unsafe_expose: bool) -> Result<()> {
     Ok(())
 }
 
-/// Every `every`, edits one application in each account as that account's teammate.
+/// Every `every`, edits one application and one firewall rule in each account as that
+/// account's teammate.
 async fn teammate(demo: Demo, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
@@ -143,6 +146,16 @@ async fn teammate(demo: Demo, every: Duration, stop: CancellationToken) {
             };
             if let Some((_, activity)) = edited {
                 api::publish(&demo, account, &activity).await;
+            }
+            let rule_edited = {
+                let mut store = demo.store.lock().expect("store lock");
+                store.pick_rule(account, |n| rand::random_range(0..n)).and_then(|rule| {
+                    let next = RULE_ACTIONS.iter().position(|a| *a == rule.action).map_or(0, |i| (i + 1) % RULE_ACTIONS.len());
+                    store.edit_rule(account, rule.id, &by, RuleChanges { action: Some(RULE_ACTIONS[next].into()) }).ok()
+                })
+            };
+            if let Some((_, activity)) = rule_edited {
+                api::publish_rule(&demo, account, &activity).await;
             }
         }
     }

@@ -1,14 +1,19 @@
-//! The demo's data: applications per account and each account's recent activity, in memory.
+//! The demo's data: applications and firewall rules per account and each account's recent
+//! activity, in memory.
 //!
 //! A plain data structure behind one mutex; it knows nothing of HTTP or of the hub. Every
-//! change returns the activity that describes it, which the caller publishes. Lost on exit,
-//! by design: the demo shows live updates, not persistence.
+//! change returns the activity that describes it, which the caller publishes. Firewall rules
+//! and their activity are for holders of [`FIREWALL_GRANT`] only: the feed remembers each
+//! activity's audience and hands it only to those who may see it. Lost on exit, by design:
+//! the demo shows live updates, not persistence.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::SystemTime;
 
 use serde::Serialize;
 use serde_json::{Value, json};
+
+pub use super::users::FIREWALL_GRANT;
 
 /// Activities kept per account for the feed's first load; older ones are dropped.
 pub const FEED_EVENTS_MAX: usize = 50;
@@ -20,6 +25,30 @@ pub const NAME_CHARS_MAX: usize = 80;
 /// The resource type the demo publishes (`resource.type`); with the hub's generic mapping its
 /// keys are `["application"]` and `["application", id]`.
 pub const RESOURCE_TYPE: &str = "application";
+/// The restricted resource type: keys `["firewall-rule"]` and `["firewall-rule", id]`.
+pub const RULE_RESOURCE_TYPE: &str = "firewall rule";
+/// Who may see a firewall rule's activity.
+pub const RULE_AUDIENCE: &[&str] = &[FIREWALL_GRANT];
+/// What a firewall rule does with matching requests.
+pub const RULE_ACTIONS: [&str; 2] = ["allow", "deny"];
+
+/// A firewall rule: only holders of [`FIREWALL_GRANT`] may see it or its activity.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rule {
+    pub id: u64,
+    pub name: String,
+    pub action: String,
+    pub version: u64,
+    pub updated_at: String,
+    pub last_editor: String,
+}
+
+/// What a request may change on a rule.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleChanges {
+    pub action: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Application {
@@ -67,7 +96,9 @@ pub struct Store {
 #[derive(Debug, Default)]
 struct Account {
     applications: BTreeMap<u64, Application>,
-    feed: VecDeque<Value>,
+    rules: BTreeMap<u64, Rule>,
+    /// Recent activities, each with the grants one of which a reader must hold (`None`: all).
+    feed: VecDeque<(Value, Option<&'static [&'static str]>)>,
 }
 
 pub const STATUSES: [&str; 3] = ["active", "paused", "draft"];
@@ -82,9 +113,48 @@ impl Store {
                 let changes = Changes { name: Some(name.into()), status: Some(status.into()), notes: None };
                 let _ = store.create(account, &seed, changes);
             }
-            store.accounts.get_mut(*account).expect("just created").feed.clear();
+            let acc = store.accounts.get_mut(*account).expect("just created");
+            acc.feed.clear();
+            for (name, action) in [("Block scanners", "deny"), ("Allow office network", "allow")] {
+                store.next_id += 1;
+                let rule = Rule { id: store.next_id, name: name.into(), action: action.into(), version: 1, updated_at: now(), last_editor: seed.email.clone() };
+                acc.rules.insert(rule.id, rule);
+            }
         }
         store
+    }
+
+    pub fn rules(&self, account: &str) -> Vec<Rule> {
+        self.accounts.get(account).map(|a| a.rules.values().cloned().collect()).unwrap_or_default()
+    }
+
+    pub fn edit_rule(&mut self, account: &str, id: u64, by: &Editor, changes: RuleChanges) -> Result<(Rule, Value), StoreError> {
+        let action = changes.action.as_deref().map(check_action).transpose()?;
+        let acc = self.accounts.get_mut(account).ok_or(StoreError::NotFound)?;
+        let rule = acc.rules.get_mut(&id).ok_or(StoreError::NotFound)?;
+        if let Some(action) = action {
+            rule.action = action.to_owned();
+        }
+        rule.version += 1;
+        rule.updated_at = now();
+        rule.last_editor = by.email.clone();
+        let rule = rule.clone();
+        let activity = json!({
+            "user": {"email": by.email, "name": by.name},
+            "activity_type": "edited",
+            "resource": {"type": RULE_RESOURCE_TYPE, "name": rule.name, "id": rule.id},
+            "timestamp": now(),
+            "description": format!("Firewall rule {} was set to {} by {}", rule.name, rule.action, by.name),
+            "metadata": {"id": rule.id, "name": rule.name, "action": rule.action, "last_editor": by.email},
+        });
+        remember(acc, &activity, Some(RULE_AUDIENCE));
+        Ok((rule, activity))
+    }
+
+    /// Any rule of the account, picked with `pick` (an index below the count).
+    pub fn pick_rule(&self, account: &str, pick: impl FnOnce(usize) -> usize) -> Option<Rule> {
+        let rules = &self.accounts.get(account)?.rules;
+        (!rules.is_empty()).then(|| rules.values().nth(pick(rules.len())).cloned()).flatten()
     }
 
     pub fn list(&self, account: &str) -> Vec<Application> {
@@ -95,9 +165,11 @@ impl Store {
         self.accounts.get(account).and_then(|a| a.applications.get(&id)).cloned().ok_or(StoreError::NotFound)
     }
 
-    /// Most recent first.
-    pub fn feed(&self, account: &str) -> Vec<Value> {
-        self.accounts.get(account).map(|a| a.feed.iter().rev().cloned().collect()).unwrap_or_default()
+    /// Most recent first: the activities whose audience the reader is in (`holds` says which
+    /// grants it holds).
+    pub fn feed(&self, account: &str, holds: impl Fn(&str) -> bool) -> Vec<Value> {
+        let Some(a) = self.accounts.get(account) else { return Vec::new() };
+        a.feed.iter().rev().filter(|(_, audience)| audience.is_none_or(|grants| grants.iter().any(|g| holds(g)))).map(|(v, _)| v.clone()).collect()
     }
 
     pub fn create(&mut self, account: &str, by: &Editor, changes: Changes) -> Result<(Application, Value), StoreError> {
@@ -170,11 +242,16 @@ fn record(acc: &mut Account, kind: &str, app: &Application, by: &Editor) -> Valu
         "description": format!("{} was {kind} by {}", app.name, by.name),
         "metadata": {"id": app.id, "name": app.name, "status": app.status, "last_editor": by.email},
     });
-    acc.feed.push_back(activity.clone());
+    remember(acc, &activity, None);
+    activity
+}
+
+/// Appends an activity to the account's feed with who may read it.
+fn remember(acc: &mut Account, activity: &Value, audience: Option<&'static [&'static str]>) {
+    acc.feed.push_back((activity.clone(), audience));
     while acc.feed.len() > FEED_EVENTS_MAX {
         acc.feed.pop_front();
     }
-    activity
 }
 
 fn check_name(name: &str) -> Result<&str, StoreError> {
@@ -183,6 +260,10 @@ fn check_name(name: &str) -> Result<&str, StoreError> {
         return Err(StoreError::Invalid("name must be 1 to 80 characters"));
     }
     Ok(name)
+}
+
+fn check_action(action: &str) -> Result<&'static str, StoreError> {
+    RULE_ACTIONS.iter().copied().find(|a| *a == action).ok_or(StoreError::Invalid("action must be allow or deny"))
 }
 
 fn check_status(status: &str) -> Result<&'static str, StoreError> {
@@ -206,10 +287,24 @@ mod tests {
         assert_eq!(activity["activity_type"], "created");
         assert_eq!(s.get("globex", app.id).err(), Some(StoreError::NotFound));
         assert_eq!(s.list("acme").len(), 4);
-        assert_eq!(s.feed("acme").len(), 1);
-        assert!(s.feed("globex").is_empty());
+        let all = |_: &str| true;
+        assert_eq!(s.feed("acme", all).len(), 1);
+        assert!(s.feed("globex", all).is_empty());
         assert!(s.edit("acme", app.id, &by, Changes { status: Some("gone".into()), ..Changes::default() }).is_err());
         s.delete("acme", app.id, &by).unwrap();
-        assert_eq!(s.feed("acme")[0]["activity_type"], "deleted");
+        assert_eq!(s.feed("acme", all)[0]["activity_type"], "deleted");
+    }
+
+    #[test]
+    fn rule_activity_is_only_in_the_feed_of_those_who_hold_the_grant() {
+        let mut s = Store::seeded(&["acme"]);
+        let by = Editor { email: "a@x".into(), name: "A".into() };
+        let rule = s.rules("acme")[0].clone();
+        let (edited, activity) = s.edit_rule("acme", rule.id, &by, RuleChanges { action: Some("allow".into()) }).unwrap();
+        assert_eq!((edited.action.as_str(), edited.version), ("allow", 2));
+        assert_eq!(activity["resource"]["type"], RULE_RESOURCE_TYPE);
+        assert!(s.edit_rule("acme", rule.id, &by, RuleChanges { action: Some("drop".into()) }).is_err());
+        assert_eq!(s.feed("acme", |g| g == FIREWALL_GRANT).len(), 1);
+        assert!(s.feed("acme", |_| false).is_empty(), "no grant, no rule activity");
     }
 }

@@ -231,6 +231,18 @@ impl Hub {
         let _ = self.child.start_kill();
     }
 
+    /// Waits until `/readyz` answers 200 (an engine with a server behind it, such as Redis,
+    /// connects after the hub listens).
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if reqwest::get(self.url("/readyz")).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("readyz never answered 200; logs:\n{}", self.logs());
+    }
+
     pub fn logs(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }

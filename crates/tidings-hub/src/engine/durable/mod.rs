@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
-use tidings_protocol::EventId;
+use tidings_protocol::{EventId, Viewer};
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::resume::LastEventId;
 use tokio::sync::{mpsc, oneshot};
@@ -91,7 +91,7 @@ impl DurableEngine {
         }
         for row in loaded.events {
             let bytes = Bytes::from(encode_data_frame(Some(EventId::new(h.epoch(), row.seq)), &row.payload));
-            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes }, key: row.key });
+            h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes }, key: row.key, audience: row.audience });
         }
         let events = h.retained_events();
         tracing::info!(path = %path.display(), epoch = format_args!("{:x}", h.epoch()), head = h.head(), events, ?fsync, "durable history loaded");
@@ -128,8 +128,8 @@ impl Engine for DurableEngine {
         .boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        let opening = self.history.lock().expect("history lock").open(account, last_event_id, now_ms());
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        let opening = self.history.lock().expect("history lock").open(account, last_event_id, viewer, now_ms());
         async move { Ok(opening) }.boxed()
     }
 
@@ -235,7 +235,7 @@ impl Writer {
             .flat_map(|p| &p.batch)
             .zip(&accepted)
             .filter(|(_, a)| !a.duplicate)
-            .map(|(ev, a)| Row { account: ev.account.clone(), seq: a.id.seq, at_ms, payload: ev.payload.clone(), key: ev.key.clone() })
+            .map(|(ev, a)| Row { account: ev.account.clone(), seq: a.id.seq, at_ms, payload: ev.payload.clone(), key: ev.key.clone(), audience: ev.audience.clone() })
             .collect();
         let mut answers = accepted.into_iter();
         let replies: Vec<_> = group.into_iter().map(|p| (p.reply, answers.by_ref().take(p.batch.len()).collect::<Vec<_>>())).collect();
@@ -262,7 +262,7 @@ impl Writer {
         let node_trims = {
             let mut h = self.history.lock().expect("history lock");
             for (row, bytes) in rows.iter().zip(&frames) {
-                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() }, key: row.key.clone() });
+                h.push(&row.account, Entry { at_ms: row.at_ms, frame: StoredFrame { seq: row.seq, bytes: bytes.clone() }, key: row.key.clone(), audience: row.audience.clone() });
             }
             for (account, through) in &trims {
                 h.apply_cut(account, *through);
@@ -271,7 +271,7 @@ impl Writer {
             // Under the lock, in seq order: a stream opening now sees either the history
             // with these events or their delivery, never neither.
             for (row, bytes) in rows.iter().zip(&frames) {
-                self.fanout.deliver(&row.account, row.seq, bytes);
+                self.fanout.deliver(&row.account, row.seq, bytes, row.audience.as_deref());
             }
             h.trim_node()
         };

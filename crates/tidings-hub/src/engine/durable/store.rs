@@ -11,16 +11,24 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
+use tidings_protocol::Audience;
+
 use crate::config::FsyncPolicy;
 use crate::engine::history::floor_bucket;
 
 /// The data file inside `data_dir`.
 pub const DATA_FILE_NAME: &str = "tidings.db";
 /// Layout of the tables below; a file with another number is refused, not guessed at.
-/// Format 1 had no `key` column; it is upgraded in place at start-up ([`MIGRATIONS`]).
-const FORMAT_VERSION: i64 = 2;
+/// Format 1 had no `key` column, format 2 no `audience` column; they are upgraded in place at
+/// start-up ([`MIGRATIONS`]; their events keep no key or audience). An upgraded file is then
+/// refused by an older hub rather than have it replay audience-restricted events to the whole
+/// account.
+const FORMAT_VERSION: i64 = 3;
 /// `(from format, SQL to the next format)`, applied in order in one transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, "ALTER TABLE events ADD COLUMN key TEXT; UPDATE meta SET value = 2 WHERE key = 'format';")];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, "ALTER TABLE events ADD COLUMN key TEXT; UPDATE meta SET value = 2 WHERE key = 'format';"),
+    (2, "ALTER TABLE events ADD COLUMN audience TEXT; UPDATE meta SET value = 3 WHERE key = 'format';"),
+];
 /// WAL pages between automatic checkpoints (SQLite's default is 1,000). A checkpoint runs on
 /// the writer thread and holds up the publishes behind it; every commit rewrites the same few
 /// hot pages, so checkpointing less often copies barely more per checkpoint and costs less
@@ -38,6 +46,7 @@ CREATE TABLE events (
     at_ms INTEGER NOT NULL,
     payload TEXT NOT NULL,
     key TEXT,
+    audience TEXT,
     PRIMARY KEY (account, seq)
 ) WITHOUT ROWID;
 CREATE TABLE accounts (account TEXT PRIMARY KEY, trimmed_through INTEGER NOT NULL) WITHOUT ROWID;
@@ -68,6 +77,8 @@ pub struct Row {
     pub payload: std::sync::Arc<str>,
     /// The idempotency key the event was published with.
     pub key: Option<std::sync::Arc<str>>,
+    /// Stored in [`Audience::to_stored`]'s form; NULL for the whole account.
+    pub audience: Option<std::sync::Arc<Audience>>,
 }
 
 /// What the file holds at start-up.
@@ -225,7 +236,7 @@ impl Store {
             .query_map([], |r| Ok((r.get::<_, i64>(0)? as usize, r.get::<_, i64>(1)? as u64)))?
             .collect::<Result<Vec<_>, _>>()?;
         let mut events = Vec::new();
-        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, key FROM events ORDER BY account, seq")?;
+        let mut stmt = self.conn.prepare("SELECT account, seq, at_ms, payload, key, audience FROM events ORDER BY account, seq")?;
         let mut rows = stmt.query([])?;
         while let Some(r) = rows.next()? {
             let seq = r.get::<_, i64>(1)?;
@@ -235,7 +246,12 @@ impl Store {
             let account: String = r.get(0)?;
             let payload: String = r.get(3)?;
             let key: Option<String> = r.get(4)?;
-            events.push(Row { account: account.into(), seq: seq as u64, at_ms: r.get::<_, i64>(2)? as u64, payload: payload.into(), key: key.map(Into::into) });
+            let audience = match r.get::<_, Option<String>>(5)? {
+                None => None,
+                Some(text) => Some(Audience::from_stored(&text).map_err(|e| Failure::Damaged(format!("event {seq} has an unreadable audience: {e}")))?.into()),
+            };
+            let at_ms = r.get::<_, i64>(2)? as u64;
+            events.push(Row { account: account.into(), seq: seq as u64, at_ms, payload: payload.into(), key: key.map(Into::into), audience });
         }
         Ok(Loaded { epoch: epoch as u64, head: head as u64, trims, floors, events })
     }
@@ -246,9 +262,10 @@ impl Store {
     pub fn commit(&mut self, head: u64, rows: &[Row], trims: &[(std::sync::Arc<str>, u64)]) -> rusqlite::Result<()> {
         let tx = self.conn.transaction()?;
         {
-            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, key) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+            let mut insert = tx.prepare_cached("INSERT INTO events (account, seq, at_ms, payload, key, audience) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
             for r in rows {
-                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, r.key.as_deref()])?;
+                let audience = r.audience.as_deref().map(Audience::to_stored);
+                insert.execute(params![&*r.account, r.seq as i64, r.at_ms as i64, &*r.payload, r.key.as_deref(), audience])?;
             }
             let mut delete = tx.prepare_cached("DELETE FROM events WHERE account = ?1 AND seq <= ?2")?;
             let mut mark = tx.prepare_cached(

@@ -15,7 +15,11 @@ fn engine(dir: &Path, max_events: usize) -> DurableEngine {
 }
 
 fn batch(account: &str, n: usize) -> Vec<NewEvent> {
-    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), key: None }).collect()
+    (0..n).map(|i| NewEvent { account: account.into(), payload: format!("{{\"n\":{i}}}").into(), audience: None, key: None }).collect()
+}
+
+fn anyone() -> Viewer {
+    Viewer::new("u".into(), "s".into(), Arc::default())
 }
 
 /// Publishes a batch; returns the ids.
@@ -24,13 +28,60 @@ async fn publish(e: &DurableEngine, batch: Vec<NewEvent>) -> Result<Vec<EventId>
 }
 
 fn keyed(account: &str, key: &str) -> NewEvent {
-    NewEvent { account: account.into(), payload: format!("{{\"key\":\"{key}\"}}").into(), key: Some(key.into()) }
+    NewEvent { account: account.into(), payload: format!("{{\"key\":\"{key}\"}}").into(), audience: None, key: Some(key.into()) }
 }
 
 /// The decision and replayed seqs for a resume of `account` from `id`.
 async fn resume(e: &DurableEngine, account: &str, id: &EventId) -> (ResumeDecision, Vec<u64>) {
-    let o = e.open(account, LastEventId::Id(*id)).await.unwrap();
+    resume_as(e, account, id, &anyone()).await
+}
+
+async fn resume_as(e: &DurableEngine, account: &str, id: &EventId, viewer: &Viewer) -> (ResumeDecision, Vec<u64>) {
+    let o = e.open(account, LastEventId::Id(*id), viewer).await.unwrap();
     (o.decision, o.replay.iter().map(|f| f.seq).collect())
+}
+
+#[tokio::test]
+async fn audiences_are_stored_with_their_events_and_honoured_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let admins = Some(Arc::new(tidings_protocol::Audience::new(["role:admin", "user:ann"]).unwrap()));
+    let start = {
+        let e = engine(dir.path(), 100);
+        let start = publish(&e, batch("a", 1)).await.unwrap()[0];
+        let mut events = batch("a", 3);
+        events[1].audience = admins;
+        publish(&e, events).await.unwrap();
+        e.close().await;
+        start
+    };
+    let e = engine(dir.path(), 100);
+    let ann = Viewer::new("ann".into(), "s-1".into(), Arc::default());
+    assert_eq!(resume(&e, "a", &start).await, (ResumeDecision::Replay { after: 1 }, vec![2, 4]));
+    assert_eq!(resume_as(&e, "a", &start, &ann).await, (ResumeDecision::Replay { after: 1 }, vec![2, 3, 4]));
+}
+
+#[tokio::test]
+async fn a_format_2_file_is_upgraded_in_place_and_keeps_its_history_and_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = {
+        let e = engine(dir.path(), 100);
+        let ids = publish(&e, vec![keyed("a", "k"), batch("a", 1).remove(0)]).await.unwrap();
+        e.close().await;
+        ids
+    };
+    // What a hub from before audiences left behind.
+    let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
+    conn.execute_batch("ALTER TABLE events DROP COLUMN audience; UPDATE meta SET value = 2 WHERE key = 'format';").unwrap();
+    drop(conn);
+    let e = engine(dir.path(), 100);
+    assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]));
+    assert!(e.publish(vec![keyed("a", "k")]).await.unwrap()[0].duplicate, "keys survive the upgrade");
+    let mut restricted = batch("a", 1);
+    restricted[0].audience = Some(Arc::new(tidings_protocol::Audience::new(["role:admin"]).unwrap()));
+    assert_eq!(publish(&e, restricted).await.unwrap(), vec![EventId::new(ids[0].epoch, 3)]);
+    e.close().await;
+    let e = engine(dir.path(), 100);
+    assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]), "upgraded, and the new event kept its audience");
 }
 
 #[tokio::test]
@@ -164,7 +215,7 @@ async fn concurrent_publishers_of_one_key_store_it_once() {
     }
     assert_eq!(answers.iter().filter(|a| !a.duplicate).count(), 1, "{answers:?}");
     assert!(answers.iter().all(|a| a.id == answers[0].id), "{answers:?}");
-    let replay = e.open("a", LastEventId::Id(EventId::new(answers[0].id.epoch, 0))).await.unwrap().replay;
+    let replay = e.open("a", LastEventId::Id(EventId::new(answers[0].id.epoch, 0)), &anyone()).await.unwrap().replay;
     assert_eq!(replay.len(), 1, "stored once");
 }
 
@@ -179,7 +230,7 @@ async fn a_format_1_file_is_upgraded_in_place() {
     };
     // What a hub from before idempotency keys left behind.
     let conn = rusqlite::Connection::open(dir.path().join(DATA_FILE_NAME)).unwrap();
-    conn.execute_batch("ALTER TABLE events DROP COLUMN key; UPDATE meta SET value = 1 WHERE key = 'format';").unwrap();
+    conn.execute_batch("ALTER TABLE events DROP COLUMN key; ALTER TABLE events DROP COLUMN audience; UPDATE meta SET value = 1 WHERE key = 'format';").unwrap();
     drop(conn);
     let e = engine(dir.path(), 100);
     assert_eq!(resume(&e, "a", &ids[0]).await, (ResumeDecision::Replay { after: 1 }, vec![2]));

@@ -18,7 +18,7 @@ use tidings_protocol::frame::{ResyncReason, encode_data_frame, encode_resync};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Connector;
-use super::{Inner, Link, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_id, field, scripts};
+use super::{Inner, Link, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_id, field, scripts, stored_audience};
 use crate::engine::history::new_epoch;
 
 /// How long one `XREAD` waits for new entries; also how often an idle node checks the epoch
@@ -209,9 +209,9 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
             resynced = true;
         }
         match entry {
-            Entry::Event { seq, account, payload, .. } => {
+            Entry::Event { seq, account, payload, audience, .. } => {
                 let frame = Bytes::from(encode_data_frame(Some(EventId::new(at.epoch, seq)), payload));
-                inner.fanout.deliver(account, seq, &frame);
+                inner.fanout.deliver(account, seq, &frame, stored_audience(audience).as_deref());
                 next = Cursor { seq, minor: 0, ..next };
             }
             Entry::Fence { seq, .. } => next = Cursor { seq, minor: 0, ..next },
@@ -230,7 +230,8 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
 /// One feed entry (see the layout in [`scripts`]).
 #[derive(Debug)]
 enum Entry<'a> {
-    Event { seq: u64, account: &'a str, epoch: &'a str, payload: &'a str },
+    /// `audience`: the stored form, when the event has one.
+    Event { seq: u64, account: &'a str, epoch: &'a str, payload: &'a str, audience: Option<&'a str> },
     /// After a failover: seqs after `after` up to `seq` name no event (see [`scripts::init`]).
     Fence { seq: u64, after: u64, epoch: &'a str },
     Claim { position: (u64, u64), account: &'a str, session: &'a str, node: &'a str },
@@ -245,7 +246,7 @@ impl<'a> Entry<'a> {
         let epoch = field(fields, "e")?;
         match field(fields, "f") {
             Some(after) => Some(Entry::Fence { seq: major, after: after.parse().ok()?, epoch }),
-            None => Some(Entry::Event { seq: major, account: field(fields, "a")?, epoch, payload: field(fields, "p")? }),
+            None => Some(Entry::Event { seq: major, account: field(fields, "a")?, epoch, payload: field(fields, "p")?, audience: field(fields, "u") }),
         }
     }
 

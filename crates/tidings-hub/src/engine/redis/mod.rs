@@ -57,8 +57,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::MultiplexedConnection;
-use tidings_protocol::EventId;
 use tidings_protocol::frame::encode_data_frame;
+use tidings_protocol::{Audience, EventId, Viewer};
 use tidings_protocol::resume::{HistoryWindow, LastEventId, ResumeDecision, decide};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -205,7 +205,8 @@ impl Inner {
         inv.arg(self.history.max_age.as_millis() as u64).arg(self.history.max_bytes);
         for ev in &batch {
             inv.key(k.account(&ev.account)).key(k.account_keys(&ev.account));
-            inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes()).arg(ev.key.as_deref().unwrap_or("").as_bytes());
+            let audience = ev.audience.as_deref().map(Audience::to_stored).unwrap_or_default();
+            inv.arg(ev.account.as_bytes()).arg(ev.payload.as_bytes()).arg(ev.key.as_deref().unwrap_or("").as_bytes()).arg(audience);
         }
         let (status, seqs, duplicates): (i64, Vec<u64>, Vec<u8>) = inv.invoke_async(&mut conn).await.map_err(|e| self.failed(&link, &e))?;
         if status < 0 {
@@ -246,7 +247,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn open(&self, account: &str, last_event_id: LastEventId) -> Result<Opening, EngineError> {
+    async fn open(&self, account: &str, last_event_id: LastEventId, viewer: &Viewer) -> Result<Opening, EngineError> {
         let link = self.connection()?;
         let mut conn = link.conn.clone();
         let followed = self.epoch.load(Ordering::Acquire);
@@ -264,7 +265,7 @@ impl Inner {
             .arg(&self.node_id)
             .arg(self.history.max_bytes);
         for s in &claims {
-            inv.arg(s.account.as_bytes()).arg(s.session.as_bytes());
+            inv.arg(s.account.as_bytes()).arg(s.session().as_bytes());
         }
         type Reply = (String, u64, u64, Vec<(String, Vec<String>)>, u8, Vec<String>);
         let (epoch, head, trimmed_through, entries, too_large, claimed): Reply = match inv.invoke_async(&mut conn).await {
@@ -288,7 +289,10 @@ impl Inner {
         if matches!(decision, ResumeDecision::Replay { .. }) && too_large == 1 {
             return Ok(Opening::too_large(epoch, head));
         }
-        let frames: Vec<_> = entries.iter().filter_map(|(id, fields)| account_frame(epoch, id, fields)).collect();
+        // Filtered here, on the node: Redis returns the whole gap, and its replay budget
+        // counts every event in it, including those this stream may not see.
+        let visible = entries.iter().filter(|(_, fields)| viewer.sees(stored_audience(field(fields, "u")).as_deref()));
+        let frames: Vec<_> = visible.filter_map(|(id, fields)| account_frame(epoch, id, fields)).collect();
         Ok(Opening::from_retained(epoch, head, decision, &frames, usize::MAX))
     }
 
@@ -338,6 +342,16 @@ fn account_frame(epoch: u64, id: &str, fields: &[String]) -> Option<StoredFrame>
     Some(StoredFrame { seq, bytes: Bytes::from(encode_data_frame(Some(EventId::new(epoch, seq)), payload)) })
 }
 
+/// An event's audience from its stored `u` field (`None`: the whole account). One that cannot
+/// be read admits nobody: a damaged entry must not widen who sees an event.
+fn stored_audience(text: Option<&str>) -> Option<Arc<Audience>> {
+    let audience = Audience::from_stored(text?).unwrap_or_else(|_| {
+        tracing::warn!("an event's stored audience cannot be read; no stream is given the event");
+        Audience::nobody()
+    });
+    Some(Arc::new(audience))
+}
+
 /// The value of `name` in a flat `[field, value, …]` list.
 fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
     fields.chunks_exact(2).find(|kv| kv[0] == name).map(|kv| kv[1].as_str())
@@ -348,8 +362,8 @@ impl Engine for RedisEngine {
         self.inner.publish(batch).boxed()
     }
 
-    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        self.inner.open(account, last_event_id).boxed()
+    fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
+        self.inner.open(account, last_event_id, viewer).boxed()
     }
 
     fn is_ready(&self) -> bool {

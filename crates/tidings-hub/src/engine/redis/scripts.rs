@@ -7,8 +7,10 @@
 //! primary with replicas), not Redis Cluster.
 //!
 //! Stream entry ids are `<seq>-0`. Per-account entries hold `p` (the activity payload) and `t`
-//! (milliseconds since the epoch, for age trimming) in that order. The feed holds three kinds
-//! of entry: events at `<seq>-0` (`a` account, `e` epoch in hex, `p`); fences at `<seq>-0`
+//! (milliseconds since the epoch, for age trimming) in that order, then `u` (the audience in
+//! its stored form) when the event has one. The feed holds three kinds of entry: events at
+//! `<seq>-0` (`a` account, `e` epoch in hex, `p`, and `u` when there is an audience: every
+//! node filters its own streams by it); fences at `<seq>-0`
 //! (`f`, the head the fence starts after, and `e`; see [`init`]); and session claims at
 //! `<head>-<n>`, `n` > 0 (`c` account, `s` session, `n` node), which take no seq.
 
@@ -197,7 +199,8 @@ return {epoch, string.format('%d', head), happened}
 ///
 /// KEYS: epoch, seq, feed, trimmed, oldest, then per event its account stream and key set.
 /// ARGV: expected epoch, now (ms), max events, age cutoff (ms), feed length, key set lifetime
-/// (ms), max bytes per account, then account, payload and key ("" for none) per event.
+/// (ms), max bytes per account, then account, payload, key ("" for none) and stored audience
+/// ("" for none) per event.
 /// Returns `{1, seqs, duplicate flags}` (one per event, in order), or `{-1, {}, {}}` when the
 /// epoch is not the expected one (nothing is written then).
 pub(super) fn publish() -> Script {
@@ -210,7 +213,7 @@ local cutoff = tonumber(ARGV[4])
 local seqs, dups, first = {}, {}, {}
 local new = 0
 for i = 1, n do
-  local stream, keys, key = KEYS[4 + 2 * i], KEYS[5 + 2 * i], ARGV[7 + 3 * i]
+  local stream, keys, key = KEYS[4 + 2 * i], KEYS[5 + 2 * i], ARGV[6 + 4 * i]
   dups[i] = 0
   if key ~= '' then
     local earlier = first[keys .. '\0' .. key]
@@ -239,10 +242,15 @@ for i = 1, n do
     seq = seq + 1
     seqs[i] = seq
     local id = string.format('%d-0', seq)
-    local account, payload, key = ARGV[5 + 3 * i], ARGV[6 + 3 * i], ARGV[7 + 3 * i]
-    redis.call('XADD', KEYS[4 + 2 * i], id, 'p', payload, 't', ARGV[2])
+    local account, payload, key, audience = ARGV[4 + 4 * i], ARGV[5 + 4 * i], ARGV[6 + 4 * i], ARGV[7 + 4 * i]
+    if audience == '' then
+      redis.call('XADD', KEYS[4 + 2 * i], id, 'p', payload, 't', ARGV[2])
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
+    else
+      redis.call('XADD', KEYS[4 + 2 * i], id, 'p', payload, 't', ARGV[2], 'u', audience)
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload, 'u', audience)
+    end
     redis.call('HINCRBY', KEYS[4] .. ':bytes', account, #payload)
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], id, 'a', account, 'e', ARGV[1], 'p', payload)
     if key ~= '' then
       redis.call('ZADD', KEYS[5 + 2 * i], seq, key)
       redis.call('PEXPIRE', KEYS[5 + 2 * i], ARGV[6])
