@@ -30,24 +30,7 @@ impl SentinelSet {
         let replica = Redis::start_full(Transport::Plain, false, replica_of(primary.port)).await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
-            let dir = tempfile::tempdir().unwrap();
-            let conf = format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\nsentinel monitor {MASTER_NAME} 127.0.0.1 {} 2\nsentinel down-after-milliseconds {MASTER_NAME} {}\nsentinel failover-timeout {MASTER_NAME} 5000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
-                primary.port,
-                DOWN_AFTER.as_millis()
-            );
-            let path = dir.path().join("sentinel.conf");
-            std::fs::write(&path, conf).unwrap();
-            let child = Command::new("redis-sentinel")
-                .arg(&path)
-                .current_dir(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start redis-sentinel ({e}): the failover tests need it; install it (Debian: apt-get install redis-sentinel)"));
-            sentinels.push((port, child, dir));
+            sentinels.push(start_sentinel(primary.port).await);
         }
         let set = SentinelSet { servers: [primary, replica], primary: 0, sentinels };
         set.wait_settled().await;
@@ -79,9 +62,17 @@ impl SentinelSet {
     /// Waits until every sentinel knows the replica and two other sentinels, so that a
     /// failover can be agreed on.
     async fn wait_settled(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         'poll: loop {
-            assert!(Instant::now() < deadline, "the sentinels did not discover each other and the replica within 30 s");
+            if Instant::now() >= deadline {
+                let mut seen = Vec::new();
+                for (port, _, _) in &self.sentinels {
+                    let master = inline_command(*port, &format!("SENTINEL master {MASTER_NAME}")).await.unwrap_or_default();
+                    seen.push(format!("{port}: {}", master.lines().collect::<Vec<_>>().join(" ")));
+                }
+                let replication = self.servers[1 - self.primary].command("INFO replication").await.unwrap_or_default();
+                panic!("the sentinels did not discover each other and the replica within 60 s:\n{}\nreplica: {replication}", seen.join("\n"));
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             for (port, _, _) in &self.sentinels {
                 let master = inline_command(*port, &format!("SENTINEL master {MASTER_NAME}")).await.unwrap_or_default();
@@ -131,4 +122,39 @@ impl SentinelSet {
 
 fn replica_of(port: u16) -> Vec<String> {
     vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
+}
+
+/// Starts one sentinel monitoring the primary on `primary_port`, on a free port, and waits
+/// until it answers. A port another test took between choosing and binding makes the sentinel
+/// exit at once: then it starts again on another port.
+async fn start_sentinel(primary_port: u16) -> (u16, Child, tempfile::TempDir) {
+    for _ in 0..5 {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = format!(
+            "port {port}\nbind 127.0.0.1\ndaemonize no\nsentinel monitor {MASTER_NAME} 127.0.0.1 {primary_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} {}\nsentinel failover-timeout {MASTER_NAME} 5000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
+            DOWN_AFTER.as_millis()
+        );
+        let path = dir.path().join("sentinel.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut child = Command::new("redis-sentinel")
+            .arg(&path)
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-sentinel ({e}): the failover tests need it; install it (Debian: apt-get install redis-sentinel)"));
+        for _ in 0..100 {
+            if inline_command(port, "PING").await.is_some_and(|r| r.starts_with("+PONG")) {
+                return (port, child, dir);
+            }
+            if child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill().await;
+    }
+    panic!("redis-sentinel did not start on a free port in 5 attempts");
 }
