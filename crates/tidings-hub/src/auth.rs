@@ -37,6 +37,15 @@ const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
 /// and hammer the one service that must stay up for anyone to sign in. Requests beyond it
 /// wait their turn within `auth.introspection.timeout`.
 const INTROSPECTION_IN_FLIGHT_MAX: usize = 32;
+/// Stream requests waiting for an introspection slot at once, beyond those in flight; more
+/// are answered 503 with `Retry-After` at once. A waiting request holds its connection and its
+/// whole request (head, handler and middleware futures: about 15 KiB, measured with heaptrack
+/// in a connect storm), and memory a storm's queue once took stays with the process: 10,000
+/// streams connecting at 5,000 a second queued thousands and left 8 KiB per idle stream
+/// behind, four times what the streams hold (BENCHMARKS.md, "Idle streams per identity
+/// source"). Eight per slot is a wait of eight answers; a longer queue only holds requests a
+/// slow endpoint would time out anyway, and the client comes back after `Retry-After`.
+const INTROSPECTION_WAITING_MAX: usize = 8 * INTROSPECTION_IN_FLIGHT_MAX;
 /// Idle connections to the introspection endpoint kept for reuse: as many as may be in flight.
 const INTROSPECTION_IDLE_CONNECTIONS_MAX: usize = INTROSPECTION_IN_FLIGHT_MAX;
 /// Longest credential accepted; longer ones are refused before any provider sees them.
@@ -495,9 +504,33 @@ struct Introspector {
     /// Bounds requests in flight ([`INTROSPECTION_IN_FLIGHT_MAX`]); a permit is held for one
     /// request and dropped with its answer.
     in_flight: tokio::sync::Semaphore,
+    /// Bounds requests in flight or waiting for a slot ([`INTROSPECTION_WAITING_MAX`]); a
+    /// permit is held from the cache miss until the answer, and a request that finds none is
+    /// refused at once.
+    admitted: tokio::sync::Semaphore,
     /// `auth.introspection.timeout`: also bounds the wait for a permit.
     timeout: Duration,
-    cache: moka::future::Cache<String, Result<Identity, AuthError>>,
+    /// Answers by [`cache_key`]: a digest, never the credential.
+    cache: moka::future::Cache<CacheKey, Result<Identity, AuthError>>,
+}
+
+/// What the introspection cache is keyed by: see [`cache_key`].
+type CacheKey = [u8; 32];
+
+/// The introspection cache's key for a credential: a SHA-256 digest of where it came from and
+/// the credential. It is 32 bytes whatever the credential's length (whole credentials of up
+/// to [`CREDENTIAL_LEN_MAX`] in [`INTROSPECTION_CACHE_ENTRIES_MAX`] entries could hold 800 MiB),
+/// and the cache keeps no credential in memory. A cryptographic digest, because two
+/// credentials with one key would share an identity.
+fn cache_key(token: &str, source: CredentialSource) -> CacheKey {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    digest.update(source.as_str().as_bytes());
+    // Source names hold no NUL: each (source, credential) pair is a distinct input.
+    digest.update(b"\0");
+    digest.update(token.as_bytes());
+    let mut key = [0u8; 32];
+    key.copy_from_slice(digest.finish().as_ref());
+    key
 }
 
 #[derive(Deserialize)]
@@ -537,16 +570,30 @@ impl Introspector {
             .max_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
             .expire_after(IntrospectionExpiry { positive_ttl, negative_ttl })
             .build();
-        Ok(Self { config: c.clone(), url: c.url.clone(), client, in_flight: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX), timeout: c.timeout, cache })
+        Ok(Self {
+            config: c.clone(),
+            url: c.url.clone(),
+            client,
+            in_flight: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX),
+            admitted: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX + INTROSPECTION_WAITING_MAX),
+            timeout: c.timeout,
+            cache,
+        })
     }
 
     async fn identify(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
-        let key = format!("{}:{token}", source.as_str());
+        let key = cache_key(token, source);
         if let Some(answer) = self.cache.get(&key).await {
             return answer;
         }
+        let Ok(_admitted) = self.admitted.try_acquire() else {
+            tracing::debug!("introspection queue full; stream request refused");
+            return Err(AuthError::Unavailable);
+        };
         let answer = match tokio::time::timeout(self.timeout, self.in_flight.acquire()).await {
-            Ok(Ok(_permit)) => self.ask(token, source, grant_sets).await,
+            // Boxed: the request, its answer and their JSON take room only while asked, not
+            // in every request waiting for a slot.
+            Ok(Ok(_permit)) => Box::pin(self.ask(token, source, grant_sets)).await,
             _ => {
                 tracing::warn!("introspection requests queued past the timeout");
                 Err(AuthError::Unavailable)
@@ -604,8 +651,8 @@ struct IntrospectionExpiry {
     negative_ttl: Duration,
 }
 
-impl moka::Expiry<String, Result<Identity, AuthError>> for IntrospectionExpiry {
-    fn expire_after_create(&self, _: &String, value: &Result<Identity, AuthError>, _: std::time::Instant) -> Option<Duration> {
+impl moka::Expiry<CacheKey, Result<Identity, AuthError>> for IntrospectionExpiry {
+    fn expire_after_create(&self, _: &CacheKey, value: &Result<Identity, AuthError>, _: std::time::Instant) -> Option<Duration> {
         Some(if value.is_ok() { self.positive_ttl } else { self.negative_ttl })
     }
 }
@@ -648,6 +695,50 @@ mod tests {
         assert_eq!(with("key-without-a-name").as_deref(), Ok(PUBLISHER_UNNAMED));
         assert_eq!(with("key-of-the-billing-servicf"), Err(AuthError::Invalid));
         assert!(!format!("{auth:?}").contains("key-of"), "keys stay out of debug output");
+    }
+
+    #[test]
+    fn the_introspection_cache_is_keyed_by_a_digest_of_source_and_credential() {
+        let token = "an-opaque-session-token";
+        let key = cache_key(token, CredentialSource::Header);
+        assert_eq!(key, cache_key(token, CredentialSource::Header));
+        assert_ne!(key, cache_key(token, CredentialSource::Cookie), "a cookie is asked about apart from a header token");
+        assert_ne!(key, cache_key("an-opaque-session-tokem", CredentialSource::Header));
+        assert_ne!(cache_key("header", CredentialSource::Cookie), cache_key("", CredentialSource::Header), "source and credential do not run together");
+        assert_eq!(size_of_val(&cache_key(&"x".repeat(CREDENTIAL_LEN_MAX), CredentialSource::Query)), 32, "the longest credential takes no more room");
+    }
+
+    #[tokio::test]
+    async fn introspection_requests_beyond_the_waiting_line_are_refused_at_once() {
+        // An endpoint that accepts connections and never answers: every request keeps its slot.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let timeout = Duration::from_secs(30);
+        let config = IntrospectionConfig { url: format!("http://{addr}/introspect"), cache_ttl: Duration::from_secs(30), timeout };
+        let intro = Arc::new(Introspector::new(&config).unwrap());
+        let grant_sets = Arc::new(GrantSets::default());
+        let mut admitted = tokio::task::JoinSet::new();
+        for i in 0..INTROSPECTION_IN_FLIGHT_MAX + INTROSPECTION_WAITING_MAX {
+            let (intro, grant_sets) = (intro.clone(), grant_sets.clone());
+            admitted.spawn(async move { intro.identify(&format!("token-{i}"), CredentialSource::Header, &grant_sets).await });
+        }
+        let full = tokio::time::timeout(Duration::from_secs(10), async {
+            while intro.admitted.available_permits() > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        full.await.expect("every request up to the bound is admitted");
+        let started = std::time::Instant::now();
+        assert_eq!(intro.identify("one-more", CredentialSource::Header, &grant_sets).await, Err(AuthError::Unavailable));
+        assert!(started.elapsed() < timeout / 2, "refused without waiting for a slot");
+        assert!(admitted.try_join_next().is_none(), "the admitted ones still wait for their answers");
+        admitted.abort_all();
     }
 
     #[tokio::test]
