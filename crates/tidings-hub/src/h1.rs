@@ -94,36 +94,24 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
     // their `select!`s and timers, made this task 1.9 KiB, the largest cost of an idle stream.)
     loop {
         let Some(request) = Box::pin(next_head(&socket, &mut buf, &shared)).await else { return };
-        let (mut req, consumed) = match request {
+        let (req, consumed) = match request {
             Head::Closed => return,
             Head::HandOff => return Box::pin(hand_off(socket, peer, buf, &shared, conn, watcher)).await,
-            // Unboxed at once: a moved-out box is otherwise freed only at the end of the
-            // scope, which for a stream is its whole life.
-            Head::Parsed(req, consumed) => (*req, consumed),
+            Head::Parsed(req, consumed) => (req, consumed),
         };
         buf.drain(..consumed);
         if buf.is_empty() {
             // An open stream keeps no read buffer.
             buf = Vec::new();
         }
-        let mut keep_alive = !wants_close(req.headers());
-        req.extensions_mut().insert(ConnectionHandle(conn.clone()));
-        req.extensions_mut().insert(PeerAddr(peer));
-        let Some(response) = Box::pin(respond(&shared, req, &socket, &mut buf)).await else { return };
-        keep_alive &= !wants_close(response.headers());
-        // An event stream is bounded by its queue instead (slow_consumer); any other answer
-        // must be taken by the client within the bound.
-        let written = if is_event_stream(response.headers()) {
-            let head = Box::pin(write_response(&socket, response)).await;
-            match head {
-                Ok(Written::Streaming(body)) => ChunkWriter::new(&socket, body, &mut buf).boxed().await,
-                other => other,
-            }
-        } else {
-            match Box::pin(write_bounded(&socket, response, &mut buf, &shared)).await {
-                Some(written) => written,
-                None => return,
-            }
+        // The request and its response are locals of this boxed phase only: a local of this
+        // loop keeps its room in the task across every later `await`, moved out or not (the
+        // request and response held here took a third of an idle stream's task).
+        let Some(answered) = Box::pin(answer(&shared, req, peer, &conn, &socket, &mut buf)).await else { return };
+        let (written, keep_alive) = match answered {
+            // An event stream is bounded by its queue instead (slow_consumer).
+            Answered::Stream(body, keep_alive) => (ChunkWriter::new(&socket, body, &mut buf).boxed().await, keep_alive),
+            Answered::Written(written, keep_alive) => (written, keep_alive),
         };
         match written {
             Ok(Written::Complete) => {}
@@ -138,6 +126,33 @@ pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared
             return;
         }
     }
+}
+
+/// What [`answer`] did with a request; each with whether the connection may be kept.
+enum Answered {
+    /// An event stream's head is written; its body is to go out as chunks.
+    Stream(Body, bool),
+    /// Any other answer, written whole (or how writing it failed).
+    Written(io::Result<Written>, bool),
+}
+
+/// Routes a request and writes its answer, all but an event stream's body; `None` when the
+/// connection is to end (the client went away first, or did not take the answer in time).
+async fn answer(shared: &Shared, req: Box<Request<Body>>, peer: SocketAddr, conn: &CancellationToken, socket: &TcpStream, buf: &mut Vec<u8>) -> Option<Answered> {
+    let mut req = *req;
+    let mut keep_alive = !wants_close(req.headers());
+    req.extensions_mut().insert(ConnectionHandle(conn.clone()));
+    req.extensions_mut().insert(PeerAddr(peer));
+    let response = respond(shared, req, socket, buf).await?;
+    keep_alive &= !wants_close(response.headers());
+    if is_event_stream(response.headers()) {
+        return Some(match write_response(socket, response).await {
+            Ok(Written::Streaming(body)) => Answered::Stream(body, keep_alive),
+            other => Answered::Written(other, keep_alive),
+        });
+    }
+    // Any answer but a stream must be taken by the client within the bound.
+    Some(Answered::Written(write_bounded(socket, response, buf, shared).await?, keep_alive))
 }
 
 /// The next request head, within [`HEAD_READ_TIMEOUT`]; `None` when the connection is to
