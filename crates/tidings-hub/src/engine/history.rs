@@ -379,11 +379,12 @@ impl History {
         idle.len()
     }
 
-    /// Gives back the map's room once most of it is empty (a map keeps its capacity).
+    /// Gives back the maps' room once most of it is empty (a map keeps its capacity).
     pub fn shrink(&mut self) {
         if self.accounts.capacity() > 4 * self.accounts.len().max(1_024) {
             self.accounts.shrink_to_fit();
         }
+        self.keys.shrink();
     }
 
     /// The floor of `account`'s bucket.
