@@ -9,6 +9,12 @@
 # BENCH_MANY_RATE, BENCH_RESUME_RATE, BENCH_DURATION. Every other argument goes to
 # `tidings bench run` (see `tidings bench run --help`). Results: bench/results/<UTC time>.json
 # and .md. Needs root for apt-get when a peer is missing.
+#
+# BENCH_TIDINGS_BIN=<path> serves the hub from another `tidings` binary (one built with
+# another allocator, say) while this checkout's build drives the load:
+#
+#   cargo build --release -p tidings --features jemalloc && cp target/release/tidings /tmp/tidings-jemalloc
+#   BENCH_TIDINGS_BIN=/tmp/tidings-jemalloc bench/run.sh --targets tidings --scenarios idle
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
