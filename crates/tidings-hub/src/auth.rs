@@ -35,16 +35,18 @@ const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
 /// otherwise open as many connections to the host application at the same moment (each kept
 /// in the client's pool afterwards, with its buffers: 20 KiB per stream at 10,000 streams),
 /// and hammer the one service that must stay up for anyone to sign in. Requests beyond it
-/// wait their turn within `auth.introspection.timeout`.
+/// wait their turn within `auth.introspection.timeout`, up to [`INTROSPECTION_WAITING_MAX`].
 const INTROSPECTION_IN_FLIGHT_MAX: usize = 32;
 /// Stream requests waiting for an introspection slot at once, beyond those in flight; more
 /// are answered 503 with `Retry-After` at once. A waiting request holds its connection and its
 /// whole request (head, handler and middleware futures: about 15 KiB, measured with heaptrack
 /// in a connect storm), and memory a storm's queue once took stays with the process: 10,000
 /// streams connecting at 5,000 a second queued thousands and left 8 KiB per idle stream
-/// behind, four times what the streams hold (BENCHMARKS.md, "Idle streams per identity
+/// behind, four times what the streams hold (BENCHMARKS.md, "Idle memory per identity
 /// source"). Eight per slot is a wait of eight answers; a longer queue only holds requests a
-/// slow endpoint would time out anyway, and the client comes back after `Retry-After`.
+/// slow endpoint would time out anyway, and the client comes back after `Retry-After`. The
+/// price is paid against a slow endpoint in a storm: refused clients come back in waves, and
+/// the endpoint idles between them, so the storm takes longer to get through.
 const INTROSPECTION_WAITING_MAX: usize = 8 * INTROSPECTION_IN_FLIGHT_MAX;
 /// Idle connections to the introspection endpoint kept for reuse: as many as may be in flight.
 const INTROSPECTION_IDLE_CONNECTIONS_MAX: usize = INTROSPECTION_IN_FLIGHT_MAX;
