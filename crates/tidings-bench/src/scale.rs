@@ -254,10 +254,12 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The streams live through every rate: the sequence numbers continue from rate to rate.
+    let mut last_seq = vec![0u64; a.accounts];
     for &rate in &a.rates {
         for rep in 0..a.repeat.max(1) {
             eprintln!("[scale]   {rate} publishes/s (run {})", rep + 1);
-            let point = run_point(a, &targets, &streams, redis.child.id(), nodes, rate).await?;
+            let point = run_point(a, &targets, &streams, redis.child.id(), nodes, rate, &mut last_seq).await?;
             eprintln!("[scale]   {}", serde_json::to_string(&point)?);
             report.points.push(point);
             write(&a.out, report)?;
@@ -272,7 +274,8 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
     Ok(())
 }
 
-async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], redis_pid: u32, nodes: usize, rate: f64) -> Result<Point> {
+#[allow(clippy::too_many_arguments)]
+async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], redis_pid: u32, nodes: usize, rate: f64, last_seq: &mut Vec<u64>) -> Result<Point> {
     for s in streams {
         s.reset_latency();
     }
@@ -299,7 +302,7 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         .map(|(k, t)| {
             let mine: Vec<usize> = (0..a.accounts).filter(|acc| acc % nodes == k).collect();
             let share = rate * mine.len() as f64 / a.accounts as f64;
-            spawn_publisher_over(t.publish_api(), share, a.duration, mine, a.accounts, stop.clone())
+            spawn_publisher_over(t.publish_api(), share, a.duration, mine, last_seq.clone(), stop.clone())
         })
         .collect();
     let mut published = Published { per_account: vec![0; a.accounts], ..Default::default() };
@@ -307,6 +310,10 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         let one = tokio::task::spawn_blocking(move || p.join()).await?.map_err(|_| anyhow::anyhow!("publisher panicked"))?;
         for (i, n) in one.per_account.iter().enumerate() {
             published.per_account[i] += n;
+        }
+        // Each account has one publisher: the others leave its number where it was.
+        for (last, theirs) in last_seq.iter_mut().zip(&one.last_seq) {
+            *last = (*last).max(*theirs);
         }
         published.acked += one.acked;
         for (k, v) in one.failures {
