@@ -337,7 +337,7 @@ impl Harness {
             Scenario::Fanout | Scenario::FanoutAudience | Scenario::ConnectStorm => 1,
             Scenario::Idle | Scenario::ManyAccounts | Scenario::ResumeStorm => sizes.accounts.min(n).max(1),
         };
-        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_url: None, nofile: self.nofile, history: String::new() };
+        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_urls: Vec::new(), nofile: self.nofile, history: String::new() };
         let mut target = Target::start(kind, &opts).await?;
         let identity = (kind == Kind::Tidings).then_some(identity);
         let mut out = Outcome { target: kind.name().into(), scenario, identity, engine: target.engine.clone(), streams: n, accounts, ..Default::default() };

@@ -80,6 +80,7 @@ async fn the_scale_model_counts_every_delivery_once_on_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("scale.json");
     let args = tidings_bench::scale::ScaleArgs {
+        shards: vec![1],
         nodes: vec![1, 2],
         rates: vec![50.0, 400.0],
         streams: 100,
@@ -99,7 +100,7 @@ async fn the_scale_model_counts_every_delivery_once_on_every_node() {
     for p in &report.points {
         assert!(p.published > 0 && p.expected == p.published * 10, "{p:?}");
         assert!(p.publish_errors.is_empty(), "{p:?}");
-        assert_eq!((p.delivered, p.lost, p.duplicated), (p.expected, 0, 0), "{p:?}");
+        assert_eq!((p.delivered, p.lost, p.duplicated, p.extra), (p.expected, 0, 0, 0), "{p:?}");
         assert_eq!(p.per_node.len(), p.nodes, "{p:?}");
         assert!(p.per_node.iter().all(|n| n.delivered > 0 && n.read_bytes_per_sec > 0.0), "{p:?}");
         assert!(p.redis_cpu_cores > 0.0, "{p:?}");
