@@ -9,7 +9,7 @@
 //! numbers are for ratios and trends (what one more node costs Redis, what one more event
 //! costs a node), not for absolute capacity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -41,6 +41,9 @@ const SATURATED_MACHINE_SHARE: f64 = 0.9;
 /// A point's deliveries are waited for until they stop moving for this long: a backlog that
 /// still drains is waited for, a lost event is not waited for forever.
 const DRAIN_QUIET: Duration = Duration::from_secs(3);
+/// How often the drain counts deliveries event by event once their sum is reached: the count
+/// walks every account's events on every node.
+const PER_EVENT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScaleArgs {
@@ -110,8 +113,8 @@ pub struct Point {
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
-    /// Deliveries beyond those owed: events whose publish failed (a timeout) yet was stored,
-    /// or a previous rate's backlog arriving late. Zero when the accounting is exact.
+    /// Deliveries of events whose publish failed (a timeout after Redis stored them): not
+    /// owed, not lost either. Counted event by event, like `lost`, so neither hides the other.
     #[serde(default)]
     pub extra: u64,
     /// Deliveries per second, from the first publish to the last delivery.
@@ -390,6 +393,7 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     // One publisher per node, each for its own share of the accounts (so per-account order
     // and sequence numbers stay one publisher's), together at `rate`.
     let stop = Arc::new(AtomicBool::new(false));
+    let seq_before = last_seq.to_vec();
     let publishers: Vec<_> = targets
         .iter()
         .enumerate()
@@ -414,19 +418,35 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
             *published.failures.entry(k).or_default() += v;
         }
         published.elapsed = published.elapsed.max(one.elapsed);
+        published.failed.extend(one.failed);
     }
+    let failed: HashSet<(usize, u64)> = published.failed.iter().copied().collect();
+    let owed = |acc| crate::scenario::streams_of(acc, a.streams, a.accounts);
+    let account = |acc: usize| PerEvent::account(streams, acc, seq_before[acc] + 1..=last_seq[acc], owed(acc), &failed);
     let published_at = Instant::now();
     let expected = crate::scenario::expected(&published, a.streams, a.accounts);
     let delivered_now = || streams.iter().zip(&delivered0).map(|(s, d0)| s.counts().delivered - d0).sum::<u64>();
-    // Wait for the deliveries, or for them to stop moving for DRAIN_QUIET.
-    let (mut last, mut last_change) = (delivered_now(), published_at);
-    while last < expected && last_change.elapsed() < DRAIN_QUIET {
+    let per_event = || (0..a.accounts).map(account).fold(PerEvent::default(), PerEvent::add);
+    // Wait for every owed delivery, or for deliveries to stop moving for DRAIN_QUIET. The sum
+    // reaching `expected` is needed first (cheap to read); the count per event then decides.
+    let (mut last, mut last_change, mut checked) = (delivered_now(), published_at, None::<Instant>);
+    let events = loop {
+        if last >= expected && checked.is_none_or(|c| c.elapsed() >= PER_EVENT_CHECK_INTERVAL) {
+            let events = per_event();
+            checked = Some(Instant::now());
+            if events.lost == 0 {
+                break events;
+            }
+        }
+        if last_change.elapsed() >= DRAIN_QUIET {
+            break per_event();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         let d = delivered_now();
         if d != last {
             (last, last_change) = (d, Instant::now());
         }
-    }
+    };
     let window = t0.elapsed().as_secs_f64();
     let machine_busy = procfs::machine_busy_secs().unwrap_or(0.0) - machine0;
     let mut all = crate::load::histogram();
@@ -459,9 +479,9 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         published: published.acked,
         expected,
         delivered,
-        lost: expected.saturating_sub(delivered),
+        lost: events.lost,
         duplicated: streams.iter().map(|s| s.counts().duplicated).sum::<u64>() - dup0,
-        extra: delivered.saturating_sub(expected),
+        extra: events.extra,
         delivered_per_sec: delivered as f64 / last_change.duration_since(t0).as_secs_f64().max(1e-3),
         owed_per_sec,
         drain_secs: last_change.saturating_duration_since(published_at).as_secs_f64(),
@@ -477,6 +497,34 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         per_node,
         load_avg: procfs::load_avg(),
     })
+}
+
+/// This point's deliveries counted event by event: an acknowledged event must reach every
+/// stream of its account; one whose publish failed is not owed, and any delivery of it is extra.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerEvent {
+    lost: u64,
+    extra: u64,
+}
+
+impl PerEvent {
+    /// Account `acc`'s events numbered `seqs`, owed to `owed` streams over all the nodes.
+    fn account(streams: &[LocalStreams], acc: usize, seqs: std::ops::RangeInclusive<u64>, owed: u64, failed: &HashSet<(usize, u64)>) -> Self {
+        let mut out = Self::default();
+        for seq in seqs {
+            let got: u64 = streams.iter().map(|s| u64::from(s.tally(acc, seq))).sum();
+            if failed.contains(&(acc, seq)) {
+                out.extra += got;
+            } else {
+                out.lost += owed.saturating_sub(got);
+            }
+        }
+        out
+    }
+
+    fn add(self, o: Self) -> Self {
+        Self { lost: self.lost + o.lost, extra: self.extra + o.extra }
+    }
 }
 
 /// Cores of this machine.

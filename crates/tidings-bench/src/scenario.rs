@@ -198,6 +198,9 @@ pub struct Published {
     /// The last bench sequence number used per account (acknowledged or not): where the next
     /// publisher to the same streams must continue.
     pub last_seq: Vec<u64>,
+    /// `(account, seq)` of every event whose publish failed: it may still have been stored
+    /// (a publish that timed out) and be delivered, but it is not owed.
+    pub failed: Vec<(usize, u64)>,
 }
 
 /// Publishes `rate` events per second round robin over `accounts` accounts for `duration`
@@ -237,13 +240,16 @@ pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine
             // Stop issuing when far behind: the achieved rate tells the story.
             let deadline = duration + Duration::from_secs(5);
             let record = |out: &mut Published, results: Vec<((usize, u64), Option<String>)>| {
-                for ((a, _), r) in results {
+                for ((a, seq), r) in results {
                     match r {
                         None => {
                             out.per_account[a] += 1;
                             out.acked += 1;
                         }
-                        Some(e) => *out.failures.entry(e).or_default() += 1,
+                        Some(e) => {
+                            *out.failures.entry(e).or_default() += 1;
+                            out.failed.push((a, seq));
+                        }
                     }
                 }
             };
@@ -466,7 +472,7 @@ pub(crate) fn expected(published: &Published, streams: usize, accounts: usize) -
 }
 
 /// Streams of account `a` when stream `i` belongs to account `i % accounts`.
-fn streams_of(a: usize, streams: usize, accounts: usize) -> u64 {
+pub(crate) fn streams_of(a: usize, streams: usize, accounts: usize) -> u64 {
     (streams / accounts + usize::from(a < streams % accounts)) as u64
 }
 
