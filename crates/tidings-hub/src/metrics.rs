@@ -21,6 +21,13 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// Which shard of the Redis engine (`0` .. the number of `[[engine.shards]]`, a closed set
+/// the configuration fixes; `0` alone without shards).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: usize,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabel {
     /// `head`, `body` or `response`: which phase of a request ran out of time.
@@ -46,10 +53,14 @@ pub struct Metrics {
     pub history_accounts: Gauge,
     pub history_retained_events: Gauge,
     pub history_retained_bytes: Gauge,
-    /// Redis engine: feed entries this node read (every event of every account, whatever
-    /// streams the node holds, plus claims and fences), and their bytes (ids and fields).
-    pub redis_feed_entries: Counter,
-    pub redis_feed_bytes: Counter,
+    /// Redis engine, per shard: feed entries this node read (every event of every account of
+    /// the shard, whatever streams the node holds, plus claims and fences), and their bytes
+    /// (ids and fields).
+    pub redis_feed_entries: Family<ShardLabel, Counter>,
+    pub redis_feed_bytes: Family<ShardLabel, Counter>,
+    /// Redis engine, per shard: 1 while this node is connected to the shard's primary and
+    /// follows its feed, 0 while not (its accounts' publishes and opens get 503 meanwhile).
+    pub redis_shard_ready: Family<ShardLabel, Gauge>,
     pub streams_opened: Counter,
     /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
     pub stream_closes: Family<ReasonLabel, Counter>,
@@ -96,8 +107,9 @@ impl Metrics {
             history_accounts: Gauge::default(),
             history_retained_events: Gauge::default(),
             history_retained_bytes: Gauge::default(),
-            redis_feed_entries: Counter::default(),
-            redis_feed_bytes: Counter::default(),
+            redis_feed_entries: Family::default(),
+            redis_feed_bytes: Family::default(),
+            redis_shard_ready: Family::default(),
             streams_opened: Counter::default(),
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
@@ -124,8 +136,9 @@ impl Metrics {
         r.register("history_accounts", "Accounts held by the node's history window (memory and durable engines), as of the last upkeep", m.history_accounts.clone());
         r.register("history_retained_events", "Events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_events.clone());
         r.register("history_retained_bytes", "Encoded bytes of the events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_bytes.clone());
-        r.register("redis_feed_entries", "Redis engine: feed entries this node read (every event of every account, claims, fences)", m.redis_feed_entries.clone());
-        r.register("redis_feed_bytes", "Redis engine: bytes of the feed entries this node read (ids and fields)", m.redis_feed_bytes.clone());
+        r.register("redis_feed_entries", "Redis engine: feed entries this node read, by shard (every event of every account of the shard, claims, fences)", m.redis_feed_entries.clone());
+        r.register("redis_feed_bytes", "Redis engine: bytes of the feed entries this node read, by shard (ids and fields)", m.redis_feed_bytes.clone());
+        r.register("redis_shard_ready", "Redis engine: 1 while this node is connected to the shard and follows its feed, 0 while not", m.redis_shard_ready.clone());
         r.register("streams_opened", "Streams opened", m.streams_opened.clone());
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());

@@ -55,7 +55,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::{BoxFuture, FutureExt, join_all};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::MultiplexedConnection;
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::{Audience, EventId, Viewer};
@@ -67,11 +69,14 @@ use super::history::now_ms;
 use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
+use crate::metrics::ShardLabel;
 
 mod connect;
 mod feed;
+mod route;
 mod scripts;
 
+pub use route::shard_of;
 use scripts::Keys;
 
 /// Accounts trimmed by age in one upkeep call; the rest wait for the next tick, so one call
@@ -92,27 +97,33 @@ pub enum StartError {
     Settings(Box<crate::config::ConfigError>),
 }
 
-/// The engine handle the hub holds. Dropping it stops the connection task.
+/// The engine handle the hub holds: one [`Shard`] per configured Redis primary, each account
+/// routed to one of them by [`shard_of`]. Dropping it stops every connection task.
 #[derive(Debug)]
 pub struct RedisEngine {
-    inner: Arc<Inner>,
+    shards: Vec<Arc<Shard>>,
+    runtime: tokio::runtime::Handle,
     _stop: DropGuard,
 }
 
-/// State shared by the handle and the connection task.
+/// One Redis primary and the accounts [`shard_of`] gives it: what the whole engine was before
+/// sharding, state shared by the handle and this shard's connection task.
 #[derive(Debug)]
-struct Inner {
+struct Shard {
+    /// Which shard this is, of how many: it holds the accounts with `shard_of(a, count) == index`.
+    index: usize,
+    count: usize,
     config: RedisConfig,
-    /// Names this node's claims in the feed, so it skips its own (random per start).
+    /// Names this node's claims in the feed, so it skips its own (random per start, the same
+    /// for every shard of the node).
     node_id: String,
     history: HistoryConfig,
     keys: Keys,
     fanout: Arc<Fanout>,
-    runtime: tokio::runtime::Handle,
     /// The command connection; `None` while Redis is unreachable. Set by the connection task;
     /// taken away by whoever sees it fail, who then wakes the task through `broken`.
     conn: RwLock<Option<Link>>,
-    /// The epoch this node follows (0 until the first connection).
+    /// The epoch this node follows on this shard (0 until the first connection).
     epoch: AtomicU64,
     /// Highest seq this node has seen, from publishes and the feed; detects a rolled-back Redis.
     seen_head: AtomicU64,
@@ -121,34 +132,108 @@ struct Inner {
     publish_script: redis::Script,
     open_script: redis::Script,
     maintain_script: redis::Script,
+    /// This shard's series of `tidings_redis_feed_entries_total`, `_feed_bytes_total` and
+    /// `_shard_ready` (handles on the node's metric families).
+    feed_entries: Counter,
+    feed_bytes: Counter,
+    ready_gauge: Gauge,
 }
 
 impl RedisEngine {
-    /// Starts the engine and its connection task on the current Tokio runtime. Redis does not
-    /// have to be up yet: the engine reports not ready until it connects.
+    /// Starts the engine and one connection task per shard on the current Tokio runtime.
+    /// Redis does not have to be up yet: each shard reports not ready until it connects.
     pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        let connector = connect::Connector::new(config, feed::FEED_BLOCK).map_err(|e| StartError::Settings(Box::new(e)))?;
+        let configs = config.shard_configs();
+        let connectors = configs
+            .iter()
+            .map(|c| connect::Connector::new(c, feed::FEED_BLOCK))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StartError::Settings(Box::new(e)))?;
         fanout.enable_claims();
-        let inner = Arc::new(Inner {
-            config: config.clone(),
-            node_id: format!("{:016x}", rand::random::<u64>()),
-            history: history.clone(),
-            keys: Keys::new(&config.key_prefix),
-            fanout,
-            runtime: runtime.clone(),
-            conn: RwLock::new(None),
-            epoch: AtomicU64::new(0),
-            seen_head: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-            broken: Notify::new(),
-            publish_script: scripts::publish(),
-            open_script: scripts::open(),
-            maintain_script: scripts::maintain(),
-        });
+        let node_id = format!("{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
-        runtime.spawn(feed::supervise(inner.clone(), connector, stop.clone()));
-        Ok(Self { inner, _stop: stop.drop_guard() })
+        let count = configs.len();
+        let metrics = fanout.metrics();
+        let shards: Vec<_> = configs
+            .into_iter()
+            .zip(connectors)
+            .enumerate()
+            .map(|(index, (config, connector))| {
+                let label = ShardLabel { shard: index };
+                let shard = Arc::new(Shard {
+                    index,
+                    count,
+                    node_id: node_id.clone(),
+                    history: history.clone(),
+                    keys: Keys::new(&config.key_prefix),
+                    config,
+                    fanout: fanout.clone(),
+                    conn: RwLock::new(None),
+                    epoch: AtomicU64::new(0),
+                    seen_head: AtomicU64::new(0),
+                    ready: AtomicBool::new(false),
+                    broken: Notify::new(),
+                    publish_script: scripts::publish(),
+                    open_script: scripts::open(),
+                    maintain_script: scripts::maintain(),
+                    feed_entries: metrics.redis_feed_entries.get_or_create(&label).clone(),
+                    feed_bytes: metrics.redis_feed_bytes.get_or_create(&label).clone(),
+                    ready_gauge: metrics.redis_shard_ready.get_or_create(&label).clone(),
+                });
+                runtime.spawn(feed::supervise(shard.clone(), connector, stop.clone()));
+                shard
+            })
+            .collect();
+        Ok(Self { shards, runtime, _stop: stop.drop_guard() })
+    }
+
+    /// The shard holding `account`.
+    fn shard(&self, account: &str) -> &Arc<Shard> {
+        &self.shards[shard_of(account, self.shards.len())]
+    }
+
+    /// Publishes a batch whose items may belong to several shards: split by shard, each part
+    /// stored by its shard's script (all or nothing within the shard), the parts concurrently,
+    /// the answers put back in item order. A shard known to be down refuses the whole batch
+    /// before anything is stored; a shard failing while others succeed is
+    /// [`EngineError::PartlyStored`] (see docs/protocol.md: retrying with the same keys
+    /// stores each item once).
+    async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, EngineError> {
+        if self.shards.len() == 1 {
+            return self.shards[0].publish(batch).await;
+        }
+        let len = batch.len();
+        let mut parts: Vec<(Vec<usize>, Vec<NewEvent>)> = (0..self.shards.len()).map(|_| Default::default()).collect();
+        for (position, event) in batch.into_iter().enumerate() {
+            let part = &mut parts[shard_of(&event.account, self.shards.len())];
+            part.0.push(position);
+            part.1.push(event);
+        }
+        let involved: Vec<_> = parts.into_iter().enumerate().filter(|(_, (positions, _))| !positions.is_empty()).collect();
+        if let Some((down, _)) = involved.iter().find(|(i, _)| !self.shards[*i].ready.load(Ordering::Acquire)) {
+            return Err(EngineError::Unavailable(format!("Redis shard {down} is not connected")));
+        }
+        let stored = join_all(involved.into_iter().map(|(i, (positions, events))| async move { (i, positions, self.shards[i].publish(events).await) })).await;
+        let mut answers: Vec<Option<Accepted>> = vec![None; len];
+        let mut failed = None;
+        let mut some_stored = false;
+        for (i, positions, result) in stored {
+            match result {
+                Ok(accepted) => {
+                    some_stored |= accepted.iter().any(|a| !a.duplicate);
+                    for (position, a) in positions.into_iter().zip(accepted) {
+                        answers[position] = Some(a);
+                    }
+                }
+                Err(e) => failed = Some(format!("Redis shard {i}: {e}")),
+            }
+        }
+        match failed {
+            None => Ok(answers.into_iter().map(|a| a.expect("every shard answered each of its items")).collect()),
+            Some(why) if some_stored => Err(EngineError::PartlyStored(why)),
+            Some(why) => Err(EngineError::Unavailable(why)),
+        }
     }
 }
 
@@ -162,9 +247,26 @@ struct Link {
     acknowledged: Option<MultiplexedConnection>,
 }
 
-impl Inner {
+impl Shard {
     fn connection(&self) -> Result<Link, EngineError> {
-        self.conn.read().expect("conn lock").clone().ok_or_else(|| EngineError::Unavailable("Redis is not connected".into()))
+        let unavailable = || EngineError::Unavailable(if self.count == 1 { "Redis is not connected".into() } else { format!("Redis shard {} is not connected", self.index) });
+        self.conn.read().expect("conn lock").clone().ok_or_else(unavailable)
+    }
+
+    /// Whether this shard holds `account`.
+    fn holds(&self, account: &str) -> bool {
+        self.count == 1 || shard_of(account, self.count) == self.index
+    }
+
+    /// `<index>/<count>`, recorded in the server (see [`scripts::init`]).
+    fn layout(&self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
+
+    /// Readiness, as `/readyz` and the shard's gauge see it.
+    fn set_ready(&self, ready: bool) -> bool {
+        self.ready_gauge.set(i64::from(ready));
+        self.ready.swap(ready, Ordering::AcqRel)
     }
 
     /// Turns a Redis error into an engine error; a dropped connection is taken out of use and
@@ -180,7 +282,7 @@ impl Inner {
         let mut slot = self.conn.write().expect("conn lock");
         if slot.as_ref().is_some_and(|l| l.generation == link.generation) {
             slot.take();
-            self.ready.store(false, Ordering::Release);
+            self.set_ready(false);
             self.broken.notify_one();
         }
     }
@@ -253,7 +355,7 @@ impl Inner {
         let followed = self.epoch.load(Ordering::Acquire);
         let after = last_event_id.id().filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
-        let claims = self.fanout.take_claims();
+        let claims = self.fanout.take_claims(|a| self.holds(a));
         let mut inv = self.open_script.prepare_invoke();
         inv.key(&k.epoch).key(&k.seq).key(&k.trimmed).key(&k.oldest).key(k.account(account)).key(&k.feed);
         inv.arg(account)
@@ -359,20 +461,28 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
 
 impl Engine for RedisEngine {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
-        self.inner.publish(batch).boxed()
+        RedisEngine::publish(self, batch).boxed()
     }
 
     fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        self.inner.open(account, last_event_id, viewer).boxed()
+        self.shard(account).open(account, last_event_id, viewer).boxed()
     }
 
+    /// Ready only while every shard is: a node that cannot serve some accounts is taken out
+    /// of a load balancer's rotation like one that serves none (see docs/redis.md).
     fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.shards.iter().all(|s| s.ready.load(Ordering::Acquire))
+    }
+
+    fn shards_ready(&self) -> Vec<bool> {
+        self.shards.iter().map(|s| s.ready.load(Ordering::Acquire)).collect()
     }
 
     fn maintain(&self) {
-        let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move { inner.maintain().await });
+        for shard in &self.shards {
+            let shard = shard.clone();
+            self.runtime.spawn(async move { shard.maintain().await });
+        }
     }
 
     fn name(&self) -> &'static str {
