@@ -1,6 +1,18 @@
-//! The Redis engine: many hub nodes, one ordered history per account, kept in one Redis server.
+//! The Redis engine: many hub nodes, one ordered history per account, kept in one Redis server
+//! or sharded by account over several.
 //!
-//! **Ids.** One global counter (`<prefix>seq`) gives every event its seq, assigned in the same
+//! **Shards.** `[[engine.shards]]` lists independent primaries; an account lives on shard
+//! [`shard_of`]`(account, S)` (FNV-1a, fixed: see [`route`]). Each [`Shard`] is everything the
+//! rest of this page describes for one server, for its accounts only: its own connection
+//! task, epoch, seq counter, feed, fences, claims, floors and readiness. Without `shards` there
+//! is one shard made of `[engine]`'s own server, with the same keys and ids as before shards
+//! existed. Opens go to the account's shard; a batch is split by shard and the parts stored
+//! concurrently (a shard failing while another stored its part is
+//! [`EngineError::PartlyStored`]). The engine is ready only while every shard is. Each server
+//! records its place in the list (`<prefix>shards`; see [`scripts::init`]) and starts a new
+//! epoch when it changes, so an id of another list is answered with `resync`.
+//!
+//! **Ids.** One counter per shard (`<prefix>seq`) gives every event its seq, assigned in the same
 //! Lua script that appends the event to its account's stream (`<prefix>a:<account>`, entry id
 //! `<seq>-0`) and to the shared feed (`<prefix>feed`). Scripts run one at a time, so seqs, the
 //! account streams and the feed all agree on one order, whichever node published. The epoch
@@ -23,17 +35,18 @@
 //! retained with that event's seq instead of storing it again; one script at a time means two
 //! nodes receiving one key at once store it once (see `scripts::publish`).
 //!
-//! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
-//! (plus one multiplexed connection for publish and open: two per node, whatever the number
-//! of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
+//! **Delivery.** Each node follows each shard's feed with `XREAD BLOCK` on one dedicated
+//! connection (plus one multiplexed connection for publish and open: two per node and shard,
+//! whatever the number of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
 //! delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
 //! positions: after a network blip the node resumes from its last seq and nobody misses
 //! anything; only when the feed was trimmed past that seq (a long outage), or the epoch
 //! changed, do streams get `resync` (`engine_outage`), and then at once, not on reconnect.
 //!
-//! **Faults.** While Redis is unreachable, `publish` and `open` fail at once with
-//! [`EngineError::Unavailable`] (503: nothing is reported stored that was not), `/readyz` is
-//! not ready, open streams stay open, and one task reconnects with capped, jittered backoff.
+//! **Faults.** While a shard's Redis is unreachable, `publish` and `open` for its accounts fail
+//! at once with [`EngineError::Unavailable`] (503: nothing is reported stored that was not),
+//! the other shards' accounts are served, `/readyz` is not ready, open streams stay open, and
+//! the shard's task reconnects with capped, jittered backoff.
 //! A server that turned replica (`READONLY`) counts as unreachable too.
 //!
 //! **Replicas and failover.** With `sentinels`, each (re)connect asks Sentinel for the
@@ -47,8 +60,10 @@
 //! session with `closed` `superseded` (see [`crate::fanout`]).
 //!
 //! What it does not do: Redis Cluster (the scripts touch keys they compute, and every node
-//! reads one feed; ARCHITECTURE.md has the sharding plan). An acknowledged publish is as
-//! durable as the Redis server's persistence and `min_replicas` make it.
+//! reads each shard's one feed); moving accounts between shards (changing the list is a
+//! migration: clients resync); reading fewer shards on a node (every node reads every feed).
+//! An acknowledged publish is as durable as the Redis server's persistence and
+//! `min_replicas` make it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
