@@ -37,8 +37,8 @@
 //!
 //! **Delivery.** Each node follows each shard's feed with `XREAD BLOCK` on one dedicated
 //! connection (plus one multiplexed connection for publish and open: two per node and shard,
-//! whatever the number of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
-//! delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
+//! whatever the number of streams or accounts) and hands every entry to its fan-out in seq
+//! order. Publishing never delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
 //! positions: after a network blip the node resumes from its last seq and nobody misses
 //! anything; only when the feed was trimmed past that seq (a long outage), or the epoch
 //! changed, do streams get `resync` (`engine_outage`), and then at once, not on reconnect.
@@ -160,9 +160,17 @@ impl RedisEngine {
     pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
         let configs = config.shard_configs();
+        let sharded = config.shards.is_some();
         let connectors = configs
             .iter()
-            .map(|c| connect::Connector::new(c, feed::FEED_BLOCK))
+            .enumerate()
+            .map(|(i, c)| {
+                connect::Connector::new(c, feed::FEED_BLOCK).map_err(|e| match e {
+                    // Which shard, when there are several: the message names the setting only.
+                    crate::config::ConfigError::Invalid(m) if sharded => crate::config::ConfigError::Invalid(format!("engine.shards[{i}]: {m}")),
+                    e => e,
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| StartError::Settings(Box::new(e)))?;
         fanout.enable_claims();
