@@ -84,7 +84,6 @@ use super::history::now_ms;
 use super::{Accepted, Engine, EngineError, NewEvent, Opening, StoredFrame};
 use crate::config::{HistoryConfig, RedisConfig};
 use crate::fanout::Fanout;
-use crate::metrics::ShardLabel;
 
 mod connect;
 mod feed;
@@ -178,12 +177,14 @@ impl RedisEngine {
         let stop = CancellationToken::new();
         let count = configs.len();
         let metrics = fanout.metrics();
+        let mut feed_entries = metrics.redis_feed_entries.start(count, sharded).into_iter();
+        let mut feed_bytes = metrics.redis_feed_bytes.start(count, sharded).into_iter();
+        let mut ready_gauges = metrics.redis_shard_ready.start(count, sharded).into_iter();
         let shards: Vec<_> = configs
             .into_iter()
             .zip(connectors)
             .enumerate()
             .map(|(index, (config, connector))| {
-                let label = ShardLabel { shard: index };
                 let shard = Arc::new(Shard {
                     index,
                     count,
@@ -200,9 +201,9 @@ impl RedisEngine {
                     publish_script: scripts::publish(),
                     open_script: scripts::open(),
                     maintain_script: scripts::maintain(),
-                    feed_entries: metrics.redis_feed_entries.get_or_create(&label).clone(),
-                    feed_bytes: metrics.redis_feed_bytes.get_or_create(&label).clone(),
-                    ready_gauge: metrics.redis_shard_ready.get_or_create(&label).clone(),
+                    feed_entries: feed_entries.next().expect("one per shard"),
+                    feed_bytes: feed_bytes.next().expect("one per shard"),
+                    ready_gauge: ready_gauges.next().expect("one per shard"),
                 });
                 runtime.spawn(feed::supervise(shard.clone(), connector, stop.clone()));
                 shard
