@@ -4,8 +4,8 @@
 //! shards; one shard down fails only its accounts; changing the shard list answers old ids
 //! with `resync`.
 //!
-//! Sentinel per shard is covered by the configuration's unit tests only: each shard connects
-//! through the same code as the single server tests/failover.rs exercises.
+//! One shard behind Sentinel fails over while the other shard's accounts are unaffected
+//! (tests/failover.rs covers failover itself in depth on one set).
 
 mod support;
 
@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::{EngineServers, RedisShards, Transport, shard_of};
+use support::redis::{EngineServers, Redis, RedisShards, Transport, shard_of};
+use support::sentinel::{MASTER_NAME, SentinelSet};
 use support::*;
 
 /// Accounts of the tests, with a token each (`tok-<account>`, session `s-<account>`).
@@ -277,4 +278,38 @@ async fn resync_reason(hub: &Hub, account: &str, id: &str) -> String {
     let resync = r.next_within(T).await.unwrap();
     assert_eq!(resync.kind(), "resync");
     resync.data["reason"].as_str().unwrap().to_owned()
+}
+
+/// Shard 0 is a primary with a replica behind three sentinels, shard 1 a plain server. A
+/// failover of shard 0 (without `min_replicas`: a new epoch) sends `resync` to the streams of
+/// shard 0's accounts only; shard 1's stream goes on without one, and both shards serve again.
+#[tokio::test]
+async fn a_sentinel_shard_fails_over_without_touching_the_other_shard() {
+    let mut sentinel = SentinelSet::start().await;
+    let plain = Redis::start().await;
+    let (moved, still) = ("tenant-0", "tenant-1");
+    assert_eq!((shard_of(moved, 2), shard_of(still, 2)), (0, 1));
+    let sentinels: Vec<String> = sentinel.addresses().iter().map(|a| format!("\"{a}\"")).collect();
+    let engine = format!(
+        "[engine]\nkind = \"redis\"\nkey_prefix = \"t:\"\n{}[[engine.shards]]\nurl = \"redis://127.0.0.1\"\nsentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\n[[engine.shards]]\nurl = \"redis://127.0.0.1:{}\"\n",
+        tokens(),
+        sentinels.join(", "),
+        plain.port
+    );
+    let hub = Hub::start(&config("", &engine)).await;
+    hub.wait_ready().await;
+    let mut on_moved = connected(&hub, moved).await;
+    let mut on_still = connected(&hub, still).await;
+    hub.publish(moved, &[activity(1)]).await;
+    hub.publish(still, &[activity(1)]).await;
+    assert_eq!(on_moved.activities(1, T).await, vec![1]);
+    assert_eq!(on_still.activities(1, T).await, vec![1]);
+    sentinel.fail_over().await;
+    let resync = on_moved.next_non_ping(Duration::from_secs(30)).await.unwrap();
+    assert_eq!((resync.kind(), resync.data["reason"].as_str()), ("resync", Some("engine_outage")));
+    hub.wait_ready().await;
+    hub.publish(moved, &[activity(2)]).await;
+    hub.publish(still, &[activity(2)]).await;
+    assert_eq!(on_moved.activities(1, T).await, vec![2]);
+    assert_eq!(on_still.activities(1, T).await, vec![2], "no resync on the other shard");
 }
