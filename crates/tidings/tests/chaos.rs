@@ -126,9 +126,20 @@ async fn no_accepted_event_is_missed_silently_under_chaos_with_redis_shards() {
     run(EngineCase::RedisShards, Duration::from_secs(chaos_secs())).await;
 }
 
-/// Accounts probed for the epochs of the running history: enough that two shards both hold
-/// some (checked in [`run`]).
+/// Probe accounts with a token each, enough that two shards both hold some (checked in
+/// [`probe_accounts`]); one per shard is probed.
 const PROBES: usize = 8;
+
+/// One probe account per shard of `shards` (one for an engine without shards), so a probe
+/// costs one stream open per shard.
+fn probe_accounts(shards: usize) -> Vec<String> {
+    (0..shards)
+        .map(|shard| {
+            let account = (0..PROBES).map(|i| format!("probe-{i}")).find(|a| shard_of(a, shards) == shard);
+            account.unwrap_or_else(|| panic!("no probe account on shard {shard}"))
+        })
+        .collect()
+}
 
 /// What one client observed, in order.
 #[derive(Debug, Clone)]
@@ -215,10 +226,7 @@ async fn run(engine: EngineCase, chaos: Duration) {
         0 => None,
         n => Some(RedisShards::start(Transport::Plain, n).await),
     };
-    if let Some(r) = &redis {
-        let shards: HashSet<usize> = (0..PROBES).map(|i| shard_of(&format!("probe-{i}"), r.servers.len())).collect();
-        assert_eq!(shards.len(), r.servers.len(), "the probe accounts cover every shard");
-    }
+    let probes = probe_accounts(engine.servers().max(1));
     let tables = format!(
         "[limits]\nstream_queue_frames = 8\nshutdown_grace = \"2s\"\n[history]\nmax_events = 500\n{}",
         redis.as_ref().map(|r| r.toml("")).unwrap_or_default()
@@ -228,7 +236,7 @@ async fn run(engine: EngineCase, chaos: Duration) {
     let hub_addr: SocketAddr = hub.addr.parse().unwrap();
     let proxy = Proxy::start(hub_addr).await;
     let mut generations: HashMap<String, usize> = HashMap::new();
-    for epoch in probe_epochs(&hub).await {
+    for epoch in probe_epochs(&hub, &probes).await {
         generations.insert(epoch, 0);
     }
     let mut all_logs = String::new();
@@ -280,7 +288,7 @@ async fn run(engine: EngineCase, chaos: Duration) {
             redis.servers[shard].restart().await;
             restarts_redis += 1;
             let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
-            for epoch in probe_epochs(&hub).await {
+            for epoch in probe_epochs(&hub, &probes).await {
                 generations.entry(epoch).or_insert(generation);
             }
             next_redis_restart = Instant::now() + restart_every;
@@ -291,7 +299,7 @@ async fn run(engine: EngineCase, chaos: Duration) {
             if kill { restarts_kill += 1 } else { restarts_term += 1 }
             RESTARTS.fetch_add(1, Ordering::SeqCst);
             let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
-            for epoch in probe_epochs(&hub).await {
+            for epoch in probe_epochs(&hub, &probes).await {
                 generations.entry(epoch).or_insert(generation);
             }
             next_restart = Instant::now() + restart_every;
@@ -443,12 +451,12 @@ fn resync_positions(obs: &[Obs], position: impl Fn(&str) -> (usize, u64)) -> Vec
 /// The epochs of the running hub's history (one per shard), read from the `connected`
 /// frames' ids of the probe accounts; each retried while the hub answers 503 (its engine, or
 /// the probe's shard, is coming back).
-async fn probe_epochs(hub: &Hub) -> HashSet<String> {
+async fn probe_epochs(hub: &Hub, probes: &[String]) -> HashSet<String> {
     let mut epochs = HashSet::new();
-    for i in 0..PROBES {
+    for account in probes {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let mut s = Sse::token(hub, &format!("tok-probe-{i}")).await;
+            let mut s = Sse::token(hub, &format!("tok-{account}")).await;
             if s.status == 200 {
                 let id = s.next_within(T).await.unwrap().id.unwrap();
                 epochs.insert(id.split_once('-').unwrap().0.to_owned());
