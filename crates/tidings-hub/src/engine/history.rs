@@ -652,8 +652,8 @@ mod tests {
     fn forgetting_many_accounts_gives_their_room_back() {
         let mut h = History::new(1, 0, &bounds(100));
         let accounts: Vec<Arc<str>> = (0..20_000).map(|i| Arc::from(format!("acct-{i}"))).collect();
-        let firsts: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, &a, 10, 0)).collect();
-        let _seconds: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, &a, 10, 0)).collect();
+        let firsts: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, a, 10, 0)).collect();
+        let _seconds: Vec<u64> = accounts.iter().map(|a| publish_sized(&mut h, a, 10, 0)).collect();
         let full = h.accounts.capacity();
         h.trim_all(HOUR_MS + 1);
         assert_eq!(h.forget_idle(|_| false), accounts.len());
