@@ -98,7 +98,7 @@ async fn run_count(a: &AccountsArgs, bin: &std::path::Path, count: usize) -> Res
         accounts: 1,
         durable: false,
         identity: Identity::Static,
-        redis_url: None,
+        redis_urls: Vec::new(),
         nofile: 4_096,
         history: format!("max_age = \"{}\"\n", humantime::format_duration(a.max_age)),
     };

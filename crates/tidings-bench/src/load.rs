@@ -98,6 +98,10 @@ struct Shared {
     closed_frames: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
     hist: Vec<Mutex<Histogram<u64>>>,
+    /// Per account, per bench sequence number: how many streams got that event (the first
+    /// time). Counting per event, not in sum, is what tells an acknowledged event that did not
+    /// arrive from an unacknowledged one that did: a sum lets the two cancel out.
+    tally: Vec<Mutex<Vec<u32>>>,
     /// Record latencies only while set (replays after a restart are counted, not timed).
     timing: AtomicBool,
 }
@@ -118,7 +122,12 @@ pub struct LocalStreams {
 impl LocalStreams {
     /// Starts the streams of `plan` on the current runtime (at `plan.connect_rate`).
     pub fn start(plan: &StreamPlan) -> Self {
-        let shared = Arc::new(Shared { hist: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(), timing: AtomicBool::new(true), ..Default::default() });
+        let shared = Arc::new(Shared {
+            hist: (0..SHARDS).map(|_| Mutex::new(histogram())).collect(),
+            tally: (0..plan.accounts.max(1)).map(|_| Mutex::new(Vec::new())).collect(),
+            timing: AtomicBool::new(true),
+            ..Default::default()
+        });
         let mut tasks = Vec::with_capacity(plan.count);
         let plan = Arc::new(plan.clone());
         let start = tokio::time::Instant::now();
@@ -157,6 +166,11 @@ impl LocalStreams {
         for h in &self.shared.hist {
             h.lock().unwrap().reset();
         }
+    }
+
+    /// How many streams got event `seq` of account `account` (0 for an unknown account).
+    pub fn tally(&self, account: usize, seq: u64) -> u32 {
+        self.shared.tally.get(account).and_then(|t| t.lock().unwrap().get(seq as usize).copied()).unwrap_or(0)
     }
 
     pub fn latency(&self) -> Histogram<u64> {
@@ -321,6 +335,13 @@ async fn connection(shared: &Shared, plan: &StreamPlan, idx: usize, account: &st
                             shared.skipped.fetch_sub(1, Relaxed);
                         }
                         shared.delivered.fetch_add(1, Relaxed);
+                        if let Some(t) = shared.tally.get(idx % plan.accounts.max(1)) {
+                            let mut t = t.lock().unwrap();
+                            if t.len() <= seq as usize {
+                                t.resize(seq as usize + 1, 0);
+                            }
+                            t[seq as usize] += 1;
+                        }
                         if shared.timing.load(Relaxed) {
                             let us = (wire::now_ns().saturating_sub(ts) / 1_000).clamp(1, LATENCY_MAX_US);
                             let _ = shared.hist[idx % SHARDS].lock().unwrap().record(us);

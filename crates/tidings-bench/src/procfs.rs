@@ -81,6 +81,17 @@ pub fn tcp_mem_pages() -> Option<u64> {
     fields.windows(2).find(|w| w[0] == "mem").and_then(|w| w[1].parse().ok())
 }
 
+/// CPU time the whole machine has been busy so far (every process, ours or not, and the
+/// kernel), in core-seconds: user, nice, system, irq, softirq and steal of `/proc/stat`.
+pub fn machine_busy_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal: everything but idle and iowait.
+    let busy = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<u64>();
+    Some(busy as f64 / 100.0)
+}
+
 /// The machine's 1-minute load average.
 pub fn load_avg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -99,5 +110,6 @@ mod tests {
         assert!(rss_kib(me).unwrap() > 0);
         assert!(tree(me).contains(&me));
         assert!(tcp_mem_pages().is_some());
+        assert!(machine_busy_secs().unwrap() > 0.0);
     }
 }

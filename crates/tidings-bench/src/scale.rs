@@ -1,13 +1,15 @@
 //! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, all on
 //! one Redis server on loopback, the streams spread over them, and a publish-rate sweep; for
 //! every node count and rate it records, per node and for Redis, CPU, bytes read (the feed),
-//! publish→delivery latency, loss and duplicates, and which part saturated first.
+//! publish→delivery latency, loss and duplicates, and which part saturated first. With
+//! `--shards` above 1 it starts that many Redis servers and writes them as the engine's
+//! `[[engine.shards]]`, for a hub that has them.
 //!
 //! Everything shares this machine's cores (Redis, every node, the load generator): the
 //! numbers are for ratios and trends (what one more node costs Redis, what one more event
 //! costs a node), not for absolute capacity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,14 +32,33 @@ use crate::target::{Kind, Target, TargetOptions};
 const SATURATED_CORE_SHARE: f64 = 0.9;
 /// A rate counts as kept up with when at least this share of the asked publishes was accepted.
 const KEPT_UP_SHARE: f64 = 0.95;
+/// Deliveries count as kept up with when the last one arrived within this long of the last
+/// publish's answer: more is a backlog the nodes (or the streams reading them) work through.
+const BACKLOG_SECS_MAX: f64 = 1.0;
+/// The machine counts as saturated from this share of all its cores busy (ours and anyone
+/// else's): past it, every process here waits for a core, whichever one is asked the most.
+const SATURATED_MACHINE_SHARE: f64 = 0.9;
+/// A point's deliveries are waited for until they stop moving for this long: a backlog that
+/// still drains is waited for, a lost event is not waited for forever.
+const DRAIN_QUIET: Duration = Duration::from_secs(3);
+/// How often the drain counts deliveries event by event once their sum is reached: the count
+/// walks every account's events on every node.
+const PER_EVENT_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ScaleArgs {
+    /// Redis servers the engine is sharded over, comma-separated: each count runs every node
+    /// count. 1 is the unsharded engine (`url = …`); more write one `[[engine.shards]]` table
+    /// per server, which needs a hub that has shards.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize])]
+    pub shards: Vec<usize>,
     /// Node counts to model, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2, 4, 8])]
     pub nodes: Vec<usize>,
     /// Publishes per second to sweep, comma-separated (spread over every node and account).
-    #[arg(long, value_delimiter = ',', default_values_t = [250.0, 500.0, 1000.0, 2000.0, 4000.0])]
+    /// The same streams see every rate in turn, so each rate's events continue the sequence
+    /// numbers of the one before.
+    #[arg(long, value_delimiter = ',', default_values_t = [500.0, 1000.0, 2000.0, 4000.0, 8000.0])]
     pub rates: Vec<f64>,
     /// Streams in all, spread evenly over the nodes.
     #[arg(long, default_value_t = 4_000)]
@@ -81,6 +102,9 @@ pub struct NodeOutcome {
 /// One (nodes, rate) point.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Point {
+    /// Redis servers (engine shards).
+    #[serde(default = "one")]
+    pub shards: usize,
     pub nodes: usize,
     pub rate_asked: f64,
     pub rate_achieved: f64,
@@ -89,14 +113,39 @@ pub struct Point {
     pub delivered: u64,
     pub lost: u64,
     pub duplicated: u64,
+    /// Deliveries of events whose publish failed (a timeout after Redis stored them): not
+    /// owed, not lost either. Counted event by event, like `lost`, so neither hides the other.
+    #[serde(default)]
+    pub extra: u64,
+    /// Deliveries per second, from the first publish to the last delivery.
+    #[serde(default)]
+    pub delivered_per_sec: f64,
+    /// Deliveries per second owed at the asked rate (each event to every stream of its account).
+    #[serde(default)]
+    pub owed_per_sec: f64,
+    /// Seconds from the end of publishing to the last delivery: the backlog left behind.
+    #[serde(default)]
+    pub drain_secs: f64,
     pub publish_errors: BTreeMap<String, u64>,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Summed over the shards.
     pub redis_cpu_cores: f64,
-    /// Bytes Redis wrote to its sockets per second (the feed to every node, publish and open
+    /// The busiest shard's: each runs its commands on one thread.
+    #[serde(default)]
+    pub redis_cpu_max_cores: f64,
+    /// Bytes Redis (every shard) wrote to its sockets per second (the feed to every node, publish and open
     /// answers).
     pub redis_write_bytes_per_sec: f64,
+    /// The load generator: this process (publishers and every stream), nodes and Redis taken
+    /// out.
     pub loadgen_cpu_cores: f64,
+    /// Cores the whole machine was busy, everything on it included (other work too).
+    #[serde(default)]
+    pub machine_busy_cores: f64,
+    /// Cores the machine has.
+    #[serde(default)]
+    pub machine_cores: usize,
     pub per_node: Vec<NodeOutcome>,
     /// 1-minute load average at the end of the point.
     pub load_avg: Option<f64>,
@@ -111,19 +160,56 @@ impl Point {
         self.per_node.iter().map(|n| n.read_bytes_per_sec).sum::<f64>() / self.per_node.len().max(1) as f64
     }
 
-    /// What gave out first at this point, if anything did.
+    /// What gave out at this point, if anything did: the resources past their threshold
+    /// (Redis's command thread, a node, the load generator, the machine's cores) and the
+    /// symptoms ([`Point::fell_behind`]).
     pub fn saturated(&self) -> Option<String> {
         let mut what = Vec::new();
-        if self.redis_cpu_cores >= SATURATED_CORE_SHARE {
-            what.push(format!("Redis ({:.2} cores)", self.redis_cpu_cores));
+        if self.redis_cpu_max_cores >= SATURATED_CORE_SHARE {
+            what.push(format!("Redis ({:.2} cores)", self.redis_cpu_max_cores));
         }
         if self.node_cpu_max() >= SATURATED_CORE_SHARE {
             what.push(format!("a node ({:.2} cores)", self.node_cpu_max()));
         }
+        if self.loadgen_cpu_cores >= SATURATED_CORE_SHARE {
+            what.push(format!("load generator ({:.2} cores)", self.loadgen_cpu_cores));
+        }
+        if self.machine_cores > 0 && self.machine_busy_cores >= self.machine_cores as f64 * SATURATED_MACHINE_SHARE {
+            what.push(format!("machine ({:.2} of {} cores)", self.machine_busy_cores, self.machine_cores));
+        }
+        what.extend(self.fell_behind());
+        (!what.is_empty()).then(|| what.join(", "))
+    }
+
+    /// Whether the rate was not kept: publishes accepted below it, deliveries left in a
+    /// backlog, or any delivery lost or repeated.
+    pub fn fell_behind(&self) -> Option<String> {
+        let mut what = Vec::new();
         if self.rate_achieved < self.rate_asked * KEPT_UP_SHARE {
-            what.push("publishes fell behind".into());
+            what.push(format!("publishes fell behind ({:.0}/s)", self.rate_achieved));
+        }
+        if self.drain_secs > BACKLOG_SECS_MAX {
+            what.push(format!("deliveries fell behind ({:.1} s backlog)", self.drain_secs));
+        }
+        if self.lost + self.duplicated + self.extra > 0 {
+            what.push(format!("{} lost, {} duplicated, {} extra", self.lost, self.duplicated, self.extra));
         }
         (!what.is_empty()).then(|| what.join(", "))
+    }
+
+    /// Where the machine's CPU went: each part of the run, and what was left for other work.
+    pub fn cpu_split(&self) -> String {
+        let nodes: f64 = self.per_node.iter().map(|n| n.cpu_cores).sum();
+        let ours = self.redis_cpu_cores + nodes + self.loadgen_cpu_cores;
+        format!(
+            "Redis {:.2}, nodes {:.2} ({:.2} the busiest), load generator {:.2}, other work {:.2}, of {} cores",
+            self.redis_cpu_cores,
+            nodes,
+            self.node_cpu_max(),
+            self.loadgen_cpu_cores,
+            (self.machine_busy_cores - ours).max(0.0),
+            self.machine_cores
+        )
     }
 }
 
@@ -139,6 +225,10 @@ pub struct ScaleReport {
     pub duration: Duration,
     pub points: Vec<Point>,
     pub failures: Vec<String>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// A `redis-server` of the run's own: loopback, free port, no persistence.
@@ -202,13 +292,13 @@ pub async fn run(a: ScaleArgs) -> Result<()> {
     if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    for &nodes in &a.nodes {
-        eprintln!("[scale] {nodes} node(s)");
-        match run_nodes(&a, &tidings_bin, nodes, &mut report).await {
+    for (&shards, &nodes) in a.shards.iter().flat_map(|s| a.nodes.iter().map(move |n| (s, n))) {
+        eprintln!("[scale] {nodes} node(s), {shards} Redis shard(s)");
+        match run_nodes(&a, &tidings_bin, shards, nodes, &mut report).await {
             Ok(()) => {}
             Err(e) => {
                 eprintln!("[scale]   failed: {e:#}");
-                report.failures.push(format!("{nodes} nodes: {e:#}"));
+                report.failures.push(format!("{nodes} nodes, {shards} shards: {e:#}"));
             }
         }
         write(&a.out, &report)?;
@@ -218,9 +308,13 @@ pub async fn run(a: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleReport) -> Result<()> {
-    let redis = RedisServer::start(&a.redis_server).await?;
-    let url = format!("redis://127.0.0.1:{}", redis.port);
+async fn run_nodes(a: &ScaleArgs, bin: &Path, shards: usize, nodes: usize, report: &mut ScaleReport) -> Result<()> {
+    let mut redis = Vec::with_capacity(shards);
+    for _ in 0..shards.max(1) {
+        redis.push(RedisServer::start(&a.redis_server).await?);
+    }
+    let urls: Vec<String> = redis.iter().map(|r| format!("redis://127.0.0.1:{}", r.port)).collect();
+    let redis_pids: Vec<u32> = redis.iter().map(|r| r.child.id()).collect();
     let mut targets = Vec::with_capacity(nodes);
     for _ in 0..nodes {
         let opts = TargetOptions {
@@ -229,7 +323,7 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
             accounts: a.accounts,
             durable: false,
             identity: Identity::Static,
-            redis_url: Some(url.clone()),
+            redis_urls: urls.clone(),
             nofile: 20_000,
             history: String::new(),
         };
@@ -254,10 +348,12 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The streams live through every rate: the sequence numbers continue from rate to rate.
+    let mut last_seq = vec![0u64; a.accounts];
     for &rate in &a.rates {
         for rep in 0..a.repeat.max(1) {
             eprintln!("[scale]   {rate} publishes/s (run {})", rep + 1);
-            let point = run_point(a, &targets, &streams, redis.child.id(), nodes, rate).await?;
+            let point = run_point(a, &targets, &streams, &redis_pids, rate, &mut last_seq).await?;
             eprintln!("[scale]   {}", serde_json::to_string(&point)?);
             report.points.push(point);
             write(&a.out, report)?;
@@ -272,7 +368,8 @@ async fn run_nodes(a: &ScaleArgs, bin: &Path, nodes: usize, report: &mut ScaleRe
     Ok(())
 }
 
-async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], redis_pid: u32, nodes: usize, rate: f64) -> Result<Point> {
+async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], redis_pids: &[u32], rate: f64, last_seq: &mut [u64]) -> Result<Point> {
+    let nodes = targets.len();
     for s in streams {
         s.reset_latency();
     }
@@ -285,21 +382,25 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     for t in targets {
         feed0.push(feed_bytes(&http, t).await);
     }
-    let redis_cpu0 = procfs::cpu_secs(redis_pid).unwrap_or(0.0);
-    let redis_io0 = io_bytes(redis_pid);
+    let redis_cpu_now = || -> Vec<f64> { redis_pids.iter().map(|p| procfs::cpu_secs(*p).unwrap_or(0.0)).collect() };
+    let redis_written = || redis_pids.iter().map(|p| io_bytes(*p).1).sum::<u64>();
+    let redis_cpu0 = redis_cpu_now();
+    let redis_w0 = redis_written();
     let me = std::process::id();
     let all_cpu0 = procfs::tree_cpu_secs(me);
+    let machine0 = procfs::machine_busy_secs().unwrap_or(0.0);
     let t0 = Instant::now();
     // One publisher per node, each for its own share of the accounts (so per-account order
     // and sequence numbers stay one publisher's), together at `rate`.
     let stop = Arc::new(AtomicBool::new(false));
+    let seq_before = last_seq.to_vec();
     let publishers: Vec<_> = targets
         .iter()
         .enumerate()
         .map(|(k, t)| {
             let mine: Vec<usize> = (0..a.accounts).filter(|acc| acc % nodes == k).collect();
             let share = rate * mine.len() as f64 / a.accounts as f64;
-            spawn_publisher_over(t.publish_api(), share, a.duration, mine, a.accounts, stop.clone())
+            spawn_publisher_over(t.publish_api(), share, a.duration, mine, last_seq.to_vec(), stop.clone())
         })
         .collect();
     let mut published = Published { per_account: vec![0; a.accounts], ..Default::default() };
@@ -308,24 +409,46 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         for (i, n) in one.per_account.iter().enumerate() {
             published.per_account[i] += n;
         }
+        // Each account has one publisher: the others leave its number where it was.
+        for (last, theirs) in last_seq.iter_mut().zip(&one.last_seq) {
+            *last = (*last).max(*theirs);
+        }
         published.acked += one.acked;
         for (k, v) in one.failures {
             *published.failures.entry(k).or_default() += v;
         }
         published.elapsed = published.elapsed.max(one.elapsed);
+        published.failed.extend(one.failed);
     }
+    let failed: HashSet<(usize, u64)> = published.failed.iter().copied().collect();
+    let owed = |acc| crate::scenario::streams_of(acc, a.streams, a.accounts);
+    let account = |acc: usize| PerEvent::account(streams, acc, seq_before[acc] + 1..=last_seq[acc], owed(acc), &failed);
+    let published_at = Instant::now();
     let expected = crate::scenario::expected(&published, a.streams, a.accounts);
     let delivered_now = || streams.iter().zip(&delivered0).map(|(s, d0)| s.counts().delivered - d0).sum::<u64>();
-    // Wait for the deliveries, or for them to stop moving for 3 s.
-    let (mut last, mut last_change) = (delivered_now(), Instant::now());
-    while last < expected && last_change.elapsed() < Duration::from_secs(3) {
+    let per_event = || (0..a.accounts).map(account).fold(PerEvent::default(), PerEvent::add);
+    // Wait for every owed delivery, or for deliveries to stop moving for DRAIN_QUIET. The sum
+    // reaching `expected` is needed first (cheap to read); the count per event then decides.
+    let (mut last, mut last_change, mut checked) = (delivered_now(), published_at, None::<Instant>);
+    let events = loop {
+        if last >= expected && checked.is_none_or(|c| c.elapsed() >= PER_EVENT_CHECK_INTERVAL) {
+            let events = per_event();
+            checked = Some(Instant::now());
+            if events.lost == 0 {
+                break events;
+            }
+        }
+        if last_change.elapsed() >= DRAIN_QUIET {
+            break per_event();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
         let d = delivered_now();
         if d != last {
             (last, last_change) = (d, Instant::now());
         }
-    }
+    };
     let window = t0.elapsed().as_secs_f64();
+    let machine_busy = procfs::machine_busy_secs().unwrap_or(0.0) - machine0;
     let mut all = crate::load::histogram();
     let mut per_node = Vec::with_capacity(targets.len());
     for (k, s) in streams.iter().enumerate() {
@@ -342,28 +465,71 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         });
     }
     let nodes_cpu: f64 = pids.iter().zip(&cpu0).map(|(p, c)| procfs::tree_cpu_secs(*p) - c).sum();
-    let redis_cpu = procfs::cpu_secs(redis_pid).unwrap_or(0.0) - redis_cpu0;
-    let (_, redis_w) = io_bytes(redis_pid);
+    let redis_each: Vec<f64> = redis_cpu_now().iter().zip(&redis_cpu0).map(|(now, then)| now - then).collect();
+    let redis_cpu: f64 = redis_each.iter().sum();
+    let redis_w = redis_written();
     let loadgen = procfs::tree_cpu_secs(me) - all_cpu0 - nodes_cpu - redis_cpu;
     let delivered = delivered_now();
+    let owed_per_sec = rate * a.streams as f64 / a.accounts as f64;
     Ok(Point {
+        shards: redis_pids.len(),
         nodes,
         rate_asked: rate,
         rate_achieved: published.acked as f64 / published.elapsed.as_secs_f64().max(1e-3),
         published: published.acked,
         expected,
         delivered,
-        lost: expected.saturating_sub(delivered),
+        lost: events.lost,
         duplicated: streams.iter().map(|s| s.counts().duplicated).sum::<u64>() - dup0,
+        extra: events.extra,
+        delivered_per_sec: delivered as f64 / last_change.duration_since(t0).as_secs_f64().max(1e-3),
+        owed_per_sec,
+        drain_secs: last_change.saturating_duration_since(published_at).as_secs_f64(),
         publish_errors: published.failures,
         p50_ms: quantile(&all, 0.5),
         p99_ms: quantile(&all, 0.99),
         redis_cpu_cores: redis_cpu / window,
-        redis_write_bytes_per_sec: (redis_w - redis_io0.1) as f64 / window,
+        redis_cpu_max_cores: redis_each.iter().copied().fold(0.0, f64::max) / window,
+        redis_write_bytes_per_sec: redis_w.saturating_sub(redis_w0) as f64 / window,
         loadgen_cpu_cores: loadgen / window,
+        machine_busy_cores: machine_busy / window,
+        machine_cores: report_cores(),
         per_node,
         load_avg: procfs::load_avg(),
     })
+}
+
+/// This point's deliveries counted event by event: an acknowledged event must reach every
+/// stream of its account; one whose publish failed is not owed, and any delivery of it is extra.
+#[derive(Debug, Clone, Copy, Default)]
+struct PerEvent {
+    lost: u64,
+    extra: u64,
+}
+
+impl PerEvent {
+    /// Account `acc`'s events numbered `seqs`, owed to `owed` streams over all the nodes.
+    fn account(streams: &[LocalStreams], acc: usize, seqs: std::ops::RangeInclusive<u64>, owed: u64, failed: &HashSet<(usize, u64)>) -> Self {
+        let mut out = Self::default();
+        for seq in seqs {
+            let got: u64 = streams.iter().map(|s| u64::from(s.tally(acc, seq))).sum();
+            if failed.contains(&(acc, seq)) {
+                out.extra += got;
+            } else {
+                out.lost += owed.saturating_sub(got);
+            }
+        }
+        out
+    }
+
+    fn add(self, o: Self) -> Self {
+        Self { lost: self.lost + o.lost, extra: self.extra + o.extra }
+    }
+}
+
+/// Cores of this machine.
+fn report_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// The node's `tidings_redis_feed_bytes_total` (0 when it cannot be read).
@@ -393,7 +559,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// The markdown tables: one row per (nodes, rate), medians over repeats.
+/// The markdown tables: one row per (shards, nodes, rate), medians over repeats (lost,
+/// duplicated and extra deliveries summed over them: one is one too many), then per setup the
+/// first rate not kept and where the CPU went there.
 pub fn markdown(r: &ScaleReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -403,29 +571,37 @@ pub fn markdown(r: &ScaleReport) -> String {
     );
     let _ = writeln!(
         out,
-        "| nodes | publishes/s asked | achieved | p50 (ms) | p99 (ms) | lost | dup | Redis CPU (cores) | Redis out (MB/s) | node CPU, mean / max (cores) | read per node (MB/s) | Redis CPU ms per 1,000 events | node CPU ms per 1,000 events | load avg | saturated |"
+        "| shards | nodes | publishes/s asked | achieved | deliveries/s (owed) | backlog (s) | p50 (ms) | p99 (ms) | lost / dup / extra | Redis CPU (cores) | Redis out (MB/s) | node CPU, mean / max (cores) | load generator (cores) | machine busy (cores) | read per node (MB/s) | Redis CPU ms per 1,000 events | node CPU ms per 1,000 events | load avg | saturated |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
-    let mut keys: Vec<(usize, u64)> = r.points.iter().map(|p| (p.nodes, p.rate_asked as u64)).collect();
-    keys.dedup();
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    let key = |p: &Point| (p.shards, p.nodes, p.rate_asked as u64);
+    let mut keys: Vec<(usize, usize, u64)> = r.points.iter().map(key).collect();
     keys.sort();
     keys.dedup();
-    for (nodes, rate) in keys {
-        let runs: Vec<&Point> = r.points.iter().filter(|p| p.nodes == nodes && p.rate_asked as u64 == rate).collect();
+    for &k in &keys {
+        let (shards, nodes, rate) = k;
+        let runs: Vec<&Point> = r.points.iter().filter(|p| key(p) == k).collect();
         let med = |f: &dyn Fn(&Point) -> f64| median(runs.iter().map(|p| f(p)).collect());
-        let achieved = med(&|p| p.rate_achieved);
+        let sum = |f: &dyn Fn(&Point) -> u64| runs.iter().map(|p| f(p)).sum::<u64>();
         let node_mean = med(&|p| p.per_node.iter().map(|n| n.cpu_cores).sum::<f64>() / p.per_node.len().max(1) as f64);
         let saturated: Vec<String> = runs.iter().filter_map(|p| p.saturated()).collect();
         let _ = writeln!(
             out,
-            "| {nodes} | {rate} | {achieved:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2} | {:.2} | {node_mean:.2} / {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {} |",
+            "| {shards} | {nodes} | {rate} | {:.0} | {:.0} ({:.0}) | {:.1} | {:.1} | {:.1} | {} / {} / {} | {:.2} | {:.2} | {node_mean:.2} / {:.2} | {:.2} | {:.2} | {:.2} | {:.0} | {:.0} | {:.2} | {} |",
+            med(&|p| p.rate_achieved),
+            med(&|p| p.delivered_per_sec),
+            med(&|p| p.owed_per_sec),
+            med(&|p| p.drain_secs),
             med(&|p| p.p50_ms.unwrap_or(f64::NAN)),
             med(&|p| p.p99_ms.unwrap_or(f64::NAN)),
-            med(&|p| p.lost as f64),
-            med(&|p| p.duplicated as f64),
+            sum(&|p| p.lost),
+            sum(&|p| p.duplicated),
+            sum(&|p| p.extra),
             med(&|p| p.redis_cpu_cores),
             med(&|p| p.redis_write_bytes_per_sec / 1e6),
             med(&|p| p.node_cpu_max()),
+            med(&|p| p.loadgen_cpu_cores),
+            med(&|p| p.machine_busy_cores),
             med(&|p| p.node_read_mean() / 1e6),
             // Cores are CPU seconds per second: per 1,000 events, in ms, is cores × 10⁶ / rate.
             med(&|p| p.redis_cpu_cores * 1e6 / p.rate_achieved.max(1e-9)),
@@ -433,6 +609,22 @@ pub fn markdown(r: &ScaleReport) -> String {
             med(&|p| p.load_avg.unwrap_or(f64::NAN)),
             if saturated.is_empty() { "–".to_owned() } else { saturated.join("; ") },
         );
+    }
+    let mut setups: Vec<(usize, usize)> = keys.iter().map(|k| (k.0, k.1)).collect();
+    setups.dedup();
+    if !setups.is_empty() {
+        let _ = writeln!(out, "\nThe first rate not kept, per setup (publishes or deliveries behind, or anything lost or repeated), and where the CPU went there:\n");
+    }
+    for (shards, nodes) in setups {
+        let mine: Vec<&Point> = r.points.iter().filter(|p| (p.shards, p.nodes) == (shards, nodes)).collect();
+        let line = match mine.iter().find(|p| p.fell_behind().is_some()) {
+            Some(p) => format!("at {}/s: {}; CPU: {}", p.rate_asked, p.fell_behind().unwrap_or_default(), p.cpu_split()),
+            None => match mine.last() {
+                Some(p) => format!("kept up to {}/s; CPU there: {}", p.rate_asked, p.cpu_split()),
+                None => continue,
+            },
+        };
+        let _ = writeln!(out, "- {nodes} node(s), {shards} shard(s): {line}");
     }
     for f in &r.failures {
         let _ = writeln!(out, "- not run: {f}");

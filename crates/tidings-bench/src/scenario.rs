@@ -195,23 +195,37 @@ pub struct Published {
     pub acked: u64,
     pub failures: BTreeMap<String, u64>,
     pub elapsed: Duration,
+    /// The last bench sequence number used per account (acknowledged or not): where the next
+    /// publisher to the same streams must continue.
+    pub last_seq: Vec<u64>,
+    /// `(account, seq)` of every event whose publish failed: it may still have been stored
+    /// (a publish that timed out) and be delivered, but it is not owed.
+    pub failed: Vec<(usize, u64)>,
 }
 
 /// Publishes `rate` events per second round robin over `accounts` accounts for `duration`
 /// (or until `stop`), on its own thread and runtime so stream load cannot delay the ticks.
+/// Sequence numbers start at 1: the streams must be new.
 pub fn spawn_publisher(api: PublishApi, rate: f64, duration: Duration, accounts: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Published> {
-    spawn_publisher_over(api, rate, duration, (0..accounts).collect(), accounts, stop)
+    spawn_publisher_over(api, rate, duration, (0..accounts).collect(), vec![0; accounts], stop)
 }
 
-/// Like [`spawn_publisher`], round robin over the accounts in `mine` only (of `accounts`
-/// numbered from 0), so several publishers can share the accounts without sharing one.
-pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine: Vec<usize>, accounts: usize, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Published> {
+/// Like [`spawn_publisher`], round robin over the accounts in `mine` only (of the
+/// `last_seq.len()` accounts numbered from 0), so several publishers can share the accounts
+/// without sharing one; account `a` continues after sequence number `last_seq[a]`.
+///
+/// Streams tell a duplicate from a new event by its sequence number alone, for as long as
+/// they live: a publisher that follows another on the same streams must continue the numbers
+/// (its [`Published::last_seq`]), or every event it reuses a number for counts as a duplicate
+/// and the deliveries it was owed as lost.
+pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine: Vec<usize>, last_seq: Vec<u64>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Published> {
+    let accounts = last_seq.len();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("publisher runtime");
         rt.block_on(async move {
             let http = PublishApi::client();
             let mut out = Published { per_account: vec![0; accounts], ..Default::default() };
-            let mut seq = vec![0u64; accounts];
+            let mut seq = last_seq;
             let total = (rate * duration.as_secs_f64()).round() as u64;
             let mut sent = 0u64;
             let mut next_account = 0usize;
@@ -226,13 +240,16 @@ pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine
             // Stop issuing when far behind: the achieved rate tells the story.
             let deadline = duration + Duration::from_secs(5);
             let record = |out: &mut Published, results: Vec<((usize, u64), Option<String>)>| {
-                for ((a, _), r) in results {
+                for ((a, seq), r) in results {
                     match r {
                         None => {
                             out.per_account[a] += 1;
                             out.acked += 1;
                         }
-                        Some(e) => *out.failures.entry(e).or_default() += 1,
+                        Some(e) => {
+                            *out.failures.entry(e).or_default() += 1;
+                            out.failed.push((a, seq));
+                        }
                     }
                 }
             };
@@ -271,6 +288,7 @@ pub fn spawn_publisher_over(api: PublishApi, rate: f64, duration: Duration, mine
                 }
             }
             out.elapsed = start.elapsed();
+            out.last_seq = seq;
             out
         })
     })
@@ -325,7 +343,7 @@ impl Harness {
             Scenario::Fanout | Scenario::FanoutAudience | Scenario::ConnectStorm => 1,
             Scenario::Idle | Scenario::ManyAccounts | Scenario::ResumeStorm => sizes.accounts.min(n).max(1),
         };
-        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_url: None, nofile: self.nofile, history: String::new() };
+        let opts = TargetOptions { tidings_bin: self.tidings_bin.clone(), max_streams: n, accounts, durable: scenario == Scenario::ResumeStorm, identity, redis_urls: Vec::new(), nofile: self.nofile, history: String::new() };
         let mut target = Target::start(kind, &opts).await?;
         let identity = (kind == Kind::Tidings).then_some(identity);
         let mut out = Outcome { target: kind.name().into(), scenario, identity, engine: target.engine.clone(), streams: n, accounts, ..Default::default() };
@@ -454,7 +472,7 @@ pub(crate) fn expected(published: &Published, streams: usize, accounts: usize) -
 }
 
 /// Streams of account `a` when stream `i` belongs to account `i % accounts`.
-fn streams_of(a: usize, streams: usize, accounts: usize) -> u64 {
+pub(crate) fn streams_of(a: usize, streams: usize, accounts: usize) -> u64 {
     (streams / accounts + usize::from(a < streams % accounts)) as u64
 }
 

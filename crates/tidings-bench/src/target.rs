@@ -93,8 +93,9 @@ pub struct TargetOptions {
     pub durable: bool,
     /// Tidings: how streams authenticate.
     pub identity: Identity,
-    /// Tidings: the Redis engine on this server (`redis://…`), sharing it with other nodes.
-    pub redis_url: Option<String>,
+    /// Tidings: the Redis engine on these servers (`redis://…`), sharing them with other
+    /// nodes; more than one are the engine's shards. Empty: not the Redis engine.
+    pub redis_urls: Vec<String>,
     /// File descriptors a peer may open (nginx `worker_rlimit_nofile`).
     pub nofile: u64,
     /// Tidings: lines added to the `[history]` table (e.g. `max_age = "3s"`).
@@ -132,6 +133,21 @@ fn fill(template: &str, vars: &[(&str, String)]) -> String {
     out
 }
 
+/// The `[engine]` table of the Redis engine on `urls`: one server is `url = …`; several are
+/// one `[[engine.shards]]` table each, every other setting shared.
+fn redis_engine(urls: &[String]) -> String {
+    let mut out = "[engine]\nkind = \"redis\"\n".to_owned();
+    if let [url] = urls {
+        out.push_str(&format!("url = \"{url}\"\nkey_prefix = \"bench:\"\n"));
+        return out;
+    }
+    out.push_str("key_prefix = \"bench:\"\n");
+    for url in urls {
+        out.push_str(&format!("\n[[engine.shards]]\nurl = \"{url}\"\n"));
+    }
+    out
+}
+
 /// The nchan module as Debian installs it.
 fn nchan_module() -> Result<String> {
     for p in ["/usr/lib/nginx/modules/ngx_nchan_module.so", "/usr/share/nginx/modules/ngx_nchan_module.so"] {
@@ -157,10 +173,10 @@ impl Target {
         let exp = identity::expiry_from_now();
         let (command, publish_url, control, engine) = match kind {
             Kind::Tidings => {
-                let engine = match (&opts.redis_url, opts.durable) {
-                    (Some(url), _) => format!("[engine]\nkind = \"redis\"\nurl = \"{url}\"\nkey_prefix = \"bench:\"\n"),
-                    (None, true) => "[engine]\nkind = \"durable\"\ndata_dir = \"data\"\nfsync = \"never\"\n".to_owned(),
-                    (None, false) => "[engine]\nkind = \"memory\"\n".to_owned(),
+                let engine = match (opts.redis_urls.is_empty(), opts.durable) {
+                    (false, _) => redis_engine(&opts.redis_urls),
+                    (true, true) => "[engine]\nkind = \"durable\"\ndata_dir = \"data\"\nfsync = \"never\"\n".to_owned(),
+                    (true, false) => "[engine]\nkind = \"memory\"\n".to_owned(),
                 };
                 if opts.identity == Identity::Introspection {
                     introspection = Some(Introspection::start(opts.accounts, exp).await?);
@@ -183,12 +199,13 @@ impl Target {
                 }
                 let bin = opts.tidings_bin.display().to_string();
                 let cmd = vec![bin, "serve".into(), "--log".into(), "warn".into(), "--config".into(), format!("{d}/hub.toml")];
-                let engine = match (&opts.redis_url, opts.durable) {
-                    (Some(_), _) => "redis",
-                    (None, true) => "durable (SQLite, fsync never)",
-                    (None, false) => "memory",
+                let engine = match (opts.redis_urls.len(), opts.durable) {
+                    (0, true) => "durable (SQLite, fsync never)".to_owned(),
+                    (0, false) => "memory".to_owned(),
+                    (1, _) => "redis".to_owned(),
+                    (n, _) => format!("redis, {n} shards"),
                 };
-                (cmd, format!("http://{addr}/events"), addr, engine.to_owned())
+                (cmd, format!("http://{addr}/events"), addr, engine)
             }
             Kind::Nchan => {
                 for t in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
@@ -484,4 +501,20 @@ pub fn check_installed(kinds: &[Kind]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_redis_is_a_url_and_several_are_shard_tables() {
+        let one = redis_engine(&["redis://127.0.0.1:7000".into()]);
+        assert_eq!(one, "[engine]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:7000\"\nkey_prefix = \"bench:\"\n");
+        let two = redis_engine(&["redis://127.0.0.1:7000".into(), "redis://127.0.0.1:7001".into()]);
+        assert_eq!(
+            two,
+            "[engine]\nkind = \"redis\"\nkey_prefix = \"bench:\"\n\n[[engine.shards]]\nurl = \"redis://127.0.0.1:7000\"\n\n[[engine.shards]]\nurl = \"redis://127.0.0.1:7001\"\n"
+        );
+    }
 }

@@ -433,8 +433,9 @@ pub enum FsyncPolicy {
 pub struct RedisConfig {
     /// `redis://` or `rediss://` (TLS) `[user:password@]host:port[/db]`. With `sentinels`, the
     /// primary's address comes from Sentinel and only the scheme, user, password and db of the
-    /// URL are used.
-    pub url: String,
+    /// URL are used. `None`: [`REDIS_URL_DEFAULT`] (read it with [`RedisConfig::url`]); not
+    /// given with `shards`, where each shard names its own.
+    pub url: Option<String>,
     /// ACL user, when not given in `url`.
     pub username: Option<String>,
     /// A file holding the password (one line; a trailing newline is ignored), when not in `url`.
@@ -480,12 +481,43 @@ pub struct RedisConfig {
     /// further behind than this (a long disconnect) cannot prove it missed nothing, and sends
     /// its streams `resync`. Publishing nodes trim the feed: give every node the same value.
     pub feed_max_events: usize,
+    /// `[[engine.shards]]`: the accounts are split over these Redis primaries (see
+    /// [`RedisConfig::shard_configs`]); every other setting is shared. `None`: one shard, the
+    /// server `url`/`sentinels` name. The order matters: shard `i` is the `i`-th entry.
+    pub shards: Option<Vec<RedisShardConfig>>,
+}
+
+/// The per-server settings of one shard; the rest comes from `[engine]`.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisShardConfig {
+    /// As `engine.url`, for this shard's server (with `sentinels`: scheme, user and db only).
+    pub url: String,
+    /// As `engine.sentinels`, for this shard's primary.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// As `engine.master_name`.
+    pub master_name: Option<String>,
+    /// As `engine.tls_server_name`.
+    pub tls_server_name: Option<String>,
+}
+
+/// Never shows a password (see [`redact_url`]).
+impl std::fmt::Debug for RedisShardConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisShardConfig")
+            .field("url", &redact_url(&self.url))
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("tls_server_name", &self.tls_server_name)
+            .finish()
+    }
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: REDIS_URL_DEFAULT.into(),
+            url: None,
             username: None,
             password_file: None,
             password_env: None,
@@ -504,6 +536,7 @@ impl Default for RedisConfig {
             connect_timeout: REDIS_CONNECT_TIMEOUT_DEFAULT,
             command_timeout: REDIS_COMMAND_TIMEOUT_DEFAULT,
             feed_max_events: FEED_EVENTS_DEFAULT,
+            shards: None,
         }
     }
 }
@@ -513,7 +546,7 @@ impl Default for RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &self.url.as_deref().map(redact_url))
             .field("username", &self.username)
             .field("password_file", &self.password_file)
             .field("password_env", &self.password_env)
@@ -532,6 +565,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("feed_max_events", &self.feed_max_events)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -549,10 +583,72 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Most entries of `[[engine.shards]]`: each is a Redis primary every node holds two or three
+/// connections to and one feed reader for; beyond this the per-node connections and readers
+/// cost more than another shard saves (ARCHITECTURE.md, "The arithmetic").
+pub const REDIS_SHARDS_MAX: usize = 64;
+
 impl RedisConfig {
+    /// The server URL: `url`, or [`REDIS_URL_DEFAULT`] when not given.
+    pub fn url(&self) -> &str {
+        self.url.as_deref().unwrap_or(REDIS_URL_DEFAULT)
+    }
+
     /// Whether the URL asks for TLS.
     pub fn tls(&self) -> bool {
-        self.url.starts_with("rediss://")
+        self.url().starts_with("rediss://")
+    }
+
+    /// One configuration per shard, in order: without `shards`, this one (exactly today's
+    /// single server); with them, this one with each shard's url, sentinels, master name and
+    /// TLS server name, and no `shards`. Never empty once validated.
+    pub fn shard_configs(&self) -> Vec<RedisConfig> {
+        match &self.shards {
+            None => vec![self.clone()],
+            Some(shards) => shards
+                .iter()
+                .map(|s| RedisConfig {
+                    url: Some(s.url.clone()),
+                    sentinels: s.sentinels.clone(),
+                    master_name: s.master_name.clone(),
+                    tls_server_name: s.tls_server_name.clone(),
+                    shards: None,
+                    ..self.clone()
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks `shards` against the single-server keys, then every shard's settings; errors
+    /// about one shard name it (`engine.shards[1]: …`).
+    fn validate(&self) -> Result<(), String> {
+        let Some(shards) = &self.shards else { return self.validate_server() };
+        if shards.is_empty() {
+            return Err("engine.shards is empty; give at least one [[engine.shards]] with a url, or drop shards and set engine.url".into());
+        }
+        if shards.len() > REDIS_SHARDS_MAX {
+            return Err(format!("engine.shards: {} shards, at most {REDIS_SHARDS_MAX}", shards.len()));
+        }
+        let per_server = [
+            ("url", self.url.is_some()),
+            ("sentinels", !self.sentinels.is_empty()),
+            ("master_name", self.master_name.is_some()),
+            ("tls_server_name", self.tls_server_name.is_some()),
+        ];
+        if let Some((key, _)) = per_server.iter().find(|(_, set)| *set) {
+            return Err(format!("engine.{key} and engine.shards do not go together: with shards, give {key} in each [[engine.shards]]"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, shard) in self.shard_configs().iter().enumerate() {
+            shard.validate_server().map_err(|e| format!("engine.shards[{i}]: {e}"))?;
+            // Two shards on one server would share one seq counter and one feed: every
+            // event would be delivered twice. The same Sentinel master counts as one server.
+            let server = if shard.sentinels.is_empty() { shard.url().to_owned() } else { format!("{:?}/{:?}", shard.sentinels, shard.master_name) };
+            if !seen.insert(server) {
+                return Err(format!("engine.shards[{i}] names the same server as an earlier shard; each shard needs its own Redis primary"));
+            }
+        }
+        Ok(())
     }
 
     /// The password for the Redis servers from `password_file` or `password_env`, if set.
@@ -566,10 +662,10 @@ impl RedisConfig {
         read_secret("engine.sentinel_password", self.sentinel_password_file.as_deref(), self.sentinel_password_env.as_deref())
     }
 
-    fn validate(&self) -> Result<(), String> {
-        let url_password = self.url.split_once("://").and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@')).is_some_and(|(info, _)| info.contains(':'));
-        if !self.url.starts_with("redis://") && !self.tls() {
-            return Err(format!("engine.url {:?} must start with redis:// or rediss:// (TLS)", redact_url(&self.url)));
+    fn validate_server(&self) -> Result<(), String> {
+        let url_password = self.url().split_once("://").and_then(|(_, rest)| rest.split('/').next()?.rsplit_once('@')).is_some_and(|(info, _)| info.contains(':'));
+        if !self.url().starts_with("redis://") && !self.tls() {
+            return Err(format!("engine.url {:?} must start with redis:// or rediss:// (TLS)", redact_url(self.url())));
         }
         if self.connect_timeout.is_zero() || self.command_timeout.is_zero() || self.feed_max_events < FEED_EVENTS_MIN {
             return Err(format!("engine: connect_timeout and command_timeout must be > 0, feed_max_events >= {FEED_EVENTS_MIN}"));
@@ -924,7 +1020,7 @@ key = "pub-secret"
         let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"redis://10.0.0.5:6380/2\"\ncommand_timeout = \"250ms\"\n", Path::new("t.toml")).unwrap();
         c.validate().unwrap();
         let EngineConfig::Redis(r) = &c.engine else { panic!("not redis: {:?}", c.engine) };
-        assert_eq!((r.url.as_str(), r.key_prefix.as_str(), r.command_timeout), ("redis://10.0.0.5:6380/2", "tidings:", Duration::from_millis(250)));
+        assert_eq!((r.url(), r.key_prefix.as_str(), r.command_timeout), ("redis://10.0.0.5:6380/2", "tidings:", Duration::from_millis(250)));
         let e = Config::from_toml_str("[engine]\nkind = \"redis\"\nurll = \"x\"\n", Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.contains("urll"), "{e}");
         let c = Config::from_toml_str("[engine]\nkind = \"redis\"\nurl = \"http://x\"\n", Path::new("t.toml")).unwrap();
@@ -975,6 +1071,50 @@ key = "pub-secret"
             let e = parse(engine).validate().unwrap_err().to_string();
             assert!(e.contains(expected), "{engine:?}: {e}");
         }
+    }
+
+    #[test]
+    fn redis_shards_share_engine_settings_and_refuse_the_single_server_keys() {
+        let parse = |engine: &str| Config::from_toml_str(&format!("[engine]\nkind = \"redis\"\nkey_prefix = \"x:\"\nmin_replicas = 1\n{engine}"), Path::new("t.toml")).unwrap();
+        // Without shards: one shard, the server of [engine] itself (today's configuration).
+        let one = parse("url = \"redis://a:1\"\n");
+        one.validate().unwrap();
+        let EngineConfig::Redis(r) = &one.engine else { panic!("not redis") };
+        assert_eq!(r.shard_configs(), vec![(**r).clone()]);
+        let default = parse("");
+        let EngineConfig::Redis(r) = &default.engine else { panic!("not redis") };
+        assert_eq!(r.shard_configs()[0].url(), REDIS_URL_DEFAULT);
+
+        let two = parse(
+            "[[engine.shards]]\nurl = \"redis://a:1\"\n[[engine.shards]]\nurl = \"rediss://u:pw@b:2\"\ntls_server_name = \"b.internal\"\n[[engine.shards]]\nurl = \"redis://c\"\nsentinels = [\"s:26379\"]\nmaster_name = \"m\"\n",
+        );
+        two.validate().unwrap();
+        let EngineConfig::Redis(r) = &two.engine else { panic!("not redis") };
+        let shards = r.shard_configs();
+        assert_eq!(shards.iter().map(RedisConfig::url).collect::<Vec<_>>(), ["redis://a:1", "rediss://u:pw@b:2", "redis://c"]);
+        assert!(shards.iter().all(|s| s.key_prefix == "x:" && s.min_replicas == 1 && s.shards.is_none()), "the rest is shared");
+        assert_eq!((shards[1].tls_server_name.as_deref(), shards[2].master_name.as_deref()), (Some("b.internal"), Some("m")));
+        assert_eq!(shards[2].sentinels, ["s:26379"]);
+        assert!(!format!("{r:?}").contains("pw@"), "Debug masks the shards' passwords: {r:?}");
+
+        let shard = "[[engine.shards]]\nurl = \"redis://a:1\"\n";
+        for (engine, expected) in [
+            (format!("url = \"redis://a:1\"\n{shard}"), "engine.url and engine.shards"),
+            (format!("sentinels = [\"s:1\"]\nmaster_name = \"m\"\n{shard}"), "engine.sentinels and engine.shards"),
+            (format!("master_name = \"m\"\n{shard}"), "engine.master_name and engine.shards"),
+            ("shards = []\n".to_owned(), "engine.shards is empty"),
+            (format!("{shard}{shard}"), "engine.shards[1] names the same server"),
+            (format!("{shard}[[engine.shards]]\nurl = \"http://b\"\n"), "engine.shards[1]: engine.url"),
+            (format!("{shard}[[engine.shards]]\nurl = \"redis://b\"\nsentinels = [\"s:1\"]\n"), "engine.shards[1]: engine: sentinels and master_name"),
+            (format!("tls_ca_file = \"ca.pem\"\n{shard}"), "engine.shards[0]: engine: tls_ca_file"),
+        ] {
+            let e = parse(&engine).validate().unwrap_err().to_string();
+            assert!(e.contains(expected), "{engine:?}: {e}");
+        }
+        let e = Config::from_toml_str("[engine]\nkind = \"redis\"\n[[engine.shards]]\nurl = \"redis://a\"\nkey_prefix = \"y:\"\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("key_prefix"), "shared settings are not per shard: {e}");
+        let e = Config::from_toml_str("[engine]\nkind = \"redis\"\n[[engine.shards]]\nsentinels = []\n", Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("url"), "a shard needs its url: {e}");
     }
 
     #[test]

@@ -328,14 +328,22 @@ impl Fanout {
         self.claims_enabled.store(true, Ordering::Release);
     }
 
-    /// Takes every stream whose claim is not written yet, oldest first, skipping those that
-    /// closed or never opened. The engine writes them with the open it is about to make, so a
-    /// stream's claim is in the shared order no later than its own open.
-    pub fn take_claims(&self) -> Vec<Arc<StreamShared>> {
-        let mut pending = std::mem::take(&mut *self.claims.lock().expect("claims lock"));
+    /// Takes every stream of the accounts `accounts` admits whose claim is not written yet,
+    /// oldest first, skipping those that closed or never opened; the others stay queued. The
+    /// engine writes them with the open it is about to make (of an account it admits), so a
+    /// stream's claim is in the shared order no later than its own open. An engine split into
+    /// shards passes its shard's accounts: a claim is ordered with its account's events.
+    pub fn take_claims(&self, accounts: impl Fn(&str) -> bool) -> Vec<Arc<StreamShared>> {
+        let (mut taken, kept): (Vec<_>, Vec<_>) = {
+            let mut queue = self.claims.lock().expect("claims lock");
+            std::mem::take(&mut *queue).into_iter().partition(|s| accounts(&s.account))
+        };
+        if !kept.is_empty() {
+            self.claims.lock().expect("claims lock").splice(0..0, kept);
+        }
         let reg = self.registry.read().expect("registry lock");
-        pending.retain(|s| reg.accounts.get(&s.account).is_some_and(|streams| streams.contains_key(&s.id)));
-        pending
+        taken.retain(|s| reg.accounts.get(&s.account).is_some_and(|streams| streams.contains_key(&s.id)));
+        taken
     }
 
     /// Puts claims the engine could not write back at the front of the queue, in order; the
@@ -442,32 +450,36 @@ impl Fanout {
         }
     }
 
-    /// Sends a `resync` frame to every stream on the node (the engine lost continuity) and
-    /// counts it as `engine_outage`.
-    pub fn resync_all(&self, bytes: &Bytes) {
-        let streams = self.len() as u64;
+    /// Sends a `resync` frame to every stream of the accounts `accounts` admits (the engine,
+    /// or the shard of it holding them, lost continuity) and counts it as `engine_outage`.
+    pub fn resync_all(&self, bytes: &Bytes, accounts: impl Fn(&str) -> bool) {
+        let streams = self.broadcast_queued(bytes, None, accounts);
         self.metrics.resyncs.get_or_create(&crate::metrics::ReasonLabel { reason: "engine_outage" }).inc_by(streams);
-        self.broadcast_queued(bytes, None);
     }
 
-    /// Tells every stream that the engine's history now has epoch `epoch` (see
-    /// [`Queued::new_epoch`]); `bytes` is the `resync` frame streams of an older epoch write.
-    pub fn new_epoch(&self, epoch: u64, bytes: &Bytes) {
-        self.broadcast_queued(bytes, Some(epoch));
+    /// Tells every stream of the accounts `accounts` admits that their history now has epoch
+    /// `epoch` (see [`Queued::new_epoch`]); `bytes` is the `resync` frame streams of an older
+    /// epoch write.
+    pub fn new_epoch(&self, epoch: u64, bytes: &Bytes, accounts: impl Fn(&str) -> bool) {
+        self.broadcast_queued(bytes, Some(epoch), accounts);
     }
 
-    fn broadcast_queued(&self, bytes: &Bytes, new_epoch: Option<u64>) {
+    /// Queues `bytes` for the streams of the accounts admitted; returns how many were given it.
+    fn broadcast_queued(&self, bytes: &Bytes, new_epoch: Option<u64>, accounts: impl Fn(&str) -> bool) -> u64 {
         let now = Instant::now();
         let mut evicted = Vec::new();
+        let mut given = 0u64;
         {
             let reg = self.registry.read().expect("registry lock");
-            for s in reg.accounts.values().flat_map(HashMap::values) {
+            for s in reg.accounts.iter().filter(|(a, _)| accounts(a)).flat_map(|(_, streams)| streams.values()) {
+                given += 1;
                 if !s.push(Queued { seq: SEQ_NONE, at: now, bytes: bytes.clone(), new_epoch }) {
                     evicted.push(s.clone());
                 }
             }
         }
         self.evict(evicted);
+        given
     }
 
     fn evict(&self, evicted: Vec<Arc<StreamShared>>) {

@@ -20,7 +20,7 @@ use tidings_protocol::resume::{LastEventId, ResumeDecision};
 use tokio_util::sync::CancellationToken;
 
 use crate::HubState;
-use crate::engine::{Accepted, NewEvent};
+use crate::engine::{Accepted, EngineError, NewEvent};
 use crate::error::{ApiError, RETRY_AFTER_BUSY_SECS, RETRY_AFTER_UNAVAILABLE_SECS};
 use crate::fanout::{NewStream, RegisterError};
 use crate::h1::ConnectionHandle;
@@ -296,7 +296,7 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
     let events = batch.len();
     let accepted = hub.store(batch).await.map_err(|e| {
         tracing::warn!(error = %e, %publisher, events, "publish failed");
-        ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
+        store_failed(&e)
     })?;
     let duplicates = accepted.iter().filter(|a| a.duplicate).count();
     tracing::debug!(%publisher, events, duplicates, "published");
@@ -311,6 +311,16 @@ async fn publish_inner(hub: &Arc<HubState>, req: Request) -> Result<Vec<Accepted
         hub.published(&shown, &ids, &publisher);
     }
     Ok(accepted)
+}
+
+/// The 503 for a publish the engine could not store, saying truthfully whether nothing or
+/// part of the batch was stored (the latter only with Redis shards; see docs/protocol.md).
+pub(crate) fn store_failed(e: &EngineError) -> ApiError {
+    let message = match e {
+        EngineError::PartlyStored(_) => "part of the event store is unavailable; items of this batch on other shards were stored, retry the batch with the same keys",
+        _ => "the event store is unavailable; nothing was published",
+    };
+    ApiError::unavailable("engine_unavailable", message, RETRY_AFTER_UNAVAILABLE_SECS)
 }
 
 /// The `202` answer: `{"ids": [...]}` in item order, plus `"duplicates": [positions]` when
@@ -359,7 +369,11 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(hub): State<Arc<HubState>>) -> Response {
     let draining = hub.is_draining();
     let engine = hub.engine().is_ready();
-    let body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine_name(), "engine_ready": engine, "draining": draining });
+    let mut body = serde_json::json!({ "ready": engine && !draining, "engine": hub.engine_name(), "engine_ready": engine, "draining": draining });
+    let shards = hub.engine().shards_ready();
+    if !shards.is_empty() {
+        body["engine_shards_ready"] = shards.into();
+    }
     let status = if engine && !draining { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(body)).into_response()
 }

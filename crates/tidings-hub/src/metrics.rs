@@ -4,11 +4,14 @@
 //! path except the first use of a label value. Labels are closed sets (close and resync
 //! reasons, error codes), never user input, so cardinality is bounded.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::{Arc, RwLock};
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +22,58 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: &'static str,
+}
+
+/// Which shard of the Redis engine (`0` .. the number of `[[engine.shards]]`, a closed set
+/// the configuration fixes).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabel {
+    pub shard: usize,
+}
+
+/// A Redis engine metric per shard: one series per shard labelled `shard` when the engine has
+/// `[[engine.shards]]`, and one series without a label otherwise, exactly the series a node
+/// had before shards existed (dashboards and scrapers of such deployments see no change).
+/// Nothing until the engine starts ([`PerShard::start`]).
+#[derive(Debug, Default)]
+pub struct PerShard<M> {
+    /// Whether the series carry `shard`, and each shard's metric (handles share the value).
+    series: Arc<RwLock<(bool, Vec<M>)>>,
+}
+
+impl<M> Clone for PerShard<M> {
+    fn clone(&self) -> Self {
+        Self { series: self.series.clone() }
+    }
+}
+
+impl<M: Default + Clone> PerShard<M> {
+    /// Creates the series of `count` shards, labelled when `labelled`, and returns a handle on
+    /// each; called once by the engine when it starts.
+    pub fn start(&self, count: usize, labelled: bool) -> Vec<M> {
+        let series: Vec<M> = (0..count).map(|_| M::default()).collect();
+        *self.series.write().expect("series lock") = (labelled, series.clone());
+        series
+    }
+}
+
+impl<M: EncodeMetric + TypedMetric> EncodeMetric for PerShard<M> {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let guard = self.series.read().expect("series lock");
+        match &*guard {
+            (false, series) if series.len() == 1 => series[0].encode(encoder),
+            (_, series) => {
+                for (shard, m) in series.iter().enumerate() {
+                    m.encode(encoder.encode_family(&ShardLabel { shard })?)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn metric_type(&self) -> MetricType {
+        M::TYPE
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,10 +101,14 @@ pub struct Metrics {
     pub history_accounts: Gauge,
     pub history_retained_events: Gauge,
     pub history_retained_bytes: Gauge,
-    /// Redis engine: feed entries this node read (every event of every account, whatever
-    /// streams the node holds, plus claims and fences), and their bytes (ids and fields).
-    pub redis_feed_entries: Counter,
-    pub redis_feed_bytes: Counter,
+    /// Redis engine, per shard: feed entries this node read (every event of every account of
+    /// the shard, whatever streams the node holds, plus claims and fences), and their bytes
+    /// (ids and fields).
+    pub redis_feed_entries: PerShard<Counter>,
+    pub redis_feed_bytes: PerShard<Counter>,
+    /// Redis engine, per shard: 1 while this node is connected to the shard's primary and
+    /// follows its feed, 0 while not (its accounts' publishes and opens get 503 meanwhile).
+    pub redis_shard_ready: PerShard<Gauge>,
     pub streams_opened: Counter,
     /// Streams ended, by reason: the `closed` reasons plus `client_gone` and `error`.
     pub stream_closes: Family<ReasonLabel, Counter>,
@@ -96,8 +155,9 @@ impl Metrics {
             history_accounts: Gauge::default(),
             history_retained_events: Gauge::default(),
             history_retained_bytes: Gauge::default(),
-            redis_feed_entries: Counter::default(),
-            redis_feed_bytes: Counter::default(),
+            redis_feed_entries: PerShard::default(),
+            redis_feed_bytes: PerShard::default(),
+            redis_shard_ready: PerShard::default(),
             streams_opened: Counter::default(),
             stream_closes: Family::default(),
             stream_refusals: Family::default(),
@@ -124,8 +184,9 @@ impl Metrics {
         r.register("history_accounts", "Accounts held by the node's history window (memory and durable engines), as of the last upkeep", m.history_accounts.clone());
         r.register("history_retained_events", "Events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_events.clone());
         r.register("history_retained_bytes", "Encoded bytes of the events retained in the node's history window (memory and durable engines), as of the last upkeep", m.history_retained_bytes.clone());
-        r.register("redis_feed_entries", "Redis engine: feed entries this node read (every event of every account, claims, fences)", m.redis_feed_entries.clone());
-        r.register("redis_feed_bytes", "Redis engine: bytes of the feed entries this node read (ids and fields)", m.redis_feed_bytes.clone());
+        r.register("redis_feed_entries", "Redis engine: feed entries this node read, by shard when sharded (every event of every account of the shard, claims, fences)", m.redis_feed_entries.clone());
+        r.register("redis_feed_bytes", "Redis engine: bytes of the feed entries this node read, by shard when sharded (ids and fields)", m.redis_feed_bytes.clone());
+        r.register("redis_shard_ready", "Redis engine: 1 while this node is connected to the shard and follows its feed, 0 while not", m.redis_shard_ready.clone());
         r.register("streams_opened", "Streams opened", m.streams_opened.clone());
         r.register("stream_closes", "Streams ended, by reason", m.stream_closes.clone());
         r.register("stream_refusals", "Stream requests refused before the stream started", m.stream_refusals.clone());
@@ -171,5 +232,23 @@ impl Metrics {
 
     pub fn close(&self, reason: &'static str) {
         self.stream_closes.get_or_create(&ReasonLabel { reason }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_series_carry_the_shard_only_when_the_engine_is_sharded() {
+        let one = Metrics::new();
+        one.redis_feed_bytes.start(1, false)[0].inc_by(7);
+        assert!(one.render().lines().any(|l| l == "tidings_redis_feed_bytes_total 7"), "as before shards existed:\n{}", one.render());
+        let two = Metrics::new();
+        let shards = two.redis_feed_bytes.start(2, true);
+        shards[1].inc_by(5);
+        let text = two.render();
+        assert!(text.lines().any(|l| l == "tidings_redis_feed_bytes_total{shard=\"0\"} 0"), "{text}");
+        assert!(text.lines().any(|l| l == "tidings_redis_feed_bytes_total{shard=\"1\"} 5"), "{text}");
     }
 }

@@ -33,7 +33,10 @@
 //! With the Redis engine, a real `redis-server` without persistence is also killed and started
 //! again (empty) halfway between hub restarts: publishes fail with 503 while it is down, its
 //! history starts a new epoch, and every open stream is sent a `resync` carrying the new
-//! epoch's first position, which covers every event of the older generations.
+//! epoch's first position, which covers every event of the older generations. Sharded over two
+//! servers, one shard's server at a time is killed and started again: only its accounts fail
+//! and resync, and each shard's epochs number their own generations (an account, and so every
+//! position compared, lives on one shard).
 //!
 //! Duration: `TIDINGS_CHAOS_SECS` of chaos per engine (default 20; with the forced stall and
 //! the settle the CI run stays around a minute per engine; use 600 for a soak). Engines:
@@ -49,7 +52,7 @@ use std::time::Duration;
 
 use rand::Rng;
 use tidings_testkit::proxy::Proxy;
-use support::redis::Redis;
+use support::redis::{EngineServers, RedisShards, Transport, shard_of};
 use support::*;
 use tidings_bench::wire::Chunked;
 use tidings_client::{Backoff, Client, Event as SdkEvent};
@@ -65,6 +68,8 @@ enum EngineCase {
     /// the chaos, between hub restarts: open streams get `resync`, publishes fail with 503
     /// while it is down, and the hub follows the new epoch.
     Redis,
+    /// Two such servers as `[[engine.shards]]`, restarted one at a time.
+    RedisShards,
 }
 
 impl EngineCase {
@@ -72,6 +77,16 @@ impl EngineCase {
         match self {
             Self::Memory => "memory",
             Self::Redis => "redis",
+            Self::RedisShards => "redis-shards",
+        }
+    }
+
+    /// How many Redis servers the engine uses (0: none).
+    fn servers(self) -> usize {
+        match self {
+            Self::Memory => 0,
+            Self::Redis => 1,
+            Self::RedisShards => 2,
         }
     }
 }
@@ -103,6 +118,27 @@ async fn no_accepted_event_is_missed_silently_under_chaos() {
     for engine in engines() {
         run(engine, Duration::from_secs(chaos_secs())).await;
     }
+}
+
+/// A test of its own, so the test runner runs it beside the other engines' rather than after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_accepted_event_is_missed_silently_under_chaos_with_redis_shards() {
+    run(EngineCase::RedisShards, Duration::from_secs(chaos_secs())).await;
+}
+
+/// Probe accounts with a token each, enough that two shards both hold some (checked in
+/// [`probe_accounts`]); one per shard is probed.
+const PROBES: usize = 8;
+
+/// One probe account per shard of `shards` (one for an engine without shards), so a probe
+/// costs one stream open per shard.
+fn probe_accounts(shards: usize) -> Vec<String> {
+    (0..shards)
+        .map(|shard| {
+            let account = (0..PROBES).map(|i| format!("probe-{i}")).find(|a| shard_of(a, shards) == shard);
+            account.unwrap_or_else(|| panic!("no probe account on shard {shard}"))
+        })
+        .collect()
 }
 
 /// What one client observed, in order.
@@ -160,7 +196,9 @@ fn tokens_toml(clients: &[ClientSpec]) -> String {
         .iter()
         .map(|c| format!("[[tokens]]\ntoken = \"{}\"\naccount = \"{}\"\nuser = \"{}\"\nsession = \"s-{}\"\n", c.token, c.account, c.name, c.name))
         .collect();
-    t.push_str("[[tokens]]\ntoken = \"tok-probe\"\naccount = \"probe\"\nuser = \"probe\"\nsession = \"s-probe\"\n");
+    for i in 0..PROBES {
+        t.push_str(&format!("[[tokens]]\ntoken = \"tok-probe-{i}\"\naccount = \"probe-{i}\"\nuser = \"probe\"\nsession = \"s-probe-{i}\"\n"));
+    }
     t
 }
 
@@ -184,20 +222,23 @@ async fn run(engine: EngineCase, chaos: Duration) {
         .collect();
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tokens.toml"), tokens_toml(&clients)).unwrap();
-    let mut redis = match engine {
-        EngineCase::Redis => Some(Redis::start().await),
-        EngineCase::Memory => None,
+    let mut redis = match engine.servers() {
+        0 => None,
+        n => Some(RedisShards::start(Transport::Plain, n).await),
     };
+    let probes = probe_accounts(engine.servers().max(1));
     let tables = format!(
         "[limits]\nstream_queue_frames = 8\nshutdown_grace = \"2s\"\n[history]\nmax_events = 500\n{}",
-        redis.as_ref().map(Redis::engine_toml).unwrap_or_default()
+        redis.as_ref().map(|r| r.toml("")).unwrap_or_default()
     );
     let cfg = config("retry = \"200ms\"\n", &tables).replace("[auth]\n", "[auth]\ntokens_file = \"tokens.toml\"\n");
     let mut hub = Hub::start_in(dir, &cfg, "127.0.0.1:0").await;
     let hub_addr: SocketAddr = hub.addr.parse().unwrap();
     let proxy = Proxy::start(hub_addr).await;
     let mut generations: HashMap<String, usize> = HashMap::new();
-    generations.insert(probe_epoch(&hub).await, 0);
+    for epoch in probe_epochs(&hub, &probes).await {
+        generations.insert(epoch, 0);
+    }
     let mut all_logs = String::new();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -241,11 +282,15 @@ async fn run(engine: EngineCase, chaos: Duration) {
         let time_left = started.elapsed() + Duration::from_secs(2) < chaos;
         if let Some(redis) = redis.as_mut().filter(|_| Instant::now() >= next_redis_restart && time_left) {
             // Redis restarts halfway between hub restarts: wiped, so its history starts a new
-            // epoch, and publishes fail with 503 until it is back.
-            redis.restart().await;
+            // epoch, and publishes fail with 503 until it is back. With shards, one server at
+            // a time, in turn.
+            let shard = restarts_redis as usize % redis.servers.len();
+            redis.servers[shard].restart().await;
             restarts_redis += 1;
             let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
-            generations.entry(probe_epoch(&hub).await).or_insert(generation);
+            for epoch in probe_epochs(&hub, &probes).await {
+                generations.entry(epoch).or_insert(generation);
+            }
             next_redis_restart = Instant::now() + restart_every;
         } else if Instant::now() >= next_restart && time_left {
             evictions += hub.metric("tidings_slow_consumer_evictions_total").await;
@@ -254,7 +299,9 @@ async fn run(engine: EngineCase, chaos: Duration) {
             if kill { restarts_kill += 1 } else { restarts_term += 1 }
             RESTARTS.fetch_add(1, Ordering::SeqCst);
             let generation = (restarts_term + restarts_kill + restarts_redis) as usize;
-            generations.entry(probe_epoch(&hub).await).or_insert(generation);
+            for epoch in probe_epochs(&hub, &probes).await {
+                generations.entry(epoch).or_insert(generation);
+            }
             next_restart = Instant::now() + restart_every;
         } else {
             proxy.cut_all();
@@ -401,19 +448,25 @@ fn resync_positions(obs: &[Obs], position: impl Fn(&str) -> (usize, u64)) -> Vec
     out
 }
 
-/// The epoch of the running hub's history, read from a `connected` frame's id; retried while
-/// the hub answers 503 (its engine is coming back).
-async fn probe_epoch(hub: &Hub) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut s = Sse::token(hub, "tok-probe").await;
-        if s.status == 200 {
-            let id = s.next_within(T).await.unwrap().id.unwrap();
-            return id.split_once('-').unwrap().0.to_owned();
+/// The epochs of the running hub's history (one per shard), read from the `connected`
+/// frames' ids of the probe accounts; each retried while the hub answers 503 (its engine, or
+/// the probe's shard, is coming back).
+async fn probe_epochs(hub: &Hub, probes: &[String]) -> HashSet<String> {
+    let mut epochs = HashSet::new();
+    for account in probes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut s = Sse::token(hub, &format!("tok-{account}")).await;
+            if s.status == 200 {
+                let id = s.next_within(T).await.unwrap().id.unwrap();
+                epochs.insert(id.split_once('-').unwrap().0.to_owned());
+                break;
+            }
+            assert!(Instant::now() < deadline, "the hub did not open a stream within 20 s (status {})", s.status);
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(Instant::now() < deadline, "the hub did not open a stream within 20 s (status {})", s.status);
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    epochs
 }
 
 /// Publishes batches to `accounts` in turn until told to stop, recording what was accepted.

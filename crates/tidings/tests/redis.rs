@@ -12,11 +12,23 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::redis::{Redis, Transport};
+use support::redis::{EngineServers, Redis, RedisShards, Transport};
 use support::*;
 
-async fn node(redis: &Redis, tables: &str) -> Hub {
-    let hub = Hub::start(&config("", &format!("{}{tables}", redis.engine_toml()))).await;
+/// How a scenario's Redis is set up: the transport, and how many servers the accounts are
+/// sharded over (1: the engine without `shards`, configured exactly as before sharding).
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    transport: Transport,
+    shards: usize,
+}
+
+async fn start(t: Setup) -> RedisShards {
+    RedisShards::start(t.transport, t.shards).await
+}
+
+async fn node(redis: &impl EngineServers, tables: &str) -> Hub {
+    let hub = Hub::start(&config("", &redis.toml(tables))).await;
     wait_ready(&hub, true).await;
     hub
 }
@@ -53,8 +65,8 @@ fn seq(id: &str) -> u64 {
     id.split_once('-').unwrap().1.parse().unwrap()
 }
 
-async fn publish_on_one_node_is_delivered_on_every_node(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn publish_on_one_node_is_delivered_on_every_node(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2, n3) = (node(&redis, "").await, node(&redis, "").await, node(&redis, "").await);
     let mut on2 = connected(&n2, "tok-alice").await;
     let mut on3 = connected(&n3, "tok-alice-2").await;
@@ -68,8 +80,8 @@ async fn publish_on_one_node_is_delivered_on_every_node(t: Transport) {
     other_account.expect_quiet(Duration::from_millis(500)).await;
 }
 
-async fn publishers_on_every_node_give_one_order_everywhere(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn publishers_on_every_node_give_one_order_everywhere(t: Setup) {
+    let redis = start(t).await;
     let nodes = [node(&redis, "").await, node(&redis, "").await, node(&redis, "").await];
     let mut subs = Vec::new();
     for (hub, token) in nodes.iter().zip(["tok-alice", "tok-alice-2", "tok-alice-3"]) {
@@ -109,8 +121,8 @@ async fn publishers_on_every_node_give_one_order_everywhere(t: Transport) {
     assert_eq!(transcripts[0], transcripts[2]);
 }
 
-async fn resume_on_another_node_is_exact(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn resume_on_another_node_is_exact(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2, n3) = (node(&redis, "").await, node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n1, "tok-alice").await;
     n1.publish("acme", &(1..=5).map(activity).collect::<Vec<_>>()).await;
@@ -137,8 +149,8 @@ async fn resume_on_another_node_is_exact(t: Transport) {
     assert_eq!(r.activities(2, T).await, vec![11, 12]);
 }
 
-async fn resume_during_a_publish_storm_has_no_gap_or_duplicate(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn resume_during_a_publish_storm_has_no_gap_or_duplicate(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2) = (node(&redis, "[history]\nmax_events = 100000\n").await, node(&redis, "[history]\nmax_events = 100000\n").await);
     let start = {
         let mut s = Sse::token(&n2, "tok-alice").await;
@@ -167,8 +179,8 @@ async fn resume_during_a_publish_storm_has_no_gap_or_duplicate(t: Transport) {
     assert_eq!(got, (1..=800).collect::<Vec<_>>());
 }
 
-async fn trimmed_history_answers_resync_on_any_node(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn trimmed_history_answers_resync_on_any_node(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2) = (node(&redis, "[history]\nmax_events = 3\n").await, node(&redis, "[history]\nmax_events = 3\n").await);
     let old = {
         let mut s = connected(&n1, "tok-alice").await;
@@ -193,8 +205,8 @@ async fn trimmed_history_answers_resync_on_any_node(t: Transport) {
 /// Redis dies mid-stream and comes back empty. Publishes fail with 503 meanwhile (never a
 /// 202 for an event that is not stored), readiness drops, the open stream stays open and
 /// gets one `resync`, and everything acknowledged after the outage is delivered in order.
-async fn redis_restart_mid_stream_gives_resync_and_recovery(t: Transport) {
-    let mut redis = Redis::start_on(t).await;
+async fn redis_restart_mid_stream_gives_resync_and_recovery(t: Setup) {
+    let mut redis = start(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     let mut acked: Vec<(u64, String)> = Vec::new();
@@ -255,8 +267,8 @@ async fn redis_restart_mid_stream_gives_resync_and_recovery(t: Transport) {
 
 /// With a durable Redis, a restart loses nothing: the nodes reconnect, read the feed from
 /// where they were, and the stream goes on with no resync, no gap and no duplicate.
-async fn a_durable_redis_restart_needs_no_resync(t: Transport) {
-    let mut redis = Redis::start_durable(t).await;
+async fn a_durable_redis_restart_needs_no_resync(t: Setup) {
+    let mut redis = RedisShards::start_durable(t.transport, t.shards).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     n1.publish("acme", &(1..=3).map(activity).collect::<Vec<_>>()).await;
@@ -276,13 +288,13 @@ async fn a_durable_redis_restart_needs_no_resync(t: Transport) {
 }
 
 /// A FLUSHALL drops no connection; the nodes still notice the new history and resync.
-async fn flushall_is_noticed_without_a_reconnect(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn flushall_is_noticed_without_a_reconnect(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n2, "tok-alice").await;
     n1.publish("acme", &[activity(1)]).await;
     assert_eq!(s.activities(1, T).await, vec![1]);
-    assert!(redis.command("FLUSHALL").await.unwrap().starts_with("+OK"));
+    assert!(redis.command_all("FLUSHALL").await.iter().all(|r| r.as_deref().is_some_and(|r| r.starts_with("+OK"))));
     let mut id = None;
     for _ in 0..100 {
         if let (202, got) = try_publish(&n1, "acme", 2).await {
@@ -300,9 +312,9 @@ async fn flushall_is_noticed_without_a_reconnect(t: Transport) {
 
 /// A node that falls further behind than the feed keeps (here: frozen with SIGSTOP) cannot
 /// prove its streams missed nothing: they get `resync`, then the node carries on live.
-async fn a_node_that_fell_behind_the_feed_sends_resync(t: Transport) {
-    let redis = Redis::start_on(t).await;
-    let short_feed = format!("{}feed_max_events = 100\n[history]\nmax_events = 10000\n", redis.engine_toml());
+async fn a_node_that_fell_behind_the_feed_sends_resync(t: Setup) {
+    let redis = start(t).await;
+    let short_feed = redis.toml("feed_max_events = 100\n[history]\nmax_events = 10000\n");
     let n1 = Hub::start(&config("", &short_feed)).await;
     let n2 = Hub::start(&config("", &short_feed)).await;
     wait_ready(&n1, true).await;
@@ -338,8 +350,8 @@ async fn a_node_that_fell_behind_the_feed_sends_resync(t: Transport) {
     assert_eq!(s.activities(1, T).await, vec![1001]);
 }
 
-async fn a_killed_node_s_clients_resume_on_a_peer_without_gap(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn a_killed_node_s_clients_resume_on_a_peer_without_gap(t: Setup) {
+    let redis = start(t).await;
     let (mut n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut s = connected(&n1, "tok-alice").await;
     let publisher = {
@@ -370,10 +382,10 @@ async fn a_killed_node_s_clients_resume_on_a_peer_without_gap(t: Transport) {
     r.expect_quiet(Duration::from_millis(300)).await;
 }
 
-async fn a_hub_started_before_redis_waits_for_it(t: Transport) {
-    let mut redis = Redis::start_on(t).await;
+async fn a_hub_started_before_redis_waits_for_it(t: Setup) {
+    let mut redis = start(t).await;
     redis.kill().await;
-    let hub = Hub::start(&config("", &redis.engine_toml())).await;
+    let hub = Hub::start(&config("", &redis.toml(""))).await;
     assert!(!ready(&hub).await);
     assert_eq!(try_publish(&hub, "acme", 1).await.0, 503);
     assert_eq!(Sse::token(&hub, "tok-alice").await.status, 503, "no stream without history");
@@ -384,8 +396,8 @@ async fn a_hub_started_before_redis_waits_for_it(t: Transport) {
     assert_eq!(s.activities(1, T).await, vec![2]);
 }
 
-async fn history_older_than_max_age_answers_resync(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn history_older_than_max_age_answers_resync(t: Setup) {
+    let redis = start(t).await;
     let tables = "[history]\nmax_age = \"1s\"\n";
     let (n1, n2) = (node(&redis, tables).await, node(&redis, tables).await);
     let position = {
@@ -408,8 +420,8 @@ async fn history_older_than_max_age_answers_resync(t: Transport) {
 
 /// The budget is applied inside Redis, page by page: a far-behind client costs one small
 /// reply, not the whole gap.
-async fn a_gap_past_the_replay_budget_answers_resync(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn a_gap_past_the_replay_budget_answers_resync(t: Setup) {
+    let redis = start(t).await;
     let hub = node(&redis, &format!("[history]\n{REPLAY_BUDGET_TOML}")).await;
     replay_budget_holds(&hub).await;
     assert!(ready(&hub).await, "the engine stays up");
@@ -419,8 +431,8 @@ async fn a_gap_past_the_replay_budget_answers_resync(t: Transport) {
 /// the first with `closed` `superseded` (and only that stream), in the order the opens reached
 /// Redis; a third open back on the first node closes the second. Prints how long the first
 /// `closed` took after the second open started.
-async fn a_second_open_on_another_node_supersedes_the_first(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn a_second_open_on_another_node_supersedes_the_first(t: Setup) {
+    let redis = start(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut first = connected(&n1, "tok-alice").await;
     let mut bystander = connected(&n1, "tok-alice-2").await;
@@ -450,8 +462,8 @@ async fn a_second_open_on_another_node_supersedes_the_first(t: Transport) {
 /// replica it answers 503 after `replica_timeout` (the event is not acknowledged); with one,
 /// 202, and the replica holds the event at that moment. A duplicate's answer waits for the
 /// replicas too.
-async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
-    let primary = Redis::start_on(t).await;
+async fn min_replicas_acknowledges_only_replicated_publishes(t: Setup) {
+    let primary = Redis::start_on(t.transport).await;
     let hub = node(&primary, "min_replicas = 1\nreplica_timeout = \"300ms\"\n").await;
     let started = std::time::Instant::now();
     assert_eq!(try_publish(&hub, "acme", 1).await.0, 503, "no replica, no acknowledgement");
@@ -496,15 +508,15 @@ async fn min_replicas_acknowledges_only_replicated_publishes(t: Transport) {
     assert_eq!(status, 503, "a duplicate is acknowledged under the same rule, after the replicas confirm: {answer}");
 }
 
-async fn a_key_is_stored_once_in_the_redis_engine(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn a_key_is_stored_once_in_the_redis_engine(t: Setup) {
+    let redis = start(t).await;
     let hub = node(&redis, IDEMPOTENCY_HISTORY_TOML).await;
     idempotent_publish_holds(&hub).await;
 }
 
-async fn two_nodes_receiving_one_key_at_once_store_it_once(t: Transport) {
+async fn two_nodes_receiving_one_key_at_once_store_it_once(t: Setup) {
     const KEYS: u64 = 40;
-    let redis = Redis::start_on(t).await;
+    let redis = start(t).await;
     let (n1, n2) = (node(&redis, "").await, node(&redis, "").await);
     let mut watcher = connected(&n1, "tok-alice").await;
     let mut answers = Vec::new();
@@ -525,15 +537,15 @@ async fn two_nodes_receiving_one_key_at_once_store_it_once(t: Transport) {
     assert_eq!(n1.metric("tidings_publish_duplicates_total").await + n2.metric("tidings_publish_duplicates_total").await, KEYS as f64);
 }
 
-async fn key_sets_stay_bounded_by_the_history(t: Transport) {
-    let redis = Redis::start_on(t).await;
+async fn key_sets_stay_bounded_by_the_history(t: Setup) {
+    let redis = start(t).await;
     let hub = node(&redis, "[history]\nmax_events = 3\n").await;
     for n in 1..=20u64 {
         publish_keyed(&hub, &[("acme", Some(&format!("k{n}")), n)]).await;
     }
-    let card = redis.command("ZCARD t:k:acme").await.unwrap();
+    let card = redis.holding("acme").command("ZCARD t:k:acme").await.unwrap();
     assert_eq!(card.trim(), ":3", "one key per retained event");
-    let ttl = redis.command("PTTL t:k:acme").await.unwrap();
+    let ttl = redis.holding("acme").command("PTTL t:k:acme").await.unwrap();
     let ttl: i64 = ttl.trim().trim_start_matches(':').parse().unwrap();
     assert!(ttl > 0 && ttl <= 3_600_000, "the key set expires with the history's max_age: {ttl}");
 }
@@ -622,17 +634,26 @@ fn bad_redis_settings_fail_at_start() {
     }
 }
 
-/// Runs each scenario over both transports, as `plain::<name>` and `tls::<name>`.
+/// Runs each scenario over both transports on one server, as `plain::<name>` and
+/// `tls::<name>`, and the scenarios listed after `sharded:` also on [`SHARDS`] plaintext
+/// servers, as `sharded::<name>`.
 macro_rules! over_both_transports {
-    ($($name:ident),* $(,)?) => {
+    ($($name:ident),* $(,)? ; sharded: $($sharded:ident),* $(,)?) => {
         mod plain {
-            $(#[tokio::test] async fn $name() { super::$name(super::Transport::Plain).await })*
+            $(#[tokio::test] async fn $name() { super::$name(super::Setup { transport: super::Transport::Plain, shards: 1 }).await })*
         }
         mod tls {
-            $(#[tokio::test] async fn $name() { super::$name(super::Transport::Tls).await })*
+            $(#[tokio::test] async fn $name() { super::$name(super::Setup { transport: super::Transport::Tls, shards: 1 }).await })*
+        }
+        mod sharded {
+            $(#[tokio::test] async fn $sharded() { super::$sharded(super::Setup { transport: super::Transport::Plain, shards: super::SHARDS }).await })*
         }
     };
 }
+
+/// Servers of the sharded runs: two, which put `acme` (shard 1) and `globex` (shard 0) apart,
+/// so "another account" in a scenario is also another Redis.
+const SHARDS: usize = 2;
 
 over_both_transports!(
     publish_on_one_node_is_delivered_on_every_node,
@@ -650,6 +671,25 @@ over_both_transports!(
     a_gap_past_the_replay_budget_answers_resync,
     a_second_open_on_another_node_supersedes_the_first,
     min_replicas_acknowledges_only_replicated_publishes,
+    a_key_is_stored_once_in_the_redis_engine,
+    two_nodes_receiving_one_key_at_once_store_it_once,
+    key_sets_stay_bounded_by_the_history;
+    // Not `min_replicas_…`: it is about WAIT on one primary, which sharding does not change.
+    sharded:
+    publish_on_one_node_is_delivered_on_every_node,
+    publishers_on_every_node_give_one_order_everywhere,
+    resume_on_another_node_is_exact,
+    resume_during_a_publish_storm_has_no_gap_or_duplicate,
+    trimmed_history_answers_resync_on_any_node,
+    redis_restart_mid_stream_gives_resync_and_recovery,
+    a_durable_redis_restart_needs_no_resync,
+    flushall_is_noticed_without_a_reconnect,
+    a_node_that_fell_behind_the_feed_sends_resync,
+    a_killed_node_s_clients_resume_on_a_peer_without_gap,
+    a_hub_started_before_redis_waits_for_it,
+    history_older_than_max_age_answers_resync,
+    a_gap_past_the_replay_budget_answers_resync,
+    a_second_open_on_another_node_supersedes_the_first,
     a_key_is_stored_once_in_the_redis_engine,
     two_nodes_receiving_one_key_at_once_store_it_once,
     key_sets_stay_bounded_by_the_history,

@@ -26,7 +26,7 @@ use tidings_protocol::resolver::suggest_entry;
 use super::series::{CLOSE_REASONS, RESYNC_REASONS, SAMPLE_INTERVAL};
 use super::page;
 use crate::HubState;
-use crate::error::{ApiError, RETRY_AFTER_UNAVAILABLE_SECS};
+use crate::error::ApiError;
 
 /// Accounts listed by default, most streams first.
 const TOP_ACCOUNTS_DEFAULT: usize = 20;
@@ -146,6 +146,7 @@ fn overview_json(hub: &HubState) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "engine": hub.engine_name(),
         "engine_ready": hub.engine().is_ready(),
+        "engine_shards_ready": hub.engine().shards_ready(),
         "draining": hub.is_draining(),
         "started_at": humantime::format_rfc3339_seconds(hub.admin().started).to_string(),
         "uptime_secs": SystemTime::now().duration_since(hub.admin().started).map_or(0, |d| d.as_secs()),
@@ -288,7 +289,7 @@ async fn publish(State(hub): State<Arc<HubState>>, req: Request) -> Response {
         let item = items.remove(0);
         let id = hub.publish_as(&item.account, &item.activity, item.audience, ADMIN_PUBLISHER).await.map_err(|e| {
             tracing::warn!(error = %e, "test activity from the admin page not published");
-            ApiError::unavailable("engine_unavailable", "the event store is unavailable; nothing was published", RETRY_AFTER_UNAVAILABLE_SECS)
+            crate::http::store_failed(&e)
         })?;
         tracing::info!(account = %item.account, id = %id, "test activity published from the admin page");
         Ok::<_, ApiError>(id)

@@ -131,14 +131,20 @@ pub enum EngineError {
     /// The backing store cannot be reached or failed; nothing was stored (publish gets 503).
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// A batch spanning several stores (shards of the Redis engine) was stored in some and
+    /// failed in another: some items are stored and delivered, the rest not (publish gets
+    /// 503; a retry with the same idempotency keys stores each item once).
+    #[error("engine partly unavailable, part of the batch was stored: {0}")]
+    PartlyStored(String),
 }
 
 /// The engine interface. Object-safe so the hub holds `Arc<dyn Engine>`.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
-    /// Stores a batch, all or nothing, and returns what became of each event, in order. An
-    /// `Ok` means every new event is stored as durably as the engine promises; events whose key
-    /// is already remembered (or repeats an earlier item's of the batch) are answered with the
-    /// first id and not stored again.
+    /// Stores a batch, all or nothing (for an engine split into shards, all or nothing per
+    /// shard: see [`EngineError::PartlyStored`]), and returns what became of each event, in
+    /// order. An `Ok` means every new event is stored as durably as the engine promises; events
+    /// whose key is already remembered (or repeats an earlier item's of the batch) are answered
+    /// with the first id and not stored again.
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>>;
 
     /// Decides how a stream of `account` starts from the client's position and reads what it
@@ -148,6 +154,12 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether the engine can serve right now (`/readyz`).
     fn is_ready(&self) -> bool;
+
+    /// For an engine split into shards, whether each can serve right now, in shard order
+    /// (`/readyz`, the operator page); empty for an engine that is not.
+    fn shards_ready(&self) -> Vec<bool> {
+        Vec::new()
+    }
 
     /// Periodic upkeep (age trimming, forgetting idle accounts); called by the hub's ticker.
     fn maintain(&self) {}

@@ -175,3 +175,109 @@ pub async fn inline_command(port: u16, cmd: &str) -> Option<String> {
 pub fn toml_path(p: &Path) -> String {
     format!("{:?}", p.display().to_string())
 }
+
+/// The servers of one Redis engine: one (the engine without `shards`, configured exactly as
+/// before sharding existed) or several, one per `[[engine.shards]]` entry, in order.
+pub struct RedisShards {
+    pub servers: Vec<Redis>,
+}
+
+impl RedisShards {
+    /// `count` servers of this transport, started side by side. Several only in plain mode:
+    /// each TLS server makes its own CA, and the shards share `tls_ca_file`.
+    pub async fn start(transport: Transport, count: usize) -> RedisShards {
+        Self::start_full(transport, false, count).await
+    }
+
+    /// Like [`RedisShards::start`], with servers that keep what they acknowledged across a
+    /// restart (see [`Redis::start_durable`]).
+    pub async fn start_durable(transport: Transport, count: usize) -> RedisShards {
+        Self::start_full(transport, true, count).await
+    }
+
+    async fn start_full(transport: Transport, durable: bool, count: usize) -> RedisShards {
+        assert!(count == 1 || transport == Transport::Plain, "sharded test sets are plaintext");
+        let servers = futures_util::future::join_all((0..count).map(|_| Redis::start_full(transport, durable, Vec::new()))).await;
+        RedisShards { servers }
+    }
+
+}
+
+/// Servers a hub can be configured on: one [`Redis`] or a [`RedisShards`] set.
+pub trait EngineServers {
+    /// The config tables of a hub on these servers, with `tables` (more `[engine]` keys, then
+    /// other tables) in between: `[engine]`, `tables`, then any `[[engine.shards]]` entries,
+    /// which must come last so that `tables`' keys stay `[engine]`'s.
+    fn toml(&self, tables: &str) -> String;
+}
+
+impl EngineServers for Redis {
+    fn toml(&self, tables: &str) -> String {
+        format!("{}{tables}", self.engine_toml())
+    }
+}
+
+impl EngineServers for RedisShards {
+    fn toml(&self, tables: &str) -> String {
+        if self.servers.len() == 1 {
+            return format!("{}{tables}", self.servers[0].engine_toml());
+        }
+        // The shared settings of the first server's table, less its url.
+        let head: String = self.servers[0].engine_toml().lines().filter(|l| !l.starts_with("url =")).map(|l| format!("{l}\n")).collect();
+        let shards: String = self
+            .servers
+            .iter()
+            .map(|r| {
+                let url = r.engine_toml().lines().find(|l| l.starts_with("url =")).expect("a url").to_owned();
+                format!("[[engine.shards]]\n{url}\n")
+            })
+            .collect();
+        format!("{head}{tables}{shards}")
+    }
+}
+
+impl RedisShards {
+    /// The server holding `account` (the engine's documented hash: FNV-1a 64 mod count).
+    pub fn holding(&self, account: &str) -> &Redis {
+        &self.servers[shard_of(account, self.servers.len())]
+    }
+
+    pub fn holding_mut(&mut self, account: &str) -> &mut Redis {
+        let i = shard_of(account, self.servers.len());
+        &mut self.servers[i]
+    }
+
+    pub async fn kill(&mut self) {
+        for r in &mut self.servers {
+            r.kill().await;
+        }
+    }
+
+    pub async fn spawn(&mut self) {
+        for r in &mut self.servers {
+            r.spawn().await;
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        for r in &mut self.servers {
+            r.restart().await;
+        }
+    }
+
+    /// Runs `cmd` on every server; the replies in order.
+    pub async fn command_all(&self, cmd: &str) -> Vec<Option<String>> {
+        let mut replies = Vec::new();
+        for r in &self.servers {
+            replies.push(r.command(cmd).await);
+        }
+        replies
+    }
+}
+
+/// The shard of `account` among `count`, as docs/redis.md documents it: FNV-1a (64 bits) of the
+/// name's bytes, modulo the count. Written out here so the tests check the documented rule.
+pub fn shard_of(account: &str, count: usize) -> usize {
+    let hash = account.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+    (hash % count as u64) as usize
+}

@@ -135,9 +135,13 @@ function render(snap) {
 
 function renderOverview(o) {
   const node = $('node');
+  // Redis shards: which are down, by index (a node is not ready while any is).
+  const shards = o.engine_shards_ready || [];
+  const down = shards.flatMap((ready, i) => (ready ? [] : [i]));
+  const engineDown = down.length > 0 && shards.length > 1 ? `Redis shard ${down.join(', ')} not ready` : 'engine not ready';
   node.replaceChildren(
-    el('span', { class: `dot ${o.engine_ready && !o.draining ? 'ok' : 'bad'}`, title: o.draining ? 'draining' : o.engine_ready ? 'ready' : 'engine not ready' }),
-    text(`v${o.version} · engine ${o.engine} · up ${duration(o.uptime_secs)} · mapping: ${o.mapping}`),
+    el('span', { class: `dot ${o.engine_ready && !o.draining ? 'ok' : 'bad'}`, title: o.draining ? 'draining' : o.engine_ready ? 'ready' : engineDown }),
+    text(`v${o.version} · engine ${o.engine}${shards.length > 1 ? ` (${shards.length - down.length}/${shards.length} shards up)` : ''} · up ${duration(o.uptime_secs)} · mapping: ${o.mapping}`),
     text(o.reloads > 0 ? ` · reloaded ${o.reloads}× (last ${time(o.reloaded_at)})` : ''),
   );
   $('tile-streams').textContent = fmt(o.streams);

@@ -57,7 +57,7 @@ impl Connector {
     /// nothing is connected yet. Errors name the setting, never a secret.
     pub fn new(config: &RedisConfig, feed_block: Duration) -> Result<Self, ConfigError> {
         let invalid = |m: String| ConfigError::Invalid(m);
-        let mut server = config.url.as_str().into_connection_info().map_err(|e| invalid(format!("engine.url is not a Redis URL ({:?})", e.kind())))?;
+        let mut server = config.url().into_connection_info().map_err(|e| invalid(format!("engine.url is not a Redis URL ({:?})", e.kind())))?;
         let mut settings = server.redis_settings().clone();
         if let Some(user) = &config.username {
             settings = settings.set_username(user);

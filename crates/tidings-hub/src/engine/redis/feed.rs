@@ -1,8 +1,10 @@
 //! The connection task: connects, follows the feed into the fan-out, and reconnects.
 //!
-//! One task per node owns the Redis connections. It is the only writer of the engine's
-//! connection slot and epoch, and the only caller of the fan-out for events and other nodes'
-//! claims, so delivery on a node is in feed order (seq order) by construction. It never fails
+//! One task per shard and node owns the shard's Redis connections. It is the only writer of
+//! the shard's connection slot and epoch, and the only caller of the fan-out for the shard's
+//! events and other nodes' claims, so delivery on a node is in feed order (seq order) per
+//! shard by construction; an account lives on one shard, so that is its order. Resyncs and
+//! new epochs reach only the streams of the shard's accounts. It never fails
 //! for good: any error ends the current connection, the engine turns unready, and the task
 //! tries again after a backoff (asking Sentinel again, when there are sentinels).
 
@@ -18,7 +20,7 @@ use tidings_protocol::frame::{ResyncReason, encode_data_frame, encode_resync};
 use tokio_util::sync::CancellationToken;
 
 use super::connect::Connector;
-use super::{Inner, Link, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_id, field, scripts, stored_audience};
+use super::{Link, Shard, RECONNECT_DELAY_MAX, RECONNECT_DELAY_MIN, entry_id, field, scripts, stored_audience};
 use crate::engine::history::new_epoch;
 
 /// How long one `XREAD` waits for new entries; also how often an idle node checks the epoch
@@ -56,7 +58,7 @@ impl From<RedisError> for Stop {
     }
 }
 
-pub(super) async fn supervise(inner: Arc<Inner>, mut connector: Connector, stop: CancellationToken) {
+pub(super) async fn supervise(inner: Arc<Shard>, mut connector: Connector, stop: CancellationToken) {
     let mut cursor: Option<Cursor> = None;
     let mut failures: u32 = 0;
     let mut generation: u64 = 0;
@@ -65,14 +67,14 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut connector: Connector, stop:
         match follow(&inner, &mut connector, &mut cursor, generation, &stop).await {
             Stop::Shutdown => return,
             Stop::Failed(why) => {
-                if inner.ready.swap(false, Ordering::AcqRel) {
+                if inner.set_ready(false) {
                     failures = 0;
                 }
                 inner.conn.write().expect("conn lock").take();
                 if failures == 0 {
-                    tracing::warn!(error = %why, "Redis engine unavailable; reconnecting");
+                    tracing::warn!(shard = inner.index, error = %why, "Redis engine unavailable; reconnecting");
                 } else {
-                    tracing::debug!(error = %why, attempt = failures, "Redis still unavailable");
+                    tracing::debug!(shard = inner.index, error = %why, attempt = failures, "Redis still unavailable");
                 }
                 failures = failures.saturating_add(1);
             }
@@ -87,7 +89,7 @@ pub(super) async fn supervise(inner: Arc<Inner>, mut connector: Connector, stop:
 }
 
 /// One connection's life: connect, settle the epoch, then read the feed until something fails.
-async fn follow(inner: &Inner, connector: &mut Connector, cursor: &mut Option<Cursor>, generation: u64, stop: &CancellationToken) -> Stop {
+async fn follow(inner: &Shard, connector: &mut Connector, cursor: &mut Option<Cursor>, generation: u64, stop: &CancellationToken) -> Stop {
     let connections = tokio::select! {
         _ = stop.cancelled() => return Stop::Shutdown,
         c = connector.connect() => match c {
@@ -104,8 +106,8 @@ async fn follow(inner: &Inner, connector: &mut Connector, cursor: &mut Option<Cu
     *cursor = Some(at);
     inner.epoch.store(at.epoch, Ordering::Release);
     *inner.conn.write().expect("conn lock") = Some(Link { generation, conn, acknowledged: connections.acknowledged });
-    inner.ready.store(true, Ordering::Release);
-    tracing::info!(epoch = %format!("{:x}", at.epoch), seq = at.seq, "Redis engine connected");
+    inner.set_ready(true);
+    tracing::info!(shard = inner.index, epoch = %format!("{:x}", at.epoch), seq = at.seq, "Redis engine connected");
     loop {
         let read = tokio::select! {
             _ = stop.cancelled() => return Stop::Shutdown,
@@ -128,7 +130,7 @@ async fn follow(inner: &Inner, connector: &mut Connector, cursor: &mut Option<Cu
 /// was published meanwhile, and a fence after a failover). New epoch: every stream of the old
 /// one is told to resync and the new feed is read from its start, so nothing published in the
 /// new epoch is skipped.
-async fn settle_epoch(inner: &Inner, conn: &mut MultiplexedConnection, cursor: Option<Cursor>) -> Result<Cursor, RedisError> {
+async fn settle_epoch(inner: &Shard, conn: &mut MultiplexedConnection, cursor: Option<Cursor>) -> Result<Cursor, RedisError> {
     let candidate = new_epoch();
     let followed = cursor.map(|c| format!("{:x}", c.epoch)).unwrap_or_default();
     let (epoch, head, happened): (String, u64, String) = scripts::init()
@@ -136,18 +138,21 @@ async fn settle_epoch(inner: &Inner, conn: &mut MultiplexedConnection, cursor: O
         .key(&inner.keys.seq)
         .key(&inner.keys.lineage)
         .key(&inner.keys.feed)
+        .key(&inner.keys.layout)
         .arg(format!("{candidate:x}"))
         .arg(followed)
         .arg(inner.seen_head.load(Ordering::Acquire))
         .arg(u8::from(inner.config.min_replicas > 0))
         .arg(FAILOVER_SEQ_GAP)
         .arg(inner.config.feed_max_events)
+        .arg(inner.layout())
         .invoke_async(conn)
         .await?;
     let epoch = u64::from_str_radix(&epoch, 16).map_err(|_| RedisError::from((redis::ErrorKind::Parse, "epoch is not hex")))?;
     match happened.as_str() {
-        "fenced" => tracing::warn!(head, "Redis failed over; history goes on behind a fence (replicated writes were kept)"),
-        "failover" => tracing::warn!("Redis failed over without min_replicas; acknowledged events may be lost, so history starts a new epoch"),
+        "fenced" => tracing::warn!(shard = inner.index, head, "Redis failed over; history goes on behind a fence (replicated writes were kept)"),
+        "failover" => tracing::warn!(shard = inner.index, "Redis failed over without min_replicas; acknowledged events may be lost, so history starts a new epoch"),
+        "relayout" => tracing::warn!(shard = inner.index, layout = %inner.layout(), "this Redis held another shard of another shard list; history starts a new epoch"),
         _ => {}
     }
     Ok(match cursor {
@@ -157,10 +162,10 @@ async fn settle_epoch(inner: &Inner, conn: &mut MultiplexedConnection, cursor: O
         }
         Some(c) if c.epoch == epoch => c,
         Some(c) => {
-            tracing::warn!(old = %format!("{:x}", c.epoch), new = %format!("{epoch:x}"), "Redis history changed epoch; open streams get resync");
+            tracing::warn!(shard = inner.index, old = %format!("{:x}", c.epoch), new = %format!("{epoch:x}"), "Redis history changed epoch; open streams get resync");
             inner.seen_head.store(head, Ordering::Release);
             let frame = encode_resync(ResyncReason::EngineOutage, Some(EventId::new(epoch, 0)));
-            inner.fanout.new_epoch(epoch, &Bytes::from(frame));
+            inner.fanout.new_epoch(epoch, &Bytes::from(frame), |a| inner.holds(a));
             Cursor { epoch, seq: 0, minor: 0 }
         }
     })
@@ -169,7 +174,7 @@ async fn settle_epoch(inner: &Inner, conn: &mut MultiplexedConnection, cursor: O
 type FeedReply = Option<Vec<(String, Vec<(String, Vec<String>)>)>>;
 
 /// Reads the next feed entries after the cursor and delivers them; returns the new cursor.
-async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor) -> Result<Cursor, Stop> {
+async fn read_feed(inner: &Shard, reader: &mut MultiplexedConnection, at: Cursor) -> Result<Cursor, Stop> {
     let (epoch, reply): (Option<String>, FeedReply) = redis::pipe()
         .cmd("GET")
         .arg(&inner.keys.epoch)
@@ -190,9 +195,8 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
     let mut next = at;
     let mut resynced = false;
     for (id, fields) in reply.into_iter().flatten().flat_map(|(_, entries)| entries) {
-        let metrics = inner.fanout.metrics();
-        metrics.redis_feed_entries.inc();
-        metrics.redis_feed_bytes.inc_by((id.len() + fields.iter().map(String::len).sum::<usize>()) as u64);
+        inner.feed_entries.inc();
+        inner.feed_bytes.inc_by((id.len() + fields.iter().map(String::len).sum::<usize>()) as u64);
         let Some(entry) = Entry::parse(&id, &fields) else {
             tracing::warn!(entry = %id, "skipping a malformed feed entry");
             continue;
@@ -204,8 +208,8 @@ async fn read_feed(inner: &Inner, reader: &mut MultiplexedConnection, at: Cursor
         if entry.follows() > next.seq && !resynced {
             // The feed was trimmed past our position (or a publish failed half-way and burned
             // seqs): this node cannot prove its streams missed nothing.
-            tracing::warn!(from = next.seq, to = entry.follows(), "gap in the Redis feed; open streams get resync");
-            inner.fanout.resync_all(&Bytes::from(encode_resync(ResyncReason::EngineOutage, None)));
+            tracing::warn!(shard = inner.index, from = next.seq, to = entry.follows(), "gap in the Redis feed; open streams get resync");
+            inner.fanout.resync_all(&Bytes::from(encode_resync(ResyncReason::EngineOutage, None)), |a| inner.holds(a));
             resynced = true;
         }
         match entry {

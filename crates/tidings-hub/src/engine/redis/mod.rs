@@ -1,6 +1,18 @@
-//! The Redis engine: many hub nodes, one ordered history per account, kept in one Redis server.
+//! The Redis engine: many hub nodes, one ordered history per account, kept in one Redis server
+//! or sharded by account over several.
 //!
-//! **Ids.** One global counter (`<prefix>seq`) gives every event its seq, assigned in the same
+//! **Shards.** `[[engine.shards]]` lists independent primaries; an account lives on shard
+//! [`shard_of`]`(account, S)` (FNV-1a, fixed: see [`route`]). Each [`Shard`] is everything the
+//! rest of this page describes for one server, for its accounts only: its own connection
+//! task, epoch, seq counter, feed, fences, claims, floors and readiness. Without `shards` there
+//! is one shard made of `[engine]`'s own server, with the same keys and ids as before shards
+//! existed. Opens go to the account's shard; a batch is split by shard and the parts stored
+//! concurrently (a shard failing while another stored its part is
+//! [`EngineError::PartlyStored`]). The engine is ready only while every shard is. Each server
+//! records its place in the list (`<prefix>shards`; see [`scripts::init`]) and starts a new
+//! epoch when it changes, so an id of another list is answered with `resync`.
+//!
+//! **Ids.** One counter per shard (`<prefix>seq`) gives every event its seq, assigned in the same
 //! Lua script that appends the event to its account's stream (`<prefix>a:<account>`, entry id
 //! `<seq>-0`) and to the shared feed (`<prefix>feed`). Scripts run one at a time, so seqs, the
 //! account streams and the feed all agree on one order, whichever node published. The epoch
@@ -23,17 +35,18 @@
 //! retained with that event's seq instead of storing it again; one script at a time means two
 //! nodes receiving one key at once store it once (see `scripts::publish`).
 //!
-//! **Delivery.** Each node follows the feed with `XREAD BLOCK` on one dedicated connection
-//! (plus one multiplexed connection for publish and open: two per node, whatever the number
-//! of streams or accounts) and hands every entry to its fan-out in seq order. Publishing never
-//! delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
+//! **Delivery.** Each node follows each shard's feed with `XREAD BLOCK` on one dedicated
+//! connection (plus one multiplexed connection for publish and open: two per node and shard,
+//! whatever the number of streams or accounts) and hands every entry to its fan-out in seq
+//! order. Publishing never delivers locally: one path, one order. A feed rather than `PUBLISH` because a feed has
 //! positions: after a network blip the node resumes from its last seq and nobody misses
 //! anything; only when the feed was trimmed past that seq (a long outage), or the epoch
 //! changed, do streams get `resync` (`engine_outage`), and then at once, not on reconnect.
 //!
-//! **Faults.** While Redis is unreachable, `publish` and `open` fail at once with
-//! [`EngineError::Unavailable`] (503: nothing is reported stored that was not), `/readyz` is
-//! not ready, open streams stay open, and one task reconnects with capped, jittered backoff.
+//! **Faults.** While a shard's Redis is unreachable, `publish` and `open` for its accounts fail
+//! at once with [`EngineError::Unavailable`] (503: nothing is reported stored that was not),
+//! the other shards' accounts are served, `/readyz` is not ready, open streams stay open, and
+//! the shard's task reconnects with capped, jittered backoff.
 //! A server that turned replica (`READONLY`) counts as unreachable too.
 //!
 //! **Replicas and failover.** With `sentinels`, each (re)connect asks Sentinel for the
@@ -47,15 +60,19 @@
 //! session with `closed` `superseded` (see [`crate::fanout`]).
 //!
 //! What it does not do: Redis Cluster (the scripts touch keys they compute, and every node
-//! reads one feed; ARCHITECTURE.md has the sharding plan). An acknowledged publish is as
-//! durable as the Redis server's persistence and `min_replicas` make it.
+//! reads each shard's one feed); moving accounts between shards (changing the list is a
+//! migration: clients resync); reading fewer shards on a node (every node reads every feed).
+//! An acknowledged publish is as durable as the Redis server's persistence and
+//! `min_replicas` make it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::{BoxFuture, FutureExt, join_all};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use redis::aio::MultiplexedConnection;
 use tidings_protocol::frame::encode_data_frame;
 use tidings_protocol::{Audience, EventId, Viewer};
@@ -70,8 +87,10 @@ use crate::fanout::Fanout;
 
 mod connect;
 mod feed;
+mod route;
 mod scripts;
 
+pub use route::shard_of;
 use scripts::Keys;
 
 /// Accounts trimmed by age in one upkeep call; the rest wait for the next tick, so one call
@@ -92,27 +111,33 @@ pub enum StartError {
     Settings(Box<crate::config::ConfigError>),
 }
 
-/// The engine handle the hub holds. Dropping it stops the connection task.
+/// The engine handle the hub holds: one [`Shard`] per configured Redis primary, each account
+/// routed to one of them by [`shard_of`]. Dropping it stops every connection task.
 #[derive(Debug)]
 pub struct RedisEngine {
-    inner: Arc<Inner>,
+    shards: Vec<Arc<Shard>>,
+    runtime: tokio::runtime::Handle,
     _stop: DropGuard,
 }
 
-/// State shared by the handle and the connection task.
+/// One Redis primary and the accounts [`shard_of`] gives it: what the whole engine was before
+/// sharding, state shared by the handle and this shard's connection task.
 #[derive(Debug)]
-struct Inner {
+struct Shard {
+    /// Which shard this is, of how many: it holds the accounts with `shard_of(a, count) == index`.
+    index: usize,
+    count: usize,
     config: RedisConfig,
-    /// Names this node's claims in the feed, so it skips its own (random per start).
+    /// Names this node's claims in the feed, so it skips its own (random per start, the same
+    /// for every shard of the node).
     node_id: String,
     history: HistoryConfig,
     keys: Keys,
     fanout: Arc<Fanout>,
-    runtime: tokio::runtime::Handle,
     /// The command connection; `None` while Redis is unreachable. Set by the connection task;
     /// taken away by whoever sees it fail, who then wakes the task through `broken`.
     conn: RwLock<Option<Link>>,
-    /// The epoch this node follows (0 until the first connection).
+    /// The epoch this node follows on this shard (0 until the first connection).
     epoch: AtomicU64,
     /// Highest seq this node has seen, from publishes and the feed; detects a rolled-back Redis.
     seen_head: AtomicU64,
@@ -121,34 +146,118 @@ struct Inner {
     publish_script: redis::Script,
     open_script: redis::Script,
     maintain_script: redis::Script,
+    /// This shard's series of `tidings_redis_feed_entries_total`, `_feed_bytes_total` and
+    /// `_shard_ready` (handles on the node's metric families).
+    feed_entries: Counter,
+    feed_bytes: Counter,
+    ready_gauge: Gauge,
 }
 
 impl RedisEngine {
-    /// Starts the engine and its connection task on the current Tokio runtime. Redis does not
-    /// have to be up yet: the engine reports not ready until it connects.
+    /// Starts the engine and one connection task per shard on the current Tokio runtime.
+    /// Redis does not have to be up yet: each shard reports not ready until it connects.
     pub fn start(config: &RedisConfig, history: &HistoryConfig, fanout: Arc<Fanout>) -> Result<Self, StartError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoRuntime)?;
-        let connector = connect::Connector::new(config, feed::FEED_BLOCK).map_err(|e| StartError::Settings(Box::new(e)))?;
+        let configs = config.shard_configs();
+        let sharded = config.shards.is_some();
+        let connectors = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                connect::Connector::new(c, feed::FEED_BLOCK).map_err(|e| match e {
+                    // Which shard, when there are several: the message names the setting only.
+                    crate::config::ConfigError::Invalid(m) if sharded => crate::config::ConfigError::Invalid(format!("engine.shards[{i}]: {m}")),
+                    e => e,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StartError::Settings(Box::new(e)))?;
         fanout.enable_claims();
-        let inner = Arc::new(Inner {
-            config: config.clone(),
-            node_id: format!("{:016x}", rand::random::<u64>()),
-            history: history.clone(),
-            keys: Keys::new(&config.key_prefix),
-            fanout,
-            runtime: runtime.clone(),
-            conn: RwLock::new(None),
-            epoch: AtomicU64::new(0),
-            seen_head: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-            broken: Notify::new(),
-            publish_script: scripts::publish(),
-            open_script: scripts::open(),
-            maintain_script: scripts::maintain(),
-        });
+        let node_id = format!("{:016x}", rand::random::<u64>());
         let stop = CancellationToken::new();
-        runtime.spawn(feed::supervise(inner.clone(), connector, stop.clone()));
-        Ok(Self { inner, _stop: stop.drop_guard() })
+        let count = configs.len();
+        let metrics = fanout.metrics();
+        let mut feed_entries = metrics.redis_feed_entries.start(count, sharded).into_iter();
+        let mut feed_bytes = metrics.redis_feed_bytes.start(count, sharded).into_iter();
+        let mut ready_gauges = metrics.redis_shard_ready.start(count, sharded).into_iter();
+        let shards: Vec<_> = configs
+            .into_iter()
+            .zip(connectors)
+            .enumerate()
+            .map(|(index, (config, connector))| {
+                let shard = Arc::new(Shard {
+                    index,
+                    count,
+                    node_id: node_id.clone(),
+                    history: history.clone(),
+                    keys: Keys::new(&config.key_prefix),
+                    config,
+                    fanout: fanout.clone(),
+                    conn: RwLock::new(None),
+                    epoch: AtomicU64::new(0),
+                    seen_head: AtomicU64::new(0),
+                    ready: AtomicBool::new(false),
+                    broken: Notify::new(),
+                    publish_script: scripts::publish(),
+                    open_script: scripts::open(),
+                    maintain_script: scripts::maintain(),
+                    feed_entries: feed_entries.next().expect("one per shard"),
+                    feed_bytes: feed_bytes.next().expect("one per shard"),
+                    ready_gauge: ready_gauges.next().expect("one per shard"),
+                });
+                runtime.spawn(feed::supervise(shard.clone(), connector, stop.clone()));
+                shard
+            })
+            .collect();
+        Ok(Self { shards, runtime, _stop: stop.drop_guard() })
+    }
+
+    /// The shard holding `account`.
+    fn shard(&self, account: &str) -> &Arc<Shard> {
+        &self.shards[shard_of(account, self.shards.len())]
+    }
+
+    /// Publishes a batch whose items may belong to several shards: split by shard, each part
+    /// stored by its shard's script (all or nothing within the shard), the parts concurrently,
+    /// the answers put back in item order. A shard known to be down refuses the whole batch
+    /// before anything is stored; a shard failing while others succeed is
+    /// [`EngineError::PartlyStored`] (see docs/protocol.md: retrying with the same keys
+    /// stores each item once).
+    async fn publish(&self, batch: Vec<NewEvent>) -> Result<Vec<Accepted>, EngineError> {
+        if self.shards.len() == 1 {
+            return self.shards[0].publish(batch).await;
+        }
+        let len = batch.len();
+        let mut parts: Vec<(Vec<usize>, Vec<NewEvent>)> = (0..self.shards.len()).map(|_| Default::default()).collect();
+        for (position, event) in batch.into_iter().enumerate() {
+            let part = &mut parts[shard_of(&event.account, self.shards.len())];
+            part.0.push(position);
+            part.1.push(event);
+        }
+        let involved: Vec<_> = parts.into_iter().enumerate().filter(|(_, (positions, _))| !positions.is_empty()).collect();
+        if let Some((down, _)) = involved.iter().find(|(i, _)| !self.shards[*i].ready.load(Ordering::Acquire)) {
+            return Err(EngineError::Unavailable(format!("Redis shard {down} is not connected")));
+        }
+        let stored = join_all(involved.into_iter().map(|(i, (positions, events))| async move { (i, positions, self.shards[i].publish(events).await) })).await;
+        let mut answers: Vec<Option<Accepted>> = vec![None; len];
+        let mut failed = None;
+        let mut some_stored = false;
+        for (i, positions, result) in stored {
+            match result {
+                Ok(accepted) => {
+                    some_stored |= accepted.iter().any(|a| !a.duplicate);
+                    for (position, a) in positions.into_iter().zip(accepted) {
+                        answers[position] = Some(a);
+                    }
+                }
+                Err(e) => failed = Some(format!("Redis shard {i}: {e}")),
+            }
+        }
+        match failed {
+            None => Ok(answers.into_iter().map(|a| a.expect("every shard answered each of its items")).collect()),
+            Some(why) if some_stored => Err(EngineError::PartlyStored(why)),
+            Some(why) => Err(EngineError::Unavailable(why)),
+        }
     }
 }
 
@@ -162,9 +271,26 @@ struct Link {
     acknowledged: Option<MultiplexedConnection>,
 }
 
-impl Inner {
+impl Shard {
     fn connection(&self) -> Result<Link, EngineError> {
-        self.conn.read().expect("conn lock").clone().ok_or_else(|| EngineError::Unavailable("Redis is not connected".into()))
+        let unavailable = || EngineError::Unavailable(if self.count == 1 { "Redis is not connected".into() } else { format!("Redis shard {} is not connected", self.index) });
+        self.conn.read().expect("conn lock").clone().ok_or_else(unavailable)
+    }
+
+    /// Whether this shard holds `account`.
+    fn holds(&self, account: &str) -> bool {
+        self.count == 1 || shard_of(account, self.count) == self.index
+    }
+
+    /// `<index>/<count>`, recorded in the server (see [`scripts::init`]).
+    fn layout(&self) -> String {
+        format!("{}/{}", self.index, self.count)
+    }
+
+    /// Readiness, as `/readyz` and the shard's gauge see it.
+    fn set_ready(&self, ready: bool) -> bool {
+        self.ready_gauge.set(i64::from(ready));
+        self.ready.swap(ready, Ordering::AcqRel)
     }
 
     /// Turns a Redis error into an engine error; a dropped connection is taken out of use and
@@ -180,7 +306,7 @@ impl Inner {
         let mut slot = self.conn.write().expect("conn lock");
         if slot.as_ref().is_some_and(|l| l.generation == link.generation) {
             slot.take();
-            self.ready.store(false, Ordering::Release);
+            self.set_ready(false);
             self.broken.notify_one();
         }
     }
@@ -253,7 +379,7 @@ impl Inner {
         let followed = self.epoch.load(Ordering::Acquire);
         let after = last_event_id.id().filter(|id| id.epoch == followed).map(|id| id.seq);
         let k = &self.keys;
-        let claims = self.fanout.take_claims();
+        let claims = self.fanout.take_claims(|a| self.holds(a));
         let mut inv = self.open_script.prepare_invoke();
         inv.key(&k.epoch).key(&k.seq).key(&k.trimmed).key(&k.oldest).key(k.account(account)).key(&k.feed);
         inv.arg(account)
@@ -359,20 +485,28 @@ fn field<'a>(fields: &'a [String], name: &str) -> Option<&'a str> {
 
 impl Engine for RedisEngine {
     fn publish(&self, batch: Vec<NewEvent>) -> BoxFuture<'_, Result<Vec<Accepted>, EngineError>> {
-        self.inner.publish(batch).boxed()
+        RedisEngine::publish(self, batch).boxed()
     }
 
     fn open<'a>(&'a self, account: &'a str, last_event_id: LastEventId, viewer: &'a Viewer) -> BoxFuture<'a, Result<Opening, EngineError>> {
-        self.inner.open(account, last_event_id, viewer).boxed()
+        self.shard(account).open(account, last_event_id, viewer).boxed()
     }
 
+    /// Ready only while every shard is: a node that cannot serve some accounts is taken out
+    /// of a load balancer's rotation like one that serves none (see docs/redis.md).
     fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.shards.iter().all(|s| s.ready.load(Ordering::Acquire))
+    }
+
+    fn shards_ready(&self) -> Vec<bool> {
+        self.shards.iter().map(|s| s.ready.load(Ordering::Acquire)).collect()
     }
 
     fn maintain(&self) {
-        let inner = self.inner.clone();
-        self.inner.runtime.spawn(async move { inner.maintain().await });
+        for shard in &self.shards {
+            let shard = shard.clone();
+            self.runtime.spawn(async move { shard.maintain().await });
+        }
     }
 
     fn name(&self) -> &'static str {

@@ -35,12 +35,15 @@ pub(super) struct Keys {
     pub oldest: String,
     /// The replication id of the primary the seqs were last issued on (see [`init`]).
     pub lineage: String,
+    /// Which shard of how many this server holds, `<index>/<count>` (see [`init`]); missing
+    /// means `0/1`, the one shard of a deployment without `shards`.
+    pub layout: String,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
         let k = |name: &str| format!("{prefix}{name}");
-        Self { prefix: prefix.to_owned(), epoch: k("epoch"), seq: k("seq"), feed: k("feed"), trimmed: k("trimmed"), oldest: k("oldest"), lineage: k("lineage") }
+        Self { prefix: prefix.to_owned(), epoch: k("epoch"), seq: k("seq"), feed: k("feed"), trimmed: k("trimmed"), oldest: k("oldest"), lineage: k("lineage"), layout: k("shards") }
     }
 
     /// The history stream of one account.
@@ -133,13 +136,18 @@ end
 ///   Otherwise acknowledged events may be gone: a new epoch, and every client resyncs.
 /// - The epoch is the one the node followed but the head is below the highest seq it saw
 ///   (restored from an older snapshot): a new epoch.
+/// - The server held another shard of another layout (`<index>/<count>`, missing: `0/1`) than
+///   the node's: the shard list changed, and accounts may have moved here from elsewhere or
+///   left and come back with events published meanwhile on another server. A new epoch, so
+///   no id of the old layout is ever resumed here (clients resync).
 ///
 /// A new epoch keeps the seq counter and empties the feed but for a fence at the head, so a
 /// node that follows it from seq 0 sees no gap and no entry of the old epoch.
 ///
-/// KEYS: epoch, seq, lineage, feed. ARGV: candidate epoch, epoch this node followed (or ""),
-/// highest seq it saw, 1 when publishes wait for replicas, fence gap, feed length.
-/// Returns `{epoch, head, what happened}` (`""`, `"fenced"` or `"failover"`).
+/// KEYS: epoch, seq, lineage, feed, layout. ARGV: candidate epoch, epoch this node followed
+/// (or ""), highest seq it saw, 1 when publishes wait for replicas, fence gap, feed length,
+/// the node's layout.
+/// Returns `{epoch, head, what happened}` (`""`, `"fenced"`, `"failover"` or `"relayout"`).
 pub(super) fn init() -> Script {
     Script::new(
         r#"
@@ -152,6 +160,7 @@ local replid2 = string.match(info, 'master_replid2:(%x+)')
 local epoch = redis.call('GET', KEYS[1])
 local head = tonumber(redis.call('GET', KEYS[2]) or '0')
 local lineage = redis.call('GET', KEYS[3])
+local layout = redis.call('GET', KEYS[5]) or '0/1'
 local happened = ''
 -- A new epoch keeps the seq counter (account streams keep their ids increasing) and starts
 -- the feed afresh from a fence at the head: nodes read the new epoch from its start.
@@ -163,7 +172,10 @@ local function new_epoch()
     redis.call('XADD', KEYS[4], string.format('%d-0', head), 'f', '0', 'e', epoch)
   end
 end
-if epoch and lineage and replid ~= lineage and replid2 == lineage then
+if epoch and layout ~= ARGV[7] then
+  new_epoch()
+  happened = 'relayout'
+elseif epoch and lineage and replid ~= lineage and replid2 == lineage then
   if ARGV[4] == '1' then
     local fence = string.format('%d', head + tonumber(ARGV[5]))
     redis.call('SET', KEYS[2], fence)
@@ -177,6 +189,7 @@ if epoch and lineage and replid ~= lineage and replid2 == lineage then
 elseif (not epoch) or (epoch == ARGV[2] and head < tonumber(ARGV[3])) then
   new_epoch()
 end
+if layout ~= ARGV[7] then redis.call('SET', KEYS[5], ARGV[7]) end
 if replid then redis.call('SET', KEYS[3], replid) end
 return {epoch, string.format('%d', head), happened}
 "#,
