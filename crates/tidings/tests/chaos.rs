@@ -275,11 +275,20 @@ async fn run(engine: EngineCase, chaos: Duration) {
     let restart_every = (chaos / 3).max(Duration::from_secs(4)).min(Duration::from_secs(10));
     let mut next_restart = started + restart_every;
     let mut next_redis_restart = started + restart_every / 2;
-    while started.elapsed() < chaos {
+    // A starved machine slows every restart down; rather than end the chaos before each kind
+    // of fault happened (and fail), it goes on until they all have, up to three times as long.
+    let every_fault_happened = |term: u32, kill: u32, redis_restarts: u32, has_redis: bool| {
+        chaos < Duration::from_secs(15) || (term > 0 && kill > 0 && (!has_redis || redis_restarts > 0))
+    };
+    loop {
+        let done = every_fault_happened(restarts_term, restarts_kill, restarts_redis, redis.is_some());
+        if started.elapsed() >= chaos && (done || started.elapsed() >= chaos * 3) {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(rng.random_range(700..1500))).await;
         let now_evicted = evictions + hub.metric("tidings_slow_consumer_evictions_total").await;
         EVICTIONS.store(now_evicted as u64, Ordering::SeqCst);
-        let time_left = started.elapsed() + Duration::from_secs(2) < chaos;
+        let time_left = started.elapsed() + Duration::from_secs(2) < chaos || !done;
         if let Some(redis) = redis.as_mut().filter(|_| Instant::now() >= next_redis_restart && time_left) {
             // Redis restarts halfway between hub restarts: wiped, so its history starts a new
             // epoch, and publishes fail with 503 until it is back. With shards, one server at
