@@ -1,9 +1,10 @@
-//! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, all on
-//! one Redis server on loopback, the streams spread over them, and a publish-rate sweep; for
+//! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, on
+//! Redis servers on loopback, the streams spread over them, and a publish-rate sweep; for
 //! every node count and rate it records, per node and for Redis, CPU, bytes read (the feed),
 //! publish→delivery latency, loss and duplicates, and which part saturated first. With
 //! `--shards` above 1 it starts that many Redis servers and writes them as the engine's
-//! `[[engine.shards]]`, for a hub that has them.
+//! `[[engine.shards]]`; it then records each server's CPU and what each node read of each
+//! shard's feed (`--shards 1,2,4` runs the counts side by side).
 //!
 //! Everything shares this machine's cores (Redis, every node, the load generator): the
 //! numbers are for ratios and trends (what one more node costs Redis, what one more event
