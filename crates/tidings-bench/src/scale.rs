@@ -1,9 +1,10 @@
-//! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, all on
-//! one Redis server on loopback, the streams spread over them, and a publish-rate sweep; for
+//! `tidings bench scale`: the multi-node model. Several hub nodes on the Redis engine, on
+//! Redis servers on loopback, the streams spread over them, and a publish-rate sweep; for
 //! every node count and rate it records, per node and for Redis, CPU, bytes read (the feed),
 //! publish→delivery latency, loss and duplicates, and which part saturated first. With
 //! `--shards` above 1 it starts that many Redis servers and writes them as the engine's
-//! `[[engine.shards]]`, for a hub that has them.
+//! `[[engine.shards]]`; it then records each server's CPU and what each node read of each
+//! shard's feed (`--shards 1,2,4` runs the counts side by side).
 //!
 //! Everything shares this machine's cores (Redis, every node, the load generator): the
 //! numbers are for ratios and trends (what one more node costs Redis, what one more event
@@ -92,8 +93,16 @@ pub struct NodeOutcome {
     pub streams: usize,
     pub cpu_cores: f64,
     /// Feed bytes the node read from Redis per second (`tidings_redis_feed_bytes_total`: ids and
-    /// fields of every entry, i.e. every event of every account, whatever the node holds).
+    /// fields of every entry, i.e. every event of every account, whatever the node holds),
+    /// summed over the shards.
     pub read_bytes_per_sec: f64,
+    /// The same, per shard (`{shard="i"}`; one entry without shards).
+    #[serde(default)]
+    pub read_bytes_per_sec_by_shard: Vec<f64>,
+    /// Feed entries the node read from each shard during the point
+    /// (`tidings_redis_feed_entries_total`): each shard's events, claims and fences.
+    #[serde(default)]
+    pub feed_entries_by_shard: Vec<u64>,
     pub delivered: u64,
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
@@ -131,6 +140,9 @@ pub struct Point {
     pub p99_ms: Option<f64>,
     /// Summed over the shards.
     pub redis_cpu_cores: f64,
+    /// Each Redis server's (shard's), in shard order.
+    #[serde(default)]
+    pub redis_cpu_cores_by_server: Vec<f64>,
     /// The busiest shard's: each runs its commands on one thread.
     #[serde(default)]
     pub redis_cpu_max_cores: f64,
@@ -378,9 +390,10 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     let pids: Vec<u32> = targets.iter().filter_map(Target::pid).collect();
     let cpu0: Vec<f64> = pids.iter().map(|p| procfs::tree_cpu_secs(*p)).collect();
     let http = crate::target::PublishApi::client();
+    let shards = redis_pids.len();
     let mut feed0 = Vec::with_capacity(targets.len());
     for t in targets {
-        feed0.push(feed_bytes(&http, t).await);
+        feed0.push(Feed::read(&http, t, shards).await);
     }
     let redis_cpu_now = || -> Vec<f64> { redis_pids.iter().map(|p| procfs::cpu_secs(*p).unwrap_or(0.0)).collect() };
     let redis_written = || redis_pids.iter().map(|p| io_bytes(*p).1).sum::<u64>();
@@ -454,11 +467,13 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     for (k, s) in streams.iter().enumerate() {
         let h = s.latency();
         all.add(&h).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let r1 = feed_bytes(&http, &targets[k]).await;
+        let feed = Feed::read(&http, &targets[k], shards).await.since(&feed0[k]);
         per_node.push(NodeOutcome {
             streams: (k + 1) * a.streams / nodes - k * a.streams / nodes,
             cpu_cores: (procfs::tree_cpu_secs(pids[k]) - cpu0[k]) / window,
-            read_bytes_per_sec: r1.saturating_sub(feed0[k]) as f64 / window,
+            read_bytes_per_sec: feed.bytes.iter().sum::<u64>() as f64 / window,
+            read_bytes_per_sec_by_shard: feed.bytes.iter().map(|b| *b as f64 / window).collect(),
+            feed_entries_by_shard: feed.entries,
             delivered: s.counts().delivered - delivered0[k],
             p50_ms: quantile(&h, 0.5),
             p99_ms: quantile(&h, 0.99),
@@ -472,7 +487,7 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
     let delivered = delivered_now();
     let owed_per_sec = rate * a.streams as f64 / a.accounts as f64;
     Ok(Point {
-        shards: redis_pids.len(),
+        shards,
         nodes,
         rate_asked: rate,
         rate_achieved: published.acked as f64 / published.elapsed.as_secs_f64().max(1e-3),
@@ -489,6 +504,7 @@ async fn run_point(a: &ScaleArgs, targets: &[Target], streams: &[LocalStreams], 
         p50_ms: quantile(&all, 0.5),
         p99_ms: quantile(&all, 0.99),
         redis_cpu_cores: redis_cpu / window,
+        redis_cpu_cores_by_server: redis_each.iter().map(|c| c / window).collect(),
         redis_cpu_max_cores: redis_each.iter().copied().fold(0.0, f64::max) / window,
         redis_write_bytes_per_sec: redis_w.saturating_sub(redis_w0) as f64 / window,
         loadgen_cpu_cores: loadgen / window,
@@ -532,12 +548,56 @@ fn report_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// The node's `tidings_redis_feed_bytes_total` (0 when it cannot be read).
-async fn feed_bytes(http: &reqwest::Client, target: &Target) -> u64 {
-    let url = format!("http://{}/metrics", target.endpoint.addr);
-    let Ok(resp) = http.get(&url).send().await else { return 0 };
-    let text = resp.text().await.unwrap_or_default();
-    text.lines().find_map(|l| l.strip_prefix("tidings_redis_feed_bytes_total ")).and_then(|v| v.trim().parse::<f64>().ok()).map_or(0, |v| v as u64)
+/// What a node has read of each shard's feed so far: `tidings_redis_feed_bytes_total` and
+/// `_feed_entries_total`, indexed by shard.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Feed {
+    bytes: Vec<u64>,
+    entries: Vec<u64>,
+}
+
+impl Feed {
+    /// The node's counters, `shards` of each (zeros when `/metrics` cannot be read).
+    async fn read(http: &reqwest::Client, target: &Target, shards: usize) -> Self {
+        let url = format!("http://{}/metrics", target.endpoint.addr);
+        let text = match http.get(&url).send().await {
+            Ok(resp) => resp.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        Self::parse(&text, shards)
+    }
+
+    fn parse(text: &str, shards: usize) -> Self {
+        Self { bytes: by_shard(text, "tidings_redis_feed_bytes_total", shards), entries: by_shard(text, "tidings_redis_feed_entries_total", shards) }
+    }
+
+    /// What was read between `before` and this.
+    fn since(&self, before: &Self) -> Self {
+        let sub = |now: &[u64], then: &[u64]| now.iter().zip(then).map(|(n, t)| n.saturating_sub(*t)).collect();
+        Self { bytes: sub(&self.bytes, &before.bytes), entries: sub(&self.entries, &before.entries) }
+    }
+}
+
+/// One counter of a node's `/metrics` text per shard: `name{shard="i"} v` is shard `i`'s (a
+/// sharded engine), the unlabelled `name v` shard 0's (an engine without `shards`, which has
+/// one). Shards missing from the text count 0.
+fn by_shard(text: &str, name: &str, shards: usize) -> Vec<u64> {
+    let mut out = vec![0u64; shards.max(1)];
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (shard, value) = if let Some(value) = rest.strip_prefix(' ') {
+            (Some(0), value)
+        } else if let Some((labels, value)) = rest.strip_prefix('{').and_then(|r| r.split_once("} ")) {
+            (labels.split(',').find_map(|kv| kv.strip_prefix("shard=\"")?.strip_suffix('"')?.parse::<usize>().ok()), value)
+        } else {
+            continue;
+        };
+        let value = value.trim().parse::<f64>().map_or(0, |v| v as u64);
+        if let Some(slot) = shard.and_then(|i| out.get_mut(i)) {
+            *slot += value;
+        }
+    }
+    out
 }
 
 fn quantile(h: &hdrhistogram::Histogram<u64>, q: f64) -> Option<f64> {
@@ -610,6 +670,37 @@ pub fn markdown(r: &ScaleReport) -> String {
             if saturated.is_empty() { "–".to_owned() } else { saturated.join("; ") },
         );
     }
+    if r.points.iter().any(|p| p.redis_cpu_cores_by_server.len() > 1) {
+        let _ = writeln!(
+            out,
+            "\nPer Redis server (shard), medians: its CPU, that CPU per published event of all accounts (what falls as 1/S if sharding divides the work), its share of the feed entries (node 0's reads), and its CPU per event of its own accounts.\n"
+        );
+        let _ = writeln!(out, "| shards | nodes | publishes/s asked | server | Redis CPU (cores) | µs per event (all) | share of feed entries | µs per own event | feed read per node from it (MB/s) |");
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for &k in &keys {
+            let (shards, nodes, rate) = k;
+            let runs: Vec<&Point> = r.points.iter().filter(|p| key(p) == k).collect();
+            for i in 0..shards {
+                let med = |f: &dyn Fn(&Point) -> Option<f64>| median(runs.iter().filter_map(|p| f(p)).collect());
+                let cpu = |p: &Point| p.redis_cpu_cores_by_server.get(i).copied();
+                let share = |p: &Point| {
+                    let e = &p.per_node.first()?.feed_entries_by_shard;
+                    let all: u64 = e.iter().sum();
+                    e.get(i).filter(|_| all > 0).map(|n| *n as f64 / all as f64)
+                };
+                let read = |p: &Point| Some(p.per_node.iter().filter_map(|n| n.read_bytes_per_sec_by_shard.get(i)).sum::<f64>() / p.per_node.len().max(1) as f64);
+                let _ = writeln!(
+                    out,
+                    "| {shards} | {nodes} | {rate} | {i} | {:.3} | {:.0} | {:.2} | {:.0} | {:.3} |",
+                    med(&cpu),
+                    med(&|p| Some(cpu(p)? * 1e6 / p.rate_achieved.max(1e-9))),
+                    med(&share),
+                    med(&|p| Some(cpu(p)? * 1e6 / (p.rate_achieved * share(p)?).max(1e-9))),
+                    med(&|p| Some(read(p)? / 1e6)),
+                );
+            }
+        }
+    }
     let mut setups: Vec<(usize, usize)> = keys.iter().map(|k| (k.0, k.1)).collect();
     setups.dedup();
     if !setups.is_empty() {
@@ -630,4 +721,23 @@ pub fn markdown(r: &ScaleReport) -> String {
         let _ = writeln!(out, "- not run: {f}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_counters_are_read_unlabelled_or_summed_by_shard() {
+        let one = "# TYPE tidings_redis_feed_bytes counter\ntidings_redis_feed_bytes_total 7\ntidings_redis_feed_entries_total 2\n";
+        assert_eq!(Feed::parse(one, 1), Feed { bytes: vec![7], entries: vec![2] });
+        let two = "tidings_redis_feed_bytes_total{shard=\"0\"} 10\ntidings_redis_feed_bytes_total{shard=\"1\"} 5\n\
+                   tidings_redis_feed_entries_total{shard=\"1\"} 3\ntidings_redis_feed_bytes_total_created 1\n";
+        let two = Feed::parse(two, 2);
+        assert_eq!(two, Feed { bytes: vec![10, 5], entries: vec![0, 3] });
+        let later = Feed { bytes: vec![15, 9], entries: vec![4, 3] };
+        assert_eq!(later.since(&two), Feed { bytes: vec![5, 4], entries: vec![4, 0] });
+        // Nothing readable (a node not up, a hub without the Redis engine): zeros, not a failure.
+        assert_eq!(Feed::parse("", 2), Feed { bytes: vec![0, 0], entries: vec![0, 0] });
+    }
 }

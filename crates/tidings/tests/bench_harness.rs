@@ -106,3 +106,47 @@ async fn the_scale_model_counts_every_delivery_once_on_every_node() {
         assert!(p.redis_cpu_cores > 0.0, "{p:?}");
     }
 }
+
+/// The same model over two Redis servers as the engine's `[[engine.shards]]`: every event
+/// still reaches every stream of its account once, each node reads both shards' feeds (the
+/// `{shard="i"}` series, summed into the node's feed bytes), and each server's CPU is measured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scale_model_over_two_shards_reads_both_feeds_and_counts_every_delivery_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scale.json");
+    let args = tidings_bench::scale::ScaleArgs {
+        shards: vec![2],
+        nodes: vec![2],
+        rates: vec![200.0],
+        streams: 100,
+        accounts: 10,
+        duration: Duration::from_secs(1),
+        repeat: 1,
+        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
+        redis_server: PathBuf::from("redis-server"),
+        sources: 4,
+        out: out.clone(),
+    };
+    tidings_bench::scale::run(args).await.unwrap();
+    let report: tidings_bench::scale::ScaleReport = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.points.len(), 1, "{:?}", report.points);
+    let p = &report.points[0];
+    assert_eq!((p.shards, p.nodes), (2, 2), "{p:?}");
+    assert!(p.published > 0 && p.expected == p.published * 10, "{p:?}");
+    assert!(p.publish_errors.is_empty(), "{p:?}");
+    assert_eq!((p.delivered, p.lost, p.duplicated, p.extra), (p.expected, 0, 0, 0), "{p:?}");
+    assert_eq!(p.redis_cpu_cores_by_server.len(), 2, "{p:?}");
+    assert!(p.redis_cpu_cores_by_server.iter().all(|c| *c > 0.0), "every server's CPU: {p:?}");
+    assert_eq!(p.per_node.len(), 2, "{p:?}");
+    for n in &p.per_node {
+        assert!(n.delivered > 0, "{p:?}");
+        assert_eq!((n.feed_entries_by_shard.len(), n.read_bytes_per_sec_by_shard.len()), (2, 2), "{p:?}");
+        assert!(n.feed_entries_by_shard.iter().all(|e| *e > 0), "both shards' feeds read: {p:?}");
+        assert!(n.read_bytes_per_sec_by_shard.iter().all(|b| *b > 0.0), "{p:?}");
+        let sum: f64 = n.read_bytes_per_sec_by_shard.iter().sum();
+        assert!((n.read_bytes_per_sec - sum).abs() < 1e-6, "{p:?}");
+    }
+    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
+    assert!(md.contains("Per Redis server"), "{md}");
+}
