@@ -77,23 +77,7 @@ async fn idle_memory_is_measured_for_every_identity_source() {
 /// numbers, or a hub that lost or repeated an event of a batch, fails here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scale_model_counts_every_delivery_once_on_every_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("scale.json");
-    let args = tidings_bench::scale::ScaleArgs {
-        shards: vec![1],
-        nodes: vec![1, 2],
-        rates: vec![50.0, 400.0],
-        streams: 100,
-        accounts: 10,
-        duration: Duration::from_secs(1),
-        repeat: 1,
-        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
-        redis_server: PathBuf::from("redis-server"),
-        sources: 4,
-        out: out.clone(),
-    };
-    tidings_bench::scale::run(args).await.unwrap();
-    let report: tidings_bench::scale::ScaleReport = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let (report, _) = scale_model(vec![1], vec![1, 2], vec![50.0, 400.0]).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     let points: Vec<(usize, f64)> = report.points.iter().map(|p| (p.nodes, p.rate_asked)).collect();
     assert_eq!(points, vec![(1, 50.0), (1, 400.0), (2, 50.0), (2, 400.0)]);
@@ -112,23 +96,7 @@ async fn the_scale_model_counts_every_delivery_once_on_every_node() {
 /// `{shard="i"}` series, summed into the node's feed bytes), and each server's CPU is measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scale_model_over_two_shards_reads_both_feeds_and_counts_every_delivery_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("scale.json");
-    let args = tidings_bench::scale::ScaleArgs {
-        shards: vec![2],
-        nodes: vec![2],
-        rates: vec![200.0],
-        streams: 100,
-        accounts: 10,
-        duration: Duration::from_secs(1),
-        repeat: 1,
-        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
-        redis_server: PathBuf::from("redis-server"),
-        sources: 4,
-        out: out.clone(),
-    };
-    tidings_bench::scale::run(args).await.unwrap();
-    let report: tidings_bench::scale::ScaleReport = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let (report, md) = scale_model(vec![2], vec![2], vec![200.0]).await;
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!(report.points.len(), 1, "{:?}", report.points);
     let p = &report.points[0];
@@ -147,6 +115,28 @@ async fn the_scale_model_over_two_shards_reads_both_feeds_and_counts_every_deliv
         let sum: f64 = n.read_bytes_per_sec_by_shard.iter().sum();
         assert!((n.read_bytes_per_sec - sum).abs() < 1e-6, "{p:?}");
     }
-    let md = std::fs::read_to_string(out.with_extension("md")).unwrap();
     assert!(md.contains("Per Redis server"), "{md}");
+}
+
+/// Runs the scale model at CI size (100 streams over 10 accounts, one second per point) on
+/// real Redis servers and reads its report and its Markdown table.
+async fn scale_model(shards: Vec<usize>, nodes: Vec<usize>, rates: Vec<f64>) -> (tidings_bench::scale::ScaleReport, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("scale.json");
+    let args = tidings_bench::scale::ScaleArgs {
+        shards,
+        nodes,
+        rates,
+        streams: 100,
+        accounts: 10,
+        duration: Duration::from_secs(1),
+        repeat: 1,
+        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
+        redis_server: PathBuf::from("redis-server"),
+        sources: 4,
+        out: out.clone(),
+    };
+    tidings_bench::scale::run(args).await.unwrap();
+    let report = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    (report, std::fs::read_to_string(out.with_extension("md")).unwrap())
 }
