@@ -16,6 +16,7 @@ mod logging;
 mod serve;
 mod signals;
 mod tail;
+mod trim;
 
 #[derive(Debug, Parser)]
 #[command(name = "tidings", version, about = "Real-time update hub for web consoles")]

@@ -37,6 +37,7 @@ pub async fn run(listen: Option<SocketAddr>, config_path: Option<PathBuf>) -> Re
     let shutdown = CancellationToken::new();
     let state = hub.state().clone();
     crate::signals::spawn(shutdown.clone(), move || reload(&state, config_path.as_deref(), listen));
+    crate::trim::spawn(shutdown.clone());
     let engine = hub.state().engine_name();
     print_banner(|out| {
         writeln!(out, "tidings {} listening on http://{addr} (engine: {engine})", env!("CARGO_PKG_VERSION"))?;

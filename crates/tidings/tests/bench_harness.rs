@@ -118,6 +118,30 @@ async fn the_scale_model_over_two_shards_reads_both_feeds_and_counts_every_deliv
     assert!(md.contains("Per Redis server"), "{md}");
 }
 
+/// Accounts come and go: once 50,000 accounts' events aged out and the accounts were forgotten,
+/// the hub gives most of what they took back to the system (with glibc, through the trim in
+/// `trim.rs`; without it the RSS stayed at its peak), not just to its allocator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_taken_by_forgotten_accounts_goes_back_to_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("accounts.json");
+    let args = tidings_bench::accounts::AccountsArgs {
+        counts: vec![50_000],
+        max_age: Duration::from_secs(2),
+        settle: Duration::from_secs(60),
+        tidings_bin: Some(PathBuf::from(env!("CARGO_BIN_EXE_tidings"))),
+        out: out.clone(),
+    };
+    tidings_bench::accounts::run(args).await.unwrap();
+    let report: tidings_bench::accounts::AccountsReport = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let p = &report.points[0];
+    assert!(p.forgotten_after_s.is_some(), "the accounts were never forgotten: {p:?}");
+    let grown = p.published_kib.saturating_sub(p.baseline_kib);
+    assert!(grown > 8 * 1024, "50,000 accounts should take more than 8 MiB: {p:?}");
+    let kept = p.settled_kib.saturating_sub(p.baseline_kib);
+    assert!(kept * 2 < grown, "less than half of what the accounts took came back: {p:?}");
+}
+
 /// Runs the scale model at CI size (100 streams over 10 accounts, one second per point) on
 /// real Redis servers and reads its report and its Markdown table.
 async fn scale_model(shards: Vec<usize>, nodes: Vec<usize>, rates: Vec<f64>) -> (tidings_bench::scale::ScaleReport, String) {
