@@ -32,7 +32,7 @@ impl SentinelSet {
         for _ in 0..3 {
             sentinels.push(start_sentinel(primary.port).await);
         }
-        let set = SentinelSet { servers: [primary, replica], primary: 0, sentinels };
+        let mut set = SentinelSet { servers: [primary, replica], primary: 0, sentinels };
         set.wait_settled().await;
         set
     }
@@ -60,15 +60,17 @@ impl SentinelSet {
     }
 
     /// Waits until every sentinel knows the replica and two other sentinels, so that a
-    /// failover can be agreed on.
-    async fn wait_settled(&self) {
+    /// failover can be agreed on, and the replica follows the primary. The primary is the one
+    /// the sentinels name: on a starved machine they may fail over on their own (a primary
+    /// that did not answer within [`DOWN_AFTER`]), and the set follows them as a hub does.
+    async fn wait_settled(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         'poll: loop {
             if Instant::now() >= deadline {
                 let mut seen = Vec::new();
                 for (port, _, _) in &self.sentinels {
                     let master = inline_command(*port, &format!("SENTINEL master {MASTER_NAME}")).await.unwrap_or_default();
-                    seen.push(format!("{port}: {}", master.lines().collect::<Vec<_>>().join(" ")));
+                    seen.push(format!("{port}: {}", master.lines().map(str::trim_end).collect::<Vec<_>>().join(" ")));
                 }
                 let replication = self.servers[1 - self.primary].command("INFO replication").await.unwrap_or_default();
                 panic!("the sentinels did not discover each other and the replica within 60 s:\n{}\nreplica: {replication}", seen.join("\n"));
@@ -85,6 +87,9 @@ impl SentinelSet {
                     continue 'poll;
                 }
             }
+            let Some(named) = self.primary_port_by_sentinel().await else { continue };
+            let Some(primary) = self.servers.iter().position(|r| r.port == named) else { continue };
+            self.primary = primary;
             let replica = &self.servers[1 - self.primary];
             if replica.command("INFO replication").await.is_some_and(|i| i.contains("master_link_status:up")) {
                 return;
