@@ -635,18 +635,20 @@ fn bad_redis_settings_fail_at_start() {
 }
 
 /// Runs each scenario over both transports on one server, as `plain::<name>` and
-/// `tls::<name>`, and the scenarios listed after `sharded:` also on [`SHARDS`] plaintext
-/// servers, as `sharded::<name>`.
+/// `tls::<name>`, and also on [`SHARDS`] plaintext servers, as `sharded::<name>`; the
+/// scenarios listed after `one_server_only:` run on one server only.
 macro_rules! over_both_transports {
-    ($($name:ident),* $(,)? ; sharded: $($sharded:ident),* $(,)?) => {
+    ($($name:ident),* $(,)? ; one_server_only: $($single:ident),* $(,)?) => {
         mod plain {
             $(#[tokio::test] async fn $name() { super::$name(super::Setup { transport: super::Transport::Plain, shards: 1 }).await })*
+            $(#[tokio::test] async fn $single() { super::$single(super::Setup { transport: super::Transport::Plain, shards: 1 }).await })*
         }
         mod tls {
             $(#[tokio::test] async fn $name() { super::$name(super::Setup { transport: super::Transport::Tls, shards: 1 }).await })*
+            $(#[tokio::test] async fn $single() { super::$single(super::Setup { transport: super::Transport::Tls, shards: 1 }).await })*
         }
         mod sharded {
-            $(#[tokio::test] async fn $sharded() { super::$sharded(super::Setup { transport: super::Transport::Plain, shards: super::SHARDS }).await })*
+            $(#[tokio::test] async fn $name() { super::$name(super::Setup { transport: super::Transport::Plain, shards: super::SHARDS }).await })*
         }
     };
 }
@@ -670,29 +672,12 @@ over_both_transports!(
     history_older_than_max_age_answers_resync,
     a_gap_past_the_replay_budget_answers_resync,
     a_second_open_on_another_node_supersedes_the_first,
-    min_replicas_acknowledges_only_replicated_publishes,
     a_key_is_stored_once_in_the_redis_engine,
     two_nodes_receiving_one_key_at_once_store_it_once,
     key_sets_stay_bounded_by_the_history;
-    // Not `min_replicas_…`: it is about WAIT on one primary, which sharding does not change.
-    sharded:
-    publish_on_one_node_is_delivered_on_every_node,
-    publishers_on_every_node_give_one_order_everywhere,
-    resume_on_another_node_is_exact,
-    resume_during_a_publish_storm_has_no_gap_or_duplicate,
-    trimmed_history_answers_resync_on_any_node,
-    redis_restart_mid_stream_gives_resync_and_recovery,
-    a_durable_redis_restart_needs_no_resync,
-    flushall_is_noticed_without_a_reconnect,
-    a_node_that_fell_behind_the_feed_sends_resync,
-    a_killed_node_s_clients_resume_on_a_peer_without_gap,
-    a_hub_started_before_redis_waits_for_it,
-    history_older_than_max_age_answers_resync,
-    a_gap_past_the_replay_budget_answers_resync,
-    a_second_open_on_another_node_supersedes_the_first,
-    a_key_is_stored_once_in_the_redis_engine,
-    two_nodes_receiving_one_key_at_once_store_it_once,
-    key_sets_stay_bounded_by_the_history,
+    // It is about WAIT on one primary, which sharding does not change.
+    one_server_only:
+    min_replicas_acknowledges_only_replicated_publishes,
 );
 
 #[tokio::test]
