@@ -159,8 +159,41 @@ impl Redis {
     }
 }
 
+/// Where ports of servers started by tests are chosen: below the kernel's ephemeral range
+/// (32768 and up by default), which every outgoing connection of the tests running in
+/// parallel draws from. A server that a test stops and starts again keeps its port (the hub's
+/// configuration names it); a port the kernel picked could meanwhile be handed to another
+/// test's connection or server, and the restart would fail.
+const SERVER_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port nothing listens on, reserved for this test process: each test process runs in its
+/// own process, so the reservation is a file named after the port in a shared directory,
+/// holding the reserving process's id (a file whose process has ended is taken over).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    let dir = std::env::temp_dir().join("tidings-test-ports");
+    std::fs::create_dir_all(&dir).unwrap();
+    let me = std::process::id();
+    for _ in 0..1_000 {
+        let port = rand::random_range(SERVER_PORTS);
+        let marker = dir.join(port.to_string());
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&marker) {
+            Ok(mut file) => std::io::Write::write_all(&mut file, me.to_string().as_bytes()).unwrap(),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Only a file naming a process that has ended is taken over; an empty one is
+                // being written by its owner right now.
+                let holder = std::fs::read_to_string(&marker).ok().and_then(|t| t.trim().parse::<u32>().ok());
+                if holder.is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists()) {
+                    let _ = std::fs::remove_file(&marker);
+                }
+                continue;
+            }
+            Err(e) => panic!("cannot reserve a port in {}: {e}", dir.display()),
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {SERVER_PORTS:?} after 1,000 tries");
 }
 
 /// One inline command to a plaintext port on loopback.
