@@ -64,11 +64,15 @@ pub struct StreamShared {
     pub credential: Credential,
     /// When the stream must end on its own (credential expiry or lifetime cap).
     pub deadline: Option<(Instant, CloseReason)>,
-    /// Cancels this stream's connection; used only when a closing stream does not flush
-    /// within [`CLOSE_FLUSH_GRACE`]. Owned by the connection task, which drops the socket.
-    connection: CancellationToken,
+    /// Cancels the connection of a stream served by hyper (see [`StreamShared::drop_connection`]);
+    /// `None` for a connection served by the hub's own HTTP/1.1 writer, which watches
+    /// `dropped` instead and so needs no token of its own.
+    connection: Option<CancellationToken>,
     /// Set by the body when it is dropped: nothing reads the queue any more.
     finished: AtomicBool,
+    /// Set when the fan-out drops the stream's connection: a closing stream that did not
+    /// flush within [`CLOSE_FLUSH_GRACE`], or the end of the shutdown grace period.
+    dropped: AtomicBool,
     queue: Mutex<QueueState>,
     /// Where this stream's open stands in the order shared by all nodes (see [`ClaimPosition`]).
     claim: Mutex<ClaimState>,
@@ -89,14 +93,14 @@ struct ClaimState {
 #[derive(Debug)]
 struct QueueState {
     frames: VecDeque<Queued>,
-    /// The latest heartbeat not yet written. A slot rather than a queued frame: an idle
-    /// stream then holds no queue buffer at all (a `VecDeque` keeps its capacity once grown,
-    /// which was a few hundred bytes per idle stream), and heartbeats a stalled client has
-    /// not read coalesce into one.
-    ping: Option<Bytes>,
+    /// A heartbeat is due: the node's latest ([`Fanout::latest_ping`]) is written once the
+    /// queue is empty. A flag rather than a queued frame: an idle stream then holds no queue
+    /// buffer at all (a `VecDeque` keeps its capacity once grown, which was a few hundred
+    /// bytes per idle stream), and heartbeats a stalled client has not read coalesce into one.
+    ping: bool,
     waker: Option<Waker>,
     close: Option<(CloseReason, Instant)>,
-    capacity: usize,
+    capacity: u32,
 }
 
 /// What the body finds when it polls its queue.
@@ -104,8 +108,8 @@ struct QueueState {
 pub enum Next {
     /// The one frame that was queued (the common case: no allocation).
     One(Queued),
-    /// A heartbeat, written after everything queued before it.
-    Ping(Bytes),
+    /// A heartbeat ([`Fanout::latest_ping`]), written after everything queued before it.
+    Ping,
     /// Frames, in order (several at once to save writes).
     Frames(Vec<Queued>),
     /// The queue is drained and the stream must close for this reason.
@@ -121,7 +125,7 @@ impl StreamShared {
         if s.close.is_some() {
             return true;
         }
-        if s.frames.len() >= s.capacity {
+        if s.frames.len() >= s.capacity as usize {
             s.frames = VecDeque::new();
             s.close = Some((CloseReason::SlowConsumer, Instant::now()));
             wake(&mut s);
@@ -149,8 +153,8 @@ impl StreamShared {
             1 => return Next::One(s.frames.pop_front().expect("one frame")),
             n => return Next::Frames(s.frames.drain(..n.min(batch_max)).collect()),
         }
-        if let Some(ping) = s.ping.take() {
-            return Next::Ping(ping);
+        if std::mem::take(&mut s.ping) {
+            return Next::Ping;
         }
         if let Some((reason, _)) = s.close {
             return Next::Close(reason);
@@ -173,6 +177,52 @@ impl StreamShared {
 
     fn closing_since(&self) -> Option<Instant> {
         self.queue.lock().expect("queue lock").close.map(|(_, at)| at)
+    }
+
+    /// Drops the stream's connection whatever it is doing (even waiting for a client that
+    /// stopped reading): the writer polling [`WriterLink`] ends it, or its token is cancelled.
+    fn drop_connection(&self) {
+        self.dropped.store(true, Ordering::Release);
+        wake(&mut self.queue.lock().expect("queue lock"));
+        if let Some(token) = &self.connection {
+            token.cancel();
+        }
+    }
+}
+
+/// What the connection writing a stream polls to learn that the fan-out dropped it
+/// ([`StreamShared::drop_connection`]). The stream's response carries it in its extensions
+/// for the hub's own HTTP/1.1 writer, which then needs no cancellation token (a token is a
+/// node of a tree: a hundred bytes and a slot in its parent for every connection).
+#[derive(Debug, Clone)]
+pub struct WriterLink(Arc<StreamShared>);
+
+impl WriterLink {
+    pub fn new(stream: &Arc<StreamShared>) -> Self {
+        Self(stream.clone())
+    }
+
+    pub fn is_dropped(&self) -> bool {
+        self.0.dropped.load(Ordering::Acquire)
+    }
+
+    /// `Ready` once the connection is to be dropped; otherwise the task is woken when it is.
+    /// The queue's waker slot is shared with the body, which is polled by the same task.
+    pub fn poll_dropped(&self, waker: &Waker) -> std::task::Poll<()> {
+        if self.is_dropped() {
+            return std::task::Poll::Ready(());
+        }
+        let mut s = self.0.queue.lock().expect("queue lock");
+        // Checked again under the lock: `drop_connection` sets the flag before it takes the
+        // lock to wake, so either the flag is seen here or the waker stored here is woken.
+        if self.is_dropped() {
+            return std::task::Poll::Ready(());
+        }
+        match &mut s.waker {
+            Some(w) if w.will_wake(waker) => {}
+            slot => *slot = Some(waker.clone()),
+        }
+        std::task::Poll::Pending
     }
 }
 
@@ -215,13 +265,24 @@ pub struct Fanout {
     /// registered stream (a stream is registered right before its own open, which takes it),
     /// so bounded by `streams_per_node`; entries of streams gone meanwhile are dropped.
     claims: Mutex<Vec<Arc<StreamShared>>>,
+    /// The latest heartbeat frame (see [`Fanout::heartbeat`]).
+    ping: Mutex<Bytes>,
 }
 
+/// Open streams by account, then by session: a node holds one stream per session (a new one
+/// supersedes the older), so the session is the stream's key. One map for both lookups: a map
+/// by stream id beside one by (account, session) took a hundred bytes per stream.
 #[derive(Debug, Default)]
 struct Registry {
-    accounts: HashMap<Arc<str>, HashMap<u64, Arc<StreamShared>>>,
-    sessions: HashMap<(Arc<str>, Arc<str>), u64>,
+    accounts: HashMap<Arc<str>, HashMap<Arc<str>, Arc<StreamShared>>>,
     total: usize,
+}
+
+impl Registry {
+    /// The open stream of `account` with this id, if still registered.
+    fn get(&self, account: &str, session: &str, id: u64) -> Option<&Arc<StreamShared>> {
+        self.accounts.get(account)?.get(session).filter(|s| s.id == id)
+    }
 }
 
 /// What a new stream needs to register.
@@ -231,7 +292,9 @@ pub struct NewStream {
     pub viewer: Viewer,
     pub credential: Credential,
     pub deadline: Option<(Instant, CloseReason)>,
-    pub connection: CancellationToken,
+    /// The connection's token when hyper serves it; `None` for the hub's own writer, which
+    /// polls a [`WriterLink`].
+    pub connection: Option<CancellationToken>,
     /// From [`Fanout::ticket`], taken when the request arrived.
     pub arrived: u64,
 }
@@ -249,6 +312,7 @@ impl Fanout {
             metrics,
             claims_enabled: AtomicBool::new(false),
             claims: Mutex::default(),
+            ping: Mutex::default(),
         }
     }
 
@@ -270,12 +334,8 @@ impl Fanout {
     /// Registers a stream; an older stream of the same session is superseded.
     pub fn register(&self, new: NewStream) -> Result<Arc<StreamShared>, RegisterError> {
         let mut reg = self.registry.write().expect("registry lock");
-        let session_key = (new.account.clone(), new.viewer.session().clone());
-        let previous = reg.sessions.get(&session_key).copied();
-        let newer_open = previous
-            .and_then(|id| reg.accounts.get(&new.account)?.get(&id))
-            .is_some_and(|s| s.arrived > new.arrived);
-        if newer_open {
+        let previous = reg.accounts.get(&new.account).and_then(|streams| streams.get(new.viewer.session())).cloned();
+        if previous.as_ref().is_some_and(|s| s.arrived > new.arrived) {
             return Err(RegisterError::Overtaken);
         }
         let replacing = usize::from(previous.is_some());
@@ -286,7 +346,7 @@ impl Fanout {
         if in_account - replacing >= self.streams_per_account.load(Ordering::Relaxed) {
             return Err(RegisterError::AccountFull);
         }
-        if let Some(old) = previous.and_then(|id| remove_locked(&mut reg, &new.account, id)) {
+        if let Some(old) = previous.and_then(|old| remove_locked(&mut reg, &old)) {
             old.close(CloseReason::Superseded);
             self.closing.lock().expect("closing lock").push(old);
         }
@@ -303,17 +363,17 @@ impl Fanout {
             deadline: new.deadline,
             connection: new.connection,
             finished: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
             queue: Mutex::new(QueueState {
                 frames: VecDeque::new(),
-                ping: None,
+                ping: false,
                 waker: None,
                 close: None,
-                capacity: self.queue_capacity.load(Ordering::Relaxed),
+                capacity: u32::try_from(self.queue_capacity.load(Ordering::Relaxed)).unwrap_or(u32::MAX),
             }),
             claim: Mutex::default(),
         });
-        reg.accounts.entry(account.clone()).or_default().insert(stream.id, stream.clone());
-        reg.sessions.insert((account, stream.session().clone()), stream.id);
+        reg.accounts.entry(account).or_default().insert(stream.session().clone(), stream.clone());
         reg.total += 1;
         self.metrics.streams_open.set(reg.total as i64);
         drop(reg);
@@ -342,7 +402,7 @@ impl Fanout {
             self.claims.lock().expect("claims lock").splice(0..0, kept);
         }
         let reg = self.registry.read().expect("registry lock");
-        taken.retain(|s| reg.accounts.get(&s.account).is_some_and(|streams| streams.contains_key(&s.id)));
+        taken.retain(|s| reg.get(&s.account, s.session(), s.id).is_some());
         taken
     }
 
@@ -373,9 +433,7 @@ impl Fanout {
     pub fn remote_claim(&self, account: &str, session: &str, position: ClaimPosition) {
         let stream = {
             let reg = self.registry.read().expect("registry lock");
-            let key: (Arc<str>, Arc<str>) = (account.into(), session.into());
-            let Some(id) = reg.sessions.get(&key) else { return };
-            let Some(s) = reg.accounts.get(account).and_then(|streams| streams.get(id)) else { return };
+            let Some(s) = reg.accounts.get(account).and_then(|streams| streams.get(session)) else { return };
             s.clone()
         };
         let superseded = {
@@ -402,7 +460,7 @@ impl Fanout {
     /// Forgets a stream (its body ended). Idempotent.
     pub fn deregister(&self, stream: &StreamShared) {
         let mut reg = self.registry.write().expect("registry lock");
-        if remove_locked(&mut reg, &stream.account, stream.id).is_some() {
+        if remove_locked(&mut reg, stream).is_some() {
             self.metrics.streams_open.set(reg.total as i64);
         }
     }
@@ -439,15 +497,21 @@ impl Fanout {
 
     /// Gives every stream on the node the heartbeat `ping` to write once its queue is empty
     /// (replacing one it has not written yet).
-    pub fn heartbeat(&self, ping: &Bytes) {
+    pub fn heartbeat(&self, ping: Bytes) {
+        *self.ping.lock().expect("ping lock") = ping;
         let reg = self.registry.read().expect("registry lock");
         for st in reg.accounts.values().flat_map(HashMap::values) {
             let mut s = st.queue.lock().expect("queue lock");
             if s.close.is_none() {
-                s.ping = Some(ping.clone());
+                s.ping = true;
                 wake(&mut s);
             }
         }
+    }
+
+    /// The latest heartbeat frame, which a stream with one due writes.
+    pub fn latest_ping(&self) -> Bytes {
+        self.ping.lock().expect("ping lock").clone()
     }
 
     /// Sends a `resync` frame to every stream of the accounts `accounts` admits (the engine,
@@ -496,7 +560,7 @@ impl Fanout {
         {
             let mut reg = self.registry.write().expect("registry lock");
             for s in &streams {
-                remove_locked(&mut reg, &s.account, s.id);
+                remove_locked(&mut reg, s);
             }
             self.metrics.streams_open.set(reg.total as i64);
         }
@@ -575,7 +639,7 @@ impl Fanout {
     /// Sessions with an open stream on this node (one stream per session, so also the number of
     /// streams, unless a superseded one is still registered).
     pub fn sessions_len(&self) -> usize {
-        self.registry.read().expect("registry lock").sessions.len()
+        self.registry.read().expect("registry lock").total
     }
 
     /// Closes every stream (shutdown), each with `reason`.
@@ -588,6 +652,19 @@ impl Fanout {
             s.close(reason);
         }
         self.retire(all);
+    }
+
+    /// Drops the connection of every stream, open or closing, at once (the end of the
+    /// shutdown grace period).
+    pub fn drop_all_connections(&self) {
+        let open: Vec<_> = {
+            let reg = self.registry.read().expect("registry lock");
+            reg.accounts.values().flat_map(HashMap::values).cloned().collect()
+        };
+        let closing = std::mem::take(&mut *self.closing.lock().expect("closing lock"));
+        for s in open.iter().chain(&closing) {
+            s.drop_connection();
+        }
     }
 
     /// Periodic upkeep: ends streams past their deadline and drops the connections of closing
@@ -617,7 +694,7 @@ impl Fanout {
             }
             if s.closing_since().is_some_and(|at| now.duration_since(at) >= CLOSE_FLUSH_GRACE) {
                 tracing::debug!(stream = s.id, "closing stream did not flush; dropping its connection");
-                s.connection.cancel();
+                s.drop_connection();
                 return false;
             }
             true
@@ -639,15 +716,12 @@ impl Fanout {
     }
 }
 
-fn remove_locked(reg: &mut Registry, account: &Arc<str>, id: u64) -> Option<Arc<StreamShared>> {
-    let streams = reg.accounts.get_mut(account)?;
-    let s = streams.remove(&id)?;
+fn remove_locked(reg: &mut Registry, stream: &StreamShared) -> Option<Arc<StreamShared>> {
+    reg.get(&stream.account, stream.session(), stream.id)?;
+    let streams = reg.accounts.get_mut(&stream.account)?;
+    let s = streams.remove(stream.session())?;
     if streams.is_empty() {
-        reg.accounts.remove(account);
-    }
-    let key = (s.account.clone(), s.session().clone());
-    if reg.sessions.get(&key) == Some(&id) {
-        reg.sessions.remove(&key);
+        reg.accounts.remove(&stream.account);
     }
     reg.total -= 1;
     Some(s)
@@ -663,7 +737,7 @@ mod tests {
             viewer: Viewer::new("u".into(), session.into(), Arc::default()),
             credential: Credential::Introspected,
             deadline: None,
-            connection: CancellationToken::new(),
+            connection: None,
             arrived,
         })
     }
@@ -689,7 +763,7 @@ mod tests {
         let open = |user: &str, session: &str, grants: &[&str]| {
             let grants = Arc::new(tidings_protocol::Grants::new(grants.iter().copied()).unwrap());
             let viewer = Viewer::new(user.into(), session.into(), grants);
-            f.register(NewStream { account: "acme".into(), viewer, credential: Credential::Introspected, deadline: None, connection: CancellationToken::new(), arrived: f.ticket() }).unwrap()
+            f.register(NewStream { account: "acme".into(), viewer, credential: Credential::Introspected, deadline: None, connection: None, arrived: f.ticket() }).unwrap()
         };
         let admin = open("ann", "s-1", &["role:admin"]);
         let viewer = open("vic", "s-2", &[]);
@@ -701,5 +775,81 @@ mod tests {
         f.deliver("acme", 4, &Bytes::from_static(b"x"), Some(&audience(&["billing:read"])));
         assert_eq!((queued(&admin), queued(&viewer)), (vec![1, 2], vec![1, 3]));
         assert_eq!(metrics.events_delivered.get(), 4, "only deliveries made are counted");
+    }
+
+    /// A waker that counts its wakes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Waker, Arc<Wakes>) {
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        (Waker::from(wakes.clone()), wakes)
+    }
+
+    #[test]
+    fn a_closing_stream_that_does_not_flush_has_its_writer_woken_to_drop_the_connection() {
+        let f = Fanout::new(10, 10, 8, Arc::new(Metrics::new()));
+        let s = stream(&f, "s", f.ticket()).unwrap();
+        let link = WriterLink::new(&s);
+        let (waker, wakes) = counting_waker();
+        // The writer waits for the client to take a chunk.
+        assert!(link.poll_dropped(&waker).is_pending());
+        assert_eq!(f.close_matching("acme", Some("s"), CloseReason::Revoked), 1);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the close wakes the task to write `closed`");
+        // Woken, it finds the client still not reading, and waits again.
+        assert!(link.poll_dropped(&waker).is_pending());
+        f.tick(Instant::now());
+        assert!(!link.is_dropped(), "the stream has its grace to flush");
+        f.tick(Instant::now() + CLOSE_FLUSH_GRACE);
+        assert!(link.is_dropped());
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2, "the drop wakes the writer");
+        assert!(link.poll_dropped(&waker).is_ready());
+        assert_eq!(f.closing_len(), 0, "a dropped stream is no longer watched");
+    }
+
+    #[test]
+    fn the_end_of_the_grace_period_drops_every_connection_open_or_closing() {
+        let f = Fanout::new(10, 10, 8, Arc::new(Metrics::new()));
+        let open = stream(&f, "open", f.ticket()).unwrap();
+        let closing = stream(&f, "closing", f.ticket()).unwrap();
+        f.close_matching("acme", Some("closing"), CloseReason::Shutdown);
+        let token = CancellationToken::new();
+        let viewer = Viewer::new("u".into(), "hyper".into(), Arc::default());
+        let served_by_hyper = f
+            .register(NewStream { account: "acme".into(), viewer, credential: Credential::Introspected, deadline: None, connection: Some(token.clone()), arrived: f.ticket() })
+            .unwrap();
+        let links: Vec<_> = [&open, &closing, &served_by_hyper].into_iter().map(WriterLink::new).collect();
+        let (waker, wakes) = counting_waker();
+        for l in &links {
+            assert!(l.poll_dropped(&waker).is_pending());
+        }
+        f.drop_all_connections();
+        assert!(links.iter().all(WriterLink::is_dropped));
+        assert!(token.is_cancelled(), "hyper's connection is dropped through its token");
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 3, "each waiting writer is woken");
+    }
+
+    #[test]
+    fn streams_are_found_by_session_and_a_newer_one_replaces_the_older() {
+        let f = Fanout::new(10, 10, 8, Arc::new(Metrics::new()));
+        let first = stream(&f, "s", f.ticket()).unwrap();
+        let other = stream(&f, "t", f.ticket()).unwrap();
+        let second = stream(&f, "s", f.ticket()).unwrap();
+        assert_eq!((f.len(), f.sessions_len()), (2, 2));
+        let reg = f.registry.read().unwrap();
+        assert!(reg.get("acme", "s", first.id).is_none(), "the superseded stream is gone");
+        assert_eq!(reg.get("acme", "s", second.id).map(|s| s.id), Some(second.id));
+        assert_eq!(reg.get("acme", "t", other.id).map(|s| s.id), Some(other.id));
+        drop(reg);
+        f.deregister(&second);
+        f.deregister(&first);
+        assert_eq!((f.len(), f.has_streams("acme")), (1, true));
+        f.deregister(&other);
+        assert!(!f.has_streams("acme"), "an account without streams leaves the registry");
     }
 }

@@ -38,6 +38,7 @@ use tower_service::Service;
 
 use crate::HubState;
 use crate::client_addr::PeerAddr;
+use crate::fanout::WriterLink;
 use crate::metrics::Metrics;
 use crate::timeouts::WriteStall;
 
@@ -54,8 +55,10 @@ pub(crate) const HEAD_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// the connection is closed.
 const PIPELINED_BYTES_MAX: usize = HEAD_BYTES_MAX;
 
-/// Handle to the connection a request came on, put in the request's extensions: lets the
-/// fan-out drop a stream's connection when it does not flush its `closed` frame in time.
+/// Handle to a connection served by hyper, put in its requests' extensions: lets the fan-out
+/// drop a stream's connection when it does not flush its `closed` frame in time. Connections
+/// served here have none: their stream's response carries a [`WriterLink`] instead, which
+/// the chunk writer polls.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectionHandle(pub CancellationToken);
 
@@ -68,6 +71,10 @@ pub(crate) struct Shared {
     /// response), its metrics and `limits.response_write_timeout` (read per response: a reload
     /// may change it).
     pub hub: Arc<HubState>,
+    /// Cancelled when the shutdown grace period is over: every connection still open ends,
+    /// whatever it is doing. Watched by each phase of a connection while it runs, and by the
+    /// fan-out for open streams, so that no connection holds a token of its own.
+    pub hard_stop: CancellationToken,
 }
 
 impl Shared {
@@ -84,70 +91,119 @@ impl Shared {
     }
 }
 
-/// Serves one accepted connection until it ends. `conn` is the connection's own token: the
-/// fan-out cancels it to drop a stream that does not flush, and shutdown cancels it after the
-/// grace period (the caller selects on it).
-pub(crate) async fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, conn: CancellationToken, watcher: Watcher) {
-    let mut buf: Vec<u8> = Vec::new();
-    // Each phase runs boxed and is freed when it ends; what stays for as long as a stream is
-    // open is this loop's few locals and the small chunk writer. (Phases written inline, with
-    // their `select!`s and timers, made this task 1.9 KiB, the largest cost of an idle stream.)
-    loop {
-        let Some(request) = Box::pin(next_head(&socket, &mut buf, &shared)).await else { return };
-        let (req, consumed) = match request {
-            Head::Closed => return,
-            Head::HandOff => return Box::pin(hand_off(socket, peer, buf, &shared, conn, watcher)).await,
-            Head::Parsed(req, consumed) => (req, consumed),
-        };
-        buf.drain(..consumed);
-        if buf.is_empty() {
-            // An open stream keeps no read buffer.
-            buf = Vec::new();
-        }
-        // The request and its response are locals of this boxed phase only: a local of this
-        // loop keeps its room in the task across every later `await`, moved out or not (the
-        // request and response held here took a third of an idle stream's task).
-        let Some(answered) = Box::pin(answer(&shared, req, peer, &conn, &socket, &mut buf)).await else { return };
-        let (written, keep_alive) = match answered {
-            // An event stream is bounded by its queue instead (slow_consumer).
-            Answered::Stream(body, keep_alive) => (ChunkWriter::new(&socket, body, &mut buf).boxed().await, keep_alive),
-            Answered::Written(written, keep_alive) => (written, keep_alive),
-        };
-        match written {
-            Ok(Written::Complete) => {}
-            Ok(Written::Streaming(_)) => unreachable!("a streaming body is written to its end above"),
-            Ok(Written::ClientGone) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "connection ended while writing a response");
+/// Serves one accepted connection until it ends (counted in `connections_open` meanwhile).
+/// It ends early when the shutdown grace period is over (`Shared::hard_stop`), and when the
+/// fan-out drops its stream (a closing stream that does not flush).
+#[allow(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice; see the comment inside")]
+pub(crate) fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>, watcher: Watcher) -> impl Future<Output = ()> + Send {
+    // An `async move` block rather than an `async fn`: an `async fn` moves its arguments into
+    // locals, and the state machine kept room for both copies (80 bytes in every idle stream).
+    async move {
+        let _open = OpenConnection::new(shared.metrics());
+        let mut buf: Vec<u8> = Vec::new();
+        // Each phase runs boxed and is freed when it ends; what stays for as long as a stream
+        // is open is this loop's few locals and the small chunk writer. (Phases written inline,
+        // with their `select!`s and timers, made this task 1.9 KiB, the largest cost of an idle
+        // stream.)
+        loop {
+            // Everything up to the answer is scoped to this block, so that none of it keeps
+            // room in the task while the answer (an event stream: hours) is being written.
+            let (writing, keep_alive) = {
+                let (req, consumed) = match Box::pin(next_head(&socket, &mut buf, &shared)).await {
+                    None | Some(Head::Closed) => return,
+                    Some(Head::HandOff) => return Box::pin(hand_off(socket, peer, buf, &shared, watcher)).await,
+                    Some(Head::Parsed(req, consumed)) => (req, consumed),
+                };
+                buf.drain(..consumed);
+                if buf.is_empty() {
+                    // An open stream keeps no read buffer.
+                    buf = Vec::new();
+                }
+                // The request and its response are locals of this boxed phase only: a local of
+                // this loop keeps its room in the task across every later `await`, moved out or
+                // not (the request and response held here took a third of an idle stream's task).
+                match Box::pin(until_hard_stop(&shared, answer(&shared, req, peer, &socket, &mut buf))).await.flatten() {
+                    None => return,
+                    // An event stream is bounded by its queue instead (slow_consumer).
+                    Some(Answered::Stream(body, keep_alive, link)) => (write_stream(&shared, &socket, body, link, &mut buf), keep_alive),
+                    Some(Answered::Written(written, keep_alive)) => (Box::pin(std::future::ready(written)) as Writing<'_>, keep_alive),
+                }
+            };
+            match writing.await {
+                Ok(Written::Complete) => {}
+                Ok(Written::Streaming(_)) => unreachable!("a streaming body is written to its end above"),
+                Ok(Written::ClientGone | Written::Dropped) => return,
+                Err(e) => {
+                    tracing::debug!(error = %e, "connection ended while writing a response");
+                    return;
+                }
+            }
+            if !keep_alive || shared.draining().is_cancelled() {
                 return;
             }
-        }
-        if !keep_alive || shared.draining().is_cancelled() {
-            return;
         }
     }
 }
 
+/// Counts a connection in `connections_open` for as long as it is served.
+struct OpenConnection<'a>(&'a Metrics);
+
+impl<'a> OpenConnection<'a> {
+    fn new(metrics: &'a Metrics) -> Self {
+        metrics.connections_open.inc();
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.connections_open.dec();
+    }
+}
+
+/// `phase`, or `None` once the shutdown grace period is over (the phase is dropped then).
+async fn until_hard_stop<T>(shared: &Shared, phase: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = phase => Some(out),
+        () = shared.hard_stop.cancelled() => None,
+    }
+}
+
+/// Writes an event stream's body as chunks until it ends, the client goes away or the
+/// connection is dropped. A stream of the hub's own carries a [`WriterLink`], through which
+/// the fan-out drops it; any other (a host route's) is watched for the end of the grace
+/// period here.
+fn write_stream<'a>(shared: &'a Shared, socket: &'a TcpStream, body: Body, link: Option<WriterLink>, buf: &'a mut Vec<u8>) -> Writing<'a> {
+    match link {
+        Some(link) => ChunkWriter::new(socket, body, buf, Some(link)).boxed(),
+        None => Box::pin(async move { until_hard_stop(shared, ChunkWriter::new(socket, body, buf, None)).await.unwrap_or(Ok(Written::Dropped)) }),
+    }
+}
+
+/// Writing an answer's rest, boxed: the connection task holds a pointer to it.
+type Writing<'a> = Pin<Box<dyn Future<Output = io::Result<Written>> + Send + 'a>>;
+
 /// What [`answer`] did with a request; each with whether the connection may be kept.
 enum Answered {
-    /// An event stream's head is written; its body is to go out as chunks.
-    Stream(Body, bool),
+    /// An event stream's head is written; its body is to go out as chunks, dropped through
+    /// the link when the fan-out says so.
+    Stream(Body, bool, Option<WriterLink>),
     /// Any other answer, written whole (or how writing it failed).
     Written(io::Result<Written>, bool),
 }
 
 /// Routes a request and writes its answer, all but an event stream's body; `None` when the
 /// connection is to end (the client went away first, or did not take the answer in time).
-async fn answer(shared: &Shared, req: Box<Request<Body>>, peer: SocketAddr, conn: &CancellationToken, socket: &TcpStream, buf: &mut Vec<u8>) -> Option<Answered> {
+async fn answer(shared: &Shared, req: Box<Request<Body>>, peer: SocketAddr, socket: &TcpStream, buf: &mut Vec<u8>) -> Option<Answered> {
     let mut req = *req;
     let mut keep_alive = !wants_close(req.headers());
-    req.extensions_mut().insert(ConnectionHandle(conn.clone()));
     req.extensions_mut().insert(PeerAddr(peer));
-    let response = respond(shared, req, socket, buf).await?;
+    let mut response = respond(shared, req, socket, buf).await?;
     keep_alive &= !wants_close(response.headers());
     if is_event_stream(response.headers()) {
+        let link = response.extensions_mut().remove::<WriterLink>();
         return Some(match write_response(socket, response).await {
-            Ok(Written::Streaming(body)) => Answered::Stream(body, keep_alive),
+            Ok(Written::Streaming(body)) => Answered::Stream(body, keep_alive, link),
             other => Answered::Written(other, keep_alive),
         });
     }
@@ -175,6 +231,7 @@ async fn next_head(socket: &TcpStream, buf: &mut Vec<u8>, shared: &Shared) -> Op
             }
         },
         () = shared.draining().cancelled(), if idle => None,
+        () = shared.hard_stop.cancelled() => None,
     }
 }
 
@@ -196,7 +253,7 @@ async fn respond(shared: &Shared, req: Request<Body>, socket: &TcpStream, buf: &
 async fn write_bounded(socket: &TcpStream, response: Response<Body>, buf: &mut Vec<u8>, shared: &Shared) -> Option<io::Result<Written>> {
     let whole = async {
         match write_response(socket, response).await {
-            Ok(Written::Streaming(body)) => ChunkWriter::new(socket, body, buf).await,
+            Ok(Written::Streaming(body)) => ChunkWriter::new(socket, body, buf, None).await,
             other => other,
         }
     };
@@ -296,6 +353,8 @@ enum Written {
     Complete,
     /// The client closed the connection while a stream was open.
     ClientGone,
+    /// The fan-out dropped the stream's connection, or the shutdown grace period is over.
+    Dropped,
     /// The head of a body of unknown length is written; the body goes out as chunks
     /// ([`ChunkWriter`]).
     Streaming(Body),
@@ -352,6 +411,8 @@ const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 struct ChunkWriter<'a> {
     socket: &'a TcpStream,
     body: Body,
+    /// The fan-out's say on whether the connection is to be dropped, for a stream of the hub's.
+    link: Option<WriterLink>,
     /// What the client sent meanwhile (the start of its next request), up to a bound.
     pipelined: &'a mut Vec<u8>,
     /// The chunk being written and how much of it went out; `None` between chunks.
@@ -393,8 +454,8 @@ impl Chunk {
 }
 
 impl<'a> ChunkWriter<'a> {
-    fn new(socket: &'a TcpStream, body: Body, pipelined: &'a mut Vec<u8>) -> Self {
-        Self { socket, body, pipelined, out: None, ending: false }
+    fn new(socket: &'a TcpStream, body: Body, pipelined: &'a mut Vec<u8>, link: Option<WriterLink>) -> Self {
+        Self { socket, body, link, pipelined, out: None, ending: false }
     }
 
     fn boxed(self) -> Pin<Box<Self>> {
@@ -427,6 +488,10 @@ impl Future for ChunkWriter<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        // Woken by the fan-out through the body's queue, which shares this task's waker.
+        if this.link.as_ref().is_some_and(WriterLink::is_dropped) {
+            return Poll::Ready(Ok(Written::Dropped));
+        }
         loop {
             // A client that closed its side is gone; bytes it sent are kept as its next request.
             match this.socket.poll_read_ready(cx) {
@@ -439,7 +504,16 @@ impl Future for ChunkWriter<'_> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {}
             }
-            std::task::ready!(this.poll_flush_chunk(cx))?;
+            if this.poll_flush_chunk(cx)?.is_pending() {
+                // Waiting for the client to take a chunk, the body is not polled: the fan-out
+                // must be able to wake this task to drop a client that stopped reading.
+                if let Some(link) = &this.link {
+                    if link.poll_dropped(cx.waker()).is_ready() {
+                        return Poll::Ready(Ok(Written::Dropped));
+                    }
+                }
+                return Poll::Pending;
+            }
             if this.ending {
                 return Poll::Ready(Ok(Written::Complete));
             }
@@ -511,9 +585,11 @@ async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> io::Re
 }
 
 /// Gives the connection to hyper for the rest of its life, the bytes already read first.
-async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &Shared, conn: CancellationToken, watcher: Watcher) {
+async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &Shared, watcher: Watcher) {
     let router = shared.router.clone();
-    let handle = ConnectionHandle(conn);
+    // Hyper writes this connection's streams: the fan-out drops one through this token.
+    let conn = shared.hard_stop.child_token();
+    let handle = ConnectionHandle(conn.clone());
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(handle.clone());
         req.extensions_mut().insert(PeerAddr(peer));
@@ -522,8 +598,11 @@ async fn hand_off(socket: TcpStream, peer: SocketAddr, read: Vec<u8>, shared: &S
     let stall = WriteStall::new(shared.response_write_timeout(), shared.metrics().clone());
     let io = TokioIo::new(Rewind { read: Bytes::from(read), inner: socket, stall });
     let connection = watcher.watch(shared.hyper.serve_connection(io, svc).into_owned());
-    if let Err(e) = Box::pin(connection).await {
-        tracing::debug!(error = %e, "connection ended with an error");
+    tokio::select! {
+        served = Box::pin(connection) => if let Err(e) = served {
+            tracing::debug!(error = %e, "connection ended with an error");
+        },
+        () = conn.cancelled() => {}
     }
 }
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::HubState;
 use crate::engine::{Accepted, EngineError, NewEvent};
 use crate::error::{ApiError, RETRY_AFTER_BUSY_SECS, RETRY_AFTER_UNAVAILABLE_SECS};
-use crate::fanout::{NewStream, RegisterError};
+use crate::fanout::{NewStream, RegisterError, WriterLink};
 use crate::h1::ConnectionHandle;
 use crate::stream::SseBody;
 
@@ -89,7 +89,7 @@ struct StreamQuery {
 async fn stream(State(hub): State<Arc<HubState>>, Query(query): Query<StreamQuery>, req: Request) -> Response {
     let arrived = hub.fanout().ticket();
     let query = Some(query);
-    let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone()).unwrap_or_default();
+    let conn = req.extensions().get::<ConnectionHandle>().map(|c| c.0.clone());
     match open_stream(&hub, req.uri(), req.headers(), query, conn, arrived).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -105,7 +105,7 @@ async fn open_stream(
     uri: &http::Uri,
     headers: &HeaderMap,
     query: Option<StreamQuery>,
-    conn: CancellationToken,
+    conn: Option<CancellationToken>,
     arrived: u64,
 ) -> Result<Response, ApiError> {
     if hub.is_draining() {
@@ -177,8 +177,11 @@ async fn open_stream(
         }
     }
     tracing::debug!(account = %identity.account, session = %identity.session, stream = stream.id, "stream opened");
+    // For the hub's own HTTP/1.1 writer, which drops the connection when the fan-out says so.
+    let link = WriterLink::new(&stream);
     let body = SseBody::new(stream, hub.clone(), buf.freeze(), opening.live_from());
     let mut resp = Response::new(Body::new(body));
+    resp.extensions_mut().insert(link);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-store"));

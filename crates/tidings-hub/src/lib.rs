@@ -200,7 +200,7 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
             _ = sweep.tick() => hub.fanout().tick(Instant::now()),
             _ = heartbeat.tick() => {
                 let ping = Bytes::from(encode_ping(&humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()));
-                hub.fanout().heartbeat(&ping);
+                hub.fanout().heartbeat(ping);
             }
             _ = maintain.tick() => {
                 hub.engine().maintain();

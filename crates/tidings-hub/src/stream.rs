@@ -100,7 +100,7 @@ impl http_body::Body for SseBody {
                     this.hub.metrics().close(reason.as_str());
                     return Poll::Ready(Some(Ok(Frame::data(this.closed_frame(reason)))));
                 }
-                Next::Ping(ping) => return Poll::Ready(Some(Ok(Frame::data(ping)))),
+                Next::Ping => return Poll::Ready(Some(Ok(Frame::data(this.hub.fanout().latest_ping())))),
                 Next::One(q) => {
                     if this.admit(&q) {
                         this.hub.metrics().observe_delivery_lag(q.at);

@@ -142,22 +142,7 @@ async fn a_client_that_stops_reading_is_evicted_and_resumes() {
     let mut head = [0u8; 512];
     let n = sock.read(&mut head).await.unwrap();
     assert!(std::str::from_utf8(&head[..n]).unwrap().starts_with("HTTP/1.1 200"));
-    // Each event carries ~64 KiB so kernel and connection buffers fill quickly.
-    let big = "x".repeat(64 * 1024);
-    let mut published = 0u64;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while hub.metric("tidings_slow_consumer_evictions_total").await < 1.0 {
-        assert!(Instant::now() < deadline, "never evicted");
-        let batch: Vec<_> = (published + 1..=published + 10)
-            .map(|n| {
-                let mut a = activity(n);
-                a["padding"] = big.clone().into();
-                a
-            })
-            .collect();
-        hub.publish("acme", &batch).await;
-        published += 10;
-    }
+    let published = publish_until_evicted(&hub, "acme").await;
     // The hub no longer queues for it: publishing more does not grow anything for this stream.
     assert_eq!(hub.metric("tidings_streams_open").await, 0.0);
 

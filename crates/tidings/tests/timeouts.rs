@@ -278,3 +278,25 @@ async fn a_hosts_own_route_gets_the_same_body_bound() {
     let took = closed - started;
     assert!(took >= Duration::from_secs(10) - Duration::from_millis(50) && took <= Duration::from_secs(10) + SLACK, "closed after {took:?}");
 }
+
+/// A stream whose client stopped reading is closed (here as a slow consumer) and cannot get
+/// its `closed` frame out: once `CLOSE_FLUSH_GRACE` (5 s) is over, the hub drops its
+/// connection, though the connection is blocked writing to a client that never reads.
+#[tokio::test]
+async fn a_stream_that_cannot_flush_its_close_loses_its_connection() {
+    const CLOSE_FLUSH_GRACE: Duration = Duration::from_secs(5);
+    let hub = Hub::start(&config("", "[limits]\nstream_queue_frames = 16\n[history]\nmax_events = 10000\n")).await;
+    let baseline = hub.metric("tidings_connections_open").await;
+    let mut stalled = connect_not_reading(&hub).await;
+    stalled.write_all(b"GET /events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-alice\r\nAccept: text/event-stream\r\n\r\n").await.unwrap();
+    metric_settles(&hub, "tidings_streams_open", 1.0, T).await;
+    publish_until_evicted(&hub, "acme").await;
+    let evicted = Instant::now();
+    connections_become(&hub, baseline, CLOSE_FLUSH_GRACE + SLACK).await;
+    assert!(evicted.elapsed() >= CLOSE_FLUSH_GRACE - Duration::from_secs(1), "dropped after the grace, not before: {:?}", evicted.elapsed());
+    // What reached the client ends without `closed`: it never got out.
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(T, stalled.read_to_end(&mut raw)).await.expect("the connection is closed");
+    assert!(raw.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&raw[..raw.len().min(200)]));
+    assert!(!String::from_utf8_lossy(&raw).contains(r#""type":"closed""#));
+}

@@ -550,6 +550,28 @@ pub async fn node_byte_budget_holds(hub: &Hub, acme: &[String]) {
     assert_eq!(resume_outcome(hub, "tok-bob", &acme[7], 4).await, Ok(vec![101, 102, 103, 104]), "globex keeps all four");
 }
 
+/// Publishes activities numbered from 1, ten at a time and each padded to ~64 KiB (kernel and
+/// connection buffers fill quickly), to `account` until the hub has evicted a slow consumer;
+/// returns how many were published.
+pub async fn publish_until_evicted(hub: &Hub, account: &str) -> u64 {
+    let big = "x".repeat(64 * 1024);
+    let mut published = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hub.metric("tidings_slow_consumer_evictions_total").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "never evicted");
+        let batch: Vec<_> = (published + 1..=published + 10)
+            .map(|n| {
+                let mut a = activity(n);
+                a["padding"] = big.clone().into();
+                a
+            })
+            .collect();
+        hub.publish(account, &batch).await;
+        published += 10;
+    }
+    published
+}
+
 /// Polls `metric` until it equals `want`, for up to `within`; returns the last value seen.
 pub async fn metric_settles(hub: &Hub, metric: &str, want: f64, within: Duration) -> f64 {
     let deadline = tokio::time::Instant::now() + within;
