@@ -26,8 +26,10 @@ use tidings_protocol::Grants;
 use crate::config::{AuthConfig, ConfigError, IntrospectionConfig, JwtConfig, StaticToken};
 use crate::grants::{GrantSets, from_claim};
 
-/// Introspection answers kept at most; older ones are evicted first.
+/// Introspection answers kept at most; the least used are evicted first.
 const INTROSPECTION_CACHE_ENTRIES_MAX: u64 = 100_000;
+/// Room the introspection cache takes at first; it grows with the answers it holds.
+const INTROSPECTION_CACHE_ENTRIES_INITIAL: usize = 1024;
 /// Negative introspection answers are reused for at most this long, so a user who just signed
 /// in is not locked out by a cached "no".
 const INTROSPECTION_NEGATIVE_TTL_MAX: Duration = Duration::from_secs(5);
@@ -232,6 +234,14 @@ impl Authenticator {
             Credential::Static(digest) => self.static_digests.contains(&digest),
             Credential::Jwt(fingerprint) => self.jwt.as_ref().is_some_and(|j| j.fingerprint == fingerprint),
             Credential::Introspected => self.introspection.is_some(),
+        }
+    }
+
+    /// Drops the introspection answers past their time (the cache holds no timers of its
+    /// own); called by the hub's periodic upkeep.
+    pub fn sweep(&self) {
+        if let Some(intro) = &self.introspection {
+            intro.sweep();
         }
     }
 
@@ -512,8 +522,21 @@ struct Introspector {
     admitted: tokio::sync::Semaphore,
     /// `auth.introspection.timeout`: also bounds the wait for a permit.
     timeout: Duration,
-    /// Answers by [`cache_key`]: a digest, never the credential.
-    cache: moka::future::Cache<CacheKey, Result<Identity, AuthError>>,
+    /// Answers by [`cache_key`]: a digest, never the credential. A bounded map with a
+    /// scan-resistant eviction policy and no timers: each entry carries the instant it stops
+    /// being used, checked on every read and swept by [`Authenticator::sweep`]. (An entry of
+    /// moka's cache, which expires entries itself, took three times the room: about 0.3 KiB
+    /// of every idle introspected stream, BENCHMARKS.md.)
+    cache: quick_cache::sync::Cache<CacheKey, CachedAnswer>,
+    positive_ttl: Duration,
+    negative_ttl: Duration,
+}
+
+/// An introspection answer in the cache, used until `until`.
+#[derive(Debug, Clone)]
+struct CachedAnswer {
+    answer: Result<Identity, AuthError>,
+    until: std::time::Instant,
 }
 
 /// What the introspection cache is keyed by: see [`cache_key`].
@@ -568,10 +591,12 @@ impl Introspector {
             .map_err(|e| ConfigError::Invalid(format!("auth.introspection: {e}")))?;
         let negative_ttl = c.cache_ttl.min(INTROSPECTION_NEGATIVE_TTL_MAX);
         let positive_ttl = c.cache_ttl;
-        let cache = moka::future::Cache::builder()
-            .max_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
-            .expire_after(IntrospectionExpiry { positive_ttl, negative_ttl })
-            .build();
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(INTROSPECTION_CACHE_ENTRIES_INITIAL)
+            .weight_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
+            .build()
+            .map_err(|e| ConfigError::Invalid(format!("auth.introspection cache: {e}")))?;
+        let cache = quick_cache::sync::Cache::with_options(options, quick_cache::UnitWeighter, Default::default(), Default::default());
         Ok(Self {
             config: c.clone(),
             url: c.url.clone(),
@@ -580,12 +605,31 @@ impl Introspector {
             admitted: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX + INTROSPECTION_WAITING_MAX),
             timeout: c.timeout,
             cache,
+            positive_ttl,
+            negative_ttl,
         })
+    }
+
+    /// The cached answer for `key`, unless it is past its time (then it is dropped).
+    fn cached(&self, key: &CacheKey) -> Option<Result<Identity, AuthError>> {
+        let now = std::time::Instant::now();
+        let cached = self.cache.get(key)?;
+        if cached.until > now {
+            return Some(cached.answer);
+        }
+        self.cache.remove_if(key, |c| c.until <= now);
+        None
+    }
+
+    /// Drops the answers past their time.
+    fn sweep(&self) {
+        let now = std::time::Instant::now();
+        self.cache.retain(|_, c| c.until > now);
     }
 
     async fn identify(&self, token: &str, source: CredentialSource, grant_sets: &GrantSets) -> Result<Identity, AuthError> {
         let key = cache_key(token, source);
-        if let Some(answer) = self.cache.get(&key).await {
+        if let Some(answer) = self.cached(&key) {
             return answer;
         }
         let Ok(_admitted) = self.admitted.try_acquire() else {
@@ -602,7 +646,18 @@ impl Introspector {
             }
         };
         if answer != Err(AuthError::Unavailable) {
-            self.cache.insert(key, answer.clone()).await;
+            let ttl = if answer.is_ok() {
+                self.positive_ttl
+            } else {
+                self.negative_ttl
+            };
+            self.cache.insert(
+                key,
+                CachedAnswer {
+                    answer: answer.clone(),
+                    until: std::time::Instant::now() + ttl,
+                },
+            );
         }
         answer
     }
@@ -648,16 +703,6 @@ impl Introspector {
     }
 }
 
-struct IntrospectionExpiry {
-    positive_ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl moka::Expiry<CacheKey, Result<Identity, AuthError>> for IntrospectionExpiry {
-    fn expire_after_create(&self, _: &CacheKey, value: &Result<Identity, AuthError>, _: std::time::Instant) -> Option<Duration> {
-        Some(if value.is_ok() { self.positive_ttl } else { self.negative_ttl })
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -778,5 +823,24 @@ mod tests {
         for bad in [serde_json::json!(["user:bob"]), serde_json::json!(7), serde_json::json!(["ok", 1])] {
             assert!(matches!(id(token(bad.clone(), "s-4")).await, Err(AuthError::Forbidden(m)) if m == GRANTS_REFUSED), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_cached_introspection_answer_is_used_until_its_time_then_dropped() {
+        let c = IntrospectionConfig { url: "http://127.0.0.1:9/introspect".into(), cache_ttl: Duration::from_secs(30), timeout: Duration::from_secs(1) };
+        let intro = Introspector::new(&c).unwrap();
+        let now = std::time::Instant::now();
+        let (fresh, stale, refused) = (cache_key("fresh", CredentialSource::Header), cache_key("stale", CredentialSource::Header), cache_key("x", CredentialSource::Cookie));
+        let answer = |until| CachedAnswer { answer: Err(AuthError::Invalid), until };
+        intro.cache.insert(fresh, answer(now + Duration::from_secs(30)));
+        intro.cache.insert(stale, answer(now - Duration::from_millis(1)));
+        intro.cache.insert(refused, answer(now - Duration::from_millis(1)));
+        assert_eq!(intro.cached(&fresh), Some(Err(AuthError::Invalid)));
+        assert_eq!(intro.cached(&stale), None, "past its time, an answer is asked again");
+        assert_eq!(intro.cache.len(), 2, "and dropped when found so");
+        intro.sweep();
+        assert_eq!(intro.cache.len(), 1, "the sweep drops the others");
+        assert!(intro.cached(&fresh).is_some());
+        assert_ne!(cache_key("x", CredentialSource::Header), refused, "where a credential came from is part of its key");
     }
 }

@@ -204,6 +204,7 @@ async fn ticker(hub: Arc<HubState>, stop: CancellationToken) {
             }
             _ = maintain.tick() => {
                 hub.engine().maintain();
+                hub.auth().sweep();
                 if let Some(r) = hub.engine().retained() {
                     let m = hub.metrics();
                     m.history_accounts.set(r.accounts as i64);
