@@ -19,14 +19,6 @@ use crate::target::{Kind, PublishApi, Target, TargetOptions};
 const BATCH: usize = 1_000;
 /// Publish requests in flight.
 const IN_FLIGHT: usize = 4;
-/// Longest wait, once the accounts are forgotten, for the RSS to stop falling: allocators give
-/// freed pages back on their own schedule (jemalloc decays them over 10 s by default, mimalloc
-/// purges on later calls), and a read at a fixed moment would catch some of them half-way.
-const RETURN_WAIT_MAX: Duration = Duration::from_secs(15);
-/// The RSS is taken as settled once it has not fallen by [`RETURN_STEP_MIN_KIB`] for this long.
-const RETURN_QUIET: Duration = Duration::from_secs(3);
-/// A fall smaller than this (the hub's own upkeep moves its RSS by a few pages) is not a return.
-const RETURN_STEP_MIN_KIB: u64 = 256;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct AccountsArgs {
@@ -134,26 +126,10 @@ async fn run_count(a: &AccountsArgs, bin: &std::path::Path, count: usize) -> Res
             break;
         }
     }
-    point.settled_kib = settled_rss(&target).await;
+    point.settled_kib = target.settled_rss_kib().await;
     target.stop().await;
     eprintln!("[accounts]   {:.1} → {:.1} → {:.1} MiB", mib(point.baseline_kib), mib(point.published_kib), mib(point.settled_kib));
     Ok(point)
-}
-
-/// The hub's RSS once it has stopped falling (see [`RETURN_WAIT_MAX`]).
-async fn settled_rss(target: &Target) -> u64 {
-    let started = Instant::now();
-    let mut low = target.rss_kib();
-    let mut last_fall = Instant::now();
-    while started.elapsed() < RETURN_WAIT_MAX && last_fall.elapsed() < RETURN_QUIET {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        let rss = target.rss_kib();
-        if rss + RETURN_STEP_MIN_KIB <= low {
-            low = rss;
-            last_fall = Instant::now();
-        }
-    }
-    target.rss_kib()
 }
 
 fn mib(kib: u64) -> f64 {

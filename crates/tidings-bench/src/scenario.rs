@@ -347,8 +347,10 @@ impl Harness {
         let mut target = Target::start(kind, &opts).await?;
         let identity = (kind == Kind::Tidings).then_some(identity);
         let mut out = Outcome { target: kind.name().into(), scenario, identity, engine: target.engine.clone(), streams: n, accounts, ..Default::default() };
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let rss_before = target.rss_kib();
+        // Settled, not read at a fixed moment: what starting took and freed (a 10,000-entry
+        // tokens file parsed, for static tokens) is given back on the allocator's schedule, and
+        // streams opened before that reuse it and look free.
+        let rss_before = target.settled_rss_kib().await;
         let sock_before = procfs::tcp_mem_pages().unwrap_or(0);
 
         let storm = scenario == Scenario::ConnectStorm;

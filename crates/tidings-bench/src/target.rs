@@ -20,6 +20,15 @@ const TIDINGS_CONF: &str = include_str!("../peers/tidings/hub.toml");
 const NCHAN_CONF: &str = include_str!("../peers/nchan/nginx.conf");
 const PUSHPIN_CONF: &str = include_str!("../peers/pushpin/pushpin.conf");
 const PUSHPIN_ROUTES: &str = include_str!("../peers/pushpin/routes");
+/// Longest wait for a target's RSS to stop falling: allocators give freed pages back on their
+/// own schedule (the hub's glibc build trims every 2 s, jemalloc decays them over 10 s by
+/// default, mimalloc purges on later calls), and a read at a fixed moment would catch some of
+/// them half-way.
+const RETURN_WAIT_MAX: Duration = Duration::from_secs(15);
+/// The RSS is taken as settled once it has not fallen by [`RETURN_STEP_MIN_KIB`] for this long.
+const RETURN_QUIET: Duration = Duration::from_secs(3);
+/// A fall smaller than this (the hub's own upkeep moves its RSS by a few pages) is not a return.
+const RETURN_STEP_MIN_KIB: u64 = 256;
 
 /// The publisher key the generated Tidings configuration accepts.
 pub const PUBLISHER_KEY: &str = "bench-publisher-key-0123456789";
@@ -293,6 +302,22 @@ impl Target {
     /// harness, is not one of them), in KiB.
     pub fn rss_kib(&self) -> u64 {
         self.pid().map(|p| procfs::tree_rss_kib(p, &[])).unwrap_or(0)
+    }
+
+    /// The target's RSS once it has stopped falling (see [`RETURN_WAIT_MAX`]), in KiB.
+    pub async fn settled_rss_kib(&self) -> u64 {
+        let started = Instant::now();
+        let mut low = self.rss_kib();
+        let mut last_fall = Instant::now();
+        while started.elapsed() < RETURN_WAIT_MAX && last_fall.elapsed() < RETURN_QUIET {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let rss = self.rss_kib();
+            if rss + RETURN_STEP_MIN_KIB <= low {
+                low = rss;
+                last_fall = Instant::now();
+            }
+        }
+        self.rss_kib()
     }
 
     /// CPU seconds used so far by the target's processes.
