@@ -91,7 +91,8 @@ impl Shared {
     }
 }
 
-/// Serves one accepted connection until it ends (counted in `connections_open` meanwhile).
+/// Serves one accepted connection until it ends; `connections_open`, which the accept loop
+/// raised, is lowered when it does.
 /// It ends early when the shutdown grace period is over (`Shared::hard_stop`), and when the
 /// fan-out drops its stream (a closing stream that does not flush).
 #[allow(clippy::manual_async_fn, reason = "an `async fn` keeps its arguments twice; see the comment inside")]
@@ -99,7 +100,7 @@ pub(crate) fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<
     // An `async move` block rather than an `async fn`: an `async fn` moves its arguments into
     // locals, and the state machine kept room for both copies (80 bytes in every idle stream).
     async move {
-        let _open = OpenConnection::new(shared.metrics());
+        let _open = OpenConnection(shared.metrics());
         let mut buf: Vec<u8> = Vec::new();
         // Each phase runs boxed and is freed when it ends; what stays for as long as a stream
         // is open is this loop's few locals and the small chunk writer. (Phases written inline,
@@ -145,15 +146,9 @@ pub(crate) fn serve_connection(socket: TcpStream, peer: SocketAddr, shared: Arc<
     }
 }
 
-/// Counts a connection in `connections_open` for as long as it is served.
+/// Lowers `connections_open` when the connection's service ends. The accept loop raises it
+/// as it accepts (see `serve.rs`), so that a connection is counted before its task first runs.
 struct OpenConnection<'a>(&'a Metrics);
-
-impl<'a> OpenConnection<'a> {
-    fn new(metrics: &'a Metrics) -> Self {
-        metrics.connections_open.inc();
-        Self(metrics)
-    }
-}
 
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {

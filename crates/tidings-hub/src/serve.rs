@@ -71,6 +71,9 @@ async fn accept(
             },
         };
         let _ = socket.set_nodelay(true);
+        // Counted as accepted, not when its task first runs: a scrape in between would miss it.
+        // `h1::serve_connection` lowers it again when it ends.
+        shared.hub.metrics().connections_open.inc();
         // The task holds only the boxed connection: with a `select!` on a token of its own
         // beside it, the task took the next size of tokio's cache-aligned task cells (256
         // bytes instead of 128) and the token another hundred, for every idle stream. The
