@@ -528,8 +528,6 @@ struct Introspector {
     /// moka's cache, which expires entries itself, took three times the room: about 0.3 KiB
     /// of every idle introspected stream, BENCHMARKS.md.)
     cache: quick_cache::sync::Cache<CacheKey, CachedAnswer>,
-    positive_ttl: Duration,
-    negative_ttl: Duration,
 }
 
 /// An introspection answer in the cache, used until `until`.
@@ -589,8 +587,6 @@ impl Introspector {
             .pool_max_idle_per_host(INTROSPECTION_IDLE_CONNECTIONS_MAX)
             .build()
             .map_err(|e| ConfigError::Invalid(format!("auth.introspection: {e}")))?;
-        let negative_ttl = c.cache_ttl.min(INTROSPECTION_NEGATIVE_TTL_MAX);
-        let positive_ttl = c.cache_ttl;
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(INTROSPECTION_CACHE_ENTRIES_INITIAL)
             .weight_capacity(INTROSPECTION_CACHE_ENTRIES_MAX)
@@ -605,8 +601,6 @@ impl Introspector {
             admitted: tokio::sync::Semaphore::new(INTROSPECTION_IN_FLIGHT_MAX + INTROSPECTION_WAITING_MAX),
             timeout: c.timeout,
             cache,
-            positive_ttl,
-            negative_ttl,
         })
     }
 
@@ -646,18 +640,9 @@ impl Introspector {
             }
         };
         if answer != Err(AuthError::Unavailable) {
-            let ttl = if answer.is_ok() {
-                self.positive_ttl
-            } else {
-                self.negative_ttl
-            };
-            self.cache.insert(
-                key,
-                CachedAnswer {
-                    answer: answer.clone(),
-                    until: std::time::Instant::now() + ttl,
-                },
-            );
+            // Negative answers for a shorter time: see INTROSPECTION_NEGATIVE_TTL_MAX.
+            let ttl = if answer.is_ok() { self.config.cache_ttl } else { self.config.cache_ttl.min(INTROSPECTION_NEGATIVE_TTL_MAX) };
+            self.cache.insert(key, CachedAnswer { answer: answer.clone(), until: std::time::Instant::now() + ttl });
         }
         answer
     }

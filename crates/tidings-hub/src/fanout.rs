@@ -586,10 +586,7 @@ impl Fanout {
     /// Closes every stream for which `close` answers true with `reason` (a reload closing the
     /// streams whose credential it no longer accepts); returns how many were closed.
     pub fn close_where(&self, reason: CloseReason, close: impl Fn(&StreamShared) -> bool) -> usize {
-        let matching: Vec<_> = {
-            let reg = self.registry.read().expect("registry lock");
-            reg.accounts.values().flat_map(HashMap::values).filter(|s| close(s)).cloned().collect()
-        };
+        let matching = self.open_where(close);
         for s in &matching {
             s.close(reason);
         }
@@ -601,9 +598,9 @@ impl Fanout {
     }
 
     /// Accounts with open streams on this node: their number, and the `n` holding the most
-    /// streams, most first (ties by name), each with its numbers of streams and of distinct
-    /// sessions.
-    pub fn top_accounts(&self, n: usize) -> (usize, Vec<(Arc<str>, usize, usize)>) {
+    /// streams, most first (ties by name), each with its number of streams (also its number of
+    /// sessions: one stream per session).
+    pub fn top_accounts(&self, n: usize) -> (usize, Vec<(Arc<str>, usize)>) {
         let reg = self.registry.read().expect("registry lock");
         let mut top: Vec<(&Arc<str>, usize)> = Vec::with_capacity(n.min(reg.accounts.len()) + 1);
         for (account, streams) in &reg.accounts {
@@ -614,10 +611,7 @@ impl Fanout {
                 top.truncate(n);
             }
         }
-        let sessions = |account: &Arc<str>| {
-            reg.accounts[account].values().map(|s| s.session()).collect::<std::collections::HashSet<_>>().len()
-        };
-        let top = top.into_iter().map(|(account, count)| (account.clone(), count, sessions(account))).collect();
+        let top = top.into_iter().map(|(account, count)| (account.clone(), count)).collect();
         (reg.accounts.len(), top)
     }
 
@@ -636,18 +630,15 @@ impl Fanout {
         self.registry.read().expect("registry lock").accounts.len()
     }
 
-    /// Sessions with an open stream on this node (one stream per session, so also the number of
-    /// streams, unless a superseded one is still registered).
+    /// Sessions with an open stream on this node: the number of open streams, as a node holds
+    /// one stream per session (the admin page shows both).
     pub fn sessions_len(&self) -> usize {
-        self.registry.read().expect("registry lock").total
+        self.len()
     }
 
     /// Closes every stream (shutdown), each with `reason`.
     pub fn close_all(&self, reason: CloseReason) {
-        let all: Vec<_> = {
-            let reg = self.registry.read().expect("registry lock");
-            reg.accounts.values().flat_map(HashMap::values).cloned().collect()
-        };
+        let all = self.open_where(|_| true);
         for s in &all {
             s.close(reason);
         }
@@ -657,28 +648,23 @@ impl Fanout {
     /// Drops the connection of every stream, open or closing, at once (the end of the
     /// shutdown grace period).
     pub fn drop_all_connections(&self) {
-        let open: Vec<_> = {
-            let reg = self.registry.read().expect("registry lock");
-            reg.accounts.values().flat_map(HashMap::values).cloned().collect()
-        };
+        let open = self.open_where(|_| true);
         let closing = std::mem::take(&mut *self.closing.lock().expect("closing lock"));
         for s in open.iter().chain(&closing) {
             s.drop_connection();
         }
     }
 
+    /// The open streams `keep` admits, taken out of the registry's lock.
+    fn open_where(&self, keep: impl Fn(&StreamShared) -> bool) -> Vec<Arc<StreamShared>> {
+        let reg = self.registry.read().expect("registry lock");
+        reg.accounts.values().flat_map(HashMap::values).filter(|s| keep(s)).cloned().collect()
+    }
+
     /// Periodic upkeep: ends streams past their deadline and drops the connections of closing
     /// streams that did not flush within [`CLOSE_FLUSH_GRACE`].
     pub fn tick(&self, now: Instant) {
-        let due: Vec<_> = {
-            let reg = self.registry.read().expect("registry lock");
-            reg.accounts
-                .values()
-                .flat_map(HashMap::values)
-                .filter(|s| s.deadline.is_some_and(|(at, _)| at <= now))
-                .cloned()
-                .collect()
-        };
+        let due = self.open_where(|s| s.deadline.is_some_and(|(at, _)| at <= now));
         for s in &due {
             if let Some((_, reason)) = s.deadline {
                 s.close(reason);

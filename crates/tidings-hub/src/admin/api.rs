@@ -180,9 +180,10 @@ fn accounts_json(hub: &HubState, top: usize) -> Value {
     let (total, top) = hub.fanout().top_accounts(top.min(TOP_ACCOUNTS_MAX));
     let rows: Vec<Value> = top
         .into_iter()
-        .map(|(account, streams, sessions)| {
+        .map(|(account, streams)| {
             let last = hub.admin().last_activity(&account).map(|at| humantime::format_rfc3339_millis(at).to_string());
-            json!({ "account": account, "streams": streams, "sessions": sessions, "last_activity": last })
+            // One stream per session on a node: the two counts are the same.
+            json!({ "account": account, "streams": streams, "sessions": streams, "last_activity": last })
         })
         .collect();
     json!({ "accounts": total, "top": rows })
