@@ -158,7 +158,9 @@ describe('admin page', () => {
     const bob = await hold(hub, 'tok-bob');
     const carol = await hold(hub, 'tok-carol');
     held.push(alice, bob, carol);
-    await expect.poll(() => page.getByTestId('tile-streams').textContent()).toBe('3');
+    // The page refreshes its figures every second (POLL_MS), so a poll's default 1 s can end
+    // just before the refresh that shows them.
+    await expect.poll(() => page.getByTestId('tile-streams').textContent(), { timeout: 5_000 }).toBe('3');
 
     // A published activity appears with its keys and the entry that answered.
     const [id] = await publish(hub, [{ account: 'acme', data: app('deleted', 42, 'Checkout') }]);
@@ -177,7 +179,7 @@ describe('admin page', () => {
 
     // Accounts: acme holds two streams; revoking alice's session closes her stream only.
     const acme = page.locator('[data-testid="account-row"][data-account="acme"]');
-    await expect.poll(() => acme.locator('td').nth(1).textContent()).toBe('2');
+    await expect.poll(() => acme.locator('td').nth(1).textContent(), { timeout: 5_000 }).toBe('2');
     await acme.getByTestId('account-sessions').click();
     const aliceSession = page.locator('[data-testid="session-row"][data-session="s-alice"]');
     await aliceSession.waitFor({ timeout: 5_000 });
